@@ -1,0 +1,400 @@
+"""The lab's pytest plugin: command-line options, the run's fixtures, and the session report."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import pytest
+
+from lab import environment, report, reproducibility
+from lab.config import STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config
+from lab.data import SOURCES
+from lab.errors import LabInputError
+from lab.profiles import PROFILES
+
+RUN_CONFIG = pytest.StashKey[RunConfig]()
+SESSION = pytest.StashKey[dict]()
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lab", "transfer-learning lab")
+    group.addoption("--profile", choices=sorted(PROFILES), default="smoke",
+                    help="smoke: tiny subsets and sizes for a CPU (default); full: the lab's own settings, for a GPU")
+    group.addoption("--data-source", choices=SOURCES, default=None,
+                    help="where images come from (default: folder when --data-dir is given, else tfds)")
+    group.addoption("--data-dir", metavar="PATH", default=None,
+                    help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data)")
+    group.addoption("--seed", type=int, default=0, help="seeds Python, NumPy and TensorFlow (default 0)")
+    group.addoption("--subset", type=int, default=None, metavar="N",
+                    help="training images per dataset, overriding the profile")
+    group.addoption("--backbones", metavar="NAME[,NAME...]", default=None,
+                    help="backbones for experiments 3-5: resnet50, vgg16, mobilenet, mobilenet_v2 (default: the profile's)")
+    group.addoption("--weights", choices=WEIGHTS_CHOICES, default="imagenet",
+                    help="backbone weights: imagenet (a --weights-dir file, Keras's cache or a download) or none (random)")
+    group.addoption("--weights-dir", metavar="PATH", default=None,
+                    help="a folder holding Keras's official no-top weights files under their own names")
+    group.addoption("--report-dir", metavar="PATH", default=os.path.join(ROOT, "reports"),
+                    help="where the session's markdown report goes (default reports/)")
+    group.addoption("--no-report", action="store_true", help="write no report")
+    group.addoption("--deterministic", action="store_true",
+                    help="TensorFlow op determinism (disables XLA: timings are not comparable)")
+    group.addoption("--strategy", choices=STRATEGIES, default="default",
+                    help="mirrored: tf.distribute.MirroredStrategy over every GPU (or logical CPU device)")
+    group.addoption("--mixed-precision", action="store_true", help="mixed_float16 compute (for GPUs)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        run = build_config(
+            profile=config.getoption("profile"),
+            data_source=config.getoption("data_source"),
+            data_dir=config.getoption("data_dir"),
+            seed=config.getoption("seed"),
+            subset=config.getoption("subset"),
+            backbone_names=config.getoption("backbones"),
+            weights=config.getoption("weights"),
+            weights_dir=config.getoption("weights_dir"),
+            deterministic=config.getoption("deterministic"),
+            strategy=config.getoption("strategy"),
+            mixed_precision=config.getoption("mixed_precision"),
+        )
+    except LabInputError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[RUN_CONFIG] = run
+    config.stash[SESSION] = {"records": [], "benchmarks": [], "outcomes": {}, "started": time.time(), "collected": []}
+    if not config.getoption("no_report") and not _is_worker(config):
+        _check_writable(config.getoption("report_dir"))
+    _pin_worker_gpu(config)
+    _apply_run_settings(run)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _check_writable(report_dir: str) -> None:
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+        probe = os.path.join(report_dir, f".write-check-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise pytest.UsageError(
+            f"cannot write reports to {report_dir} ({error.strerror}): pass --report-dir PATH or --no-report"
+        ) from None
+
+
+def _pin_worker_gpu(config: pytest.Config) -> None:
+    """Under `pytest -n K` on a GPU machine, worker gwN sees only GPU N modulo the GPU count."""
+    if not _is_worker(config) or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        index = int(config.workerinput["workerid"].removeprefix("gw")) % len(gpus)
+        tf.config.set_visible_devices(gpus[index], "GPU")
+
+
+def _apply_run_settings(run: RunConfig) -> None:
+    import keras
+    import tensorflow as tf
+
+    reproducibility.seed_everything(run.seed)
+    if run.deterministic:
+        reproducibility.enable_determinism()
+    if run.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if run.strategy == "mirrored":
+        tf.distribute.experimental_set_strategy(tf.distribute.MirroredStrategy())
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backbone_name" in metafunc.fixturenames:
+        run = metafunc.config.stash[RUN_CONFIG]
+        metafunc.parametrize("backbone_name", run.backbones_for(metafunc.module.BACKBONE_GROUP))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[SESSION]["collected"] = [item.nodeid for item in items]
+
+
+@pytest.fixture(scope="session")
+def run_config(pytestconfig: pytest.Config) -> RunConfig:
+    """The run's checked settings: profile, data source, seed, backbones, weights."""
+    return pytestconfig.stash[RUN_CONFIG]
+
+
+@pytest.fixture(scope="session")
+def profile(run_config: RunConfig):
+    """The profile's settings (sizes, image counts, epochs)."""
+    return run_config.profile
+
+
+@pytest.fixture(autouse=True)
+def seeded(run_config: RunConfig) -> None:
+    """Seeds every generator before each test, so a test's result does not depend on order."""
+    reproducibility.seed_everything(run_config.seed)
+
+
+@pytest.fixture(scope="session")
+def keras_verbose(pytestconfig: pytest.Config) -> int:
+    """Keras's fit verbosity: one line per epoch when output is shown (`-s`), else silent."""
+    return 2 if pytestconfig.getoption("capture") == "no" else 0
+
+
+def _fail_with(error: LabInputError):
+    pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def image_data(run_config: RunConfig):
+    """Loads a dataset once per session: `image_data(name, image_size, train, validation)`.
+
+    `train` is the profile's count, replaced by --subset when given; a failure (missing data,
+    a corrupt file) fails every test that asks for it, with the same message.
+    """
+    from lab import data
+
+    loaded: dict[tuple, object] = {}
+
+    def load(name: str, image_size: int, train: int | None, validation: int | None):
+        key = (name, image_size, train, validation)
+        if key not in loaded:
+            try:
+                loaded[key] = data.load(
+                    name,
+                    run_config.data_source,
+                    image_size,
+                    run_config.train_count(train),
+                    validation,
+                    data_dir=run_config.data_dir,
+                    strict_train_count=run_config.subset is not None,
+                )
+            except LabInputError as error:
+                loaded[key] = error
+        if isinstance(loaded[key], LabInputError):
+            _fail_with(loaded[key])
+        return loaded[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def flowers_small(image_data, profile):
+    """tf_flowers at the lab CNN's size (32x32 by default), with the profile's image counts."""
+    return image_data("tf_flowers", profile.cnn_image_size, profile.flowers_train, profile.flowers_validation)
+
+
+@pytest.fixture(scope="session")
+def cifar10(image_data, profile):
+    """CIFAR-10 at the lab CNN's size, with the profile's image counts."""
+    return image_data("cifar10", profile.cnn_image_size, profile.cifar_train, profile.cifar_validation)
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> str:
+    """A folder every xdist worker of this session shares (the session's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return str(base.parent if _is_worker(pytestconfig) else base)
+
+
+@pytest.fixture(scope="session")
+def saved_base_model(shared_dir, flowers_small, profile, run_config, keras_verbose):
+    """Trains the lab CNN on tf_flowers and saves it, once per filter widths per session.
+
+    `saved_base_model(filters)` returns the metadata of the saved `.keras` file: its `path`,
+    the training history and epoch times. Under xdist one worker trains and saves while the
+    others wait on a file lock and load the same file.
+    """
+    from lab import storage
+    from lab.training import train_lab_cnn
+
+    def get(filters: tuple[int, int, int]) -> dict:
+        name = "lab_cnn-{}-seed{}.keras".format("-".join(map(str, filters)), run_config.seed)
+        path = os.path.join(shared_dir, name)
+        return storage.ensure_saved(
+            path,
+            lambda target: train_lab_cnn(
+                flowers_small, filters, profile.cnn_epochs, profile.batch_size, run_config.seed, target, keras_verbose
+            ),
+        )
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def backbone_weights(run_config: RunConfig):
+    """Resolves weights for a backbone: `backbone_weights(backbone)` -> WeightsSource.
+
+    ImageNet weights that cannot be had offline fail a backbone named with --backbones; a
+    backbone that is only in the profile's default list is skipped instead, with the reason.
+    """
+    from lab.backbones import resolve_weights
+
+    def resolve(backbone, weights: str | None = None):
+        try:
+            return resolve_weights(backbone, weights or run_config.weights, run_config.weights_dir)
+        except LabInputError as error:
+            if run_config.backbones:
+                _fail_with(error)
+            pytest.skip(f"{error} (in the profile's default list; name it with --backbones to make this an error)")
+
+    return resolve
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest):
+    """Records one result of this test for the report: `record(experiment, table, row, ...)`.
+
+    Args of the returned function: `experiment` ("1".."5"), `table` (the report table it
+    belongs to), `row` (column -> value), `label` (names the case in plots), `curves`
+    (train and validation accuracy per epoch), `stage_curve` (accuracy per unfreezing stage).
+    """
+
+    def add(experiment: str, table: str, row: dict, label: str = "", curves=None, stage_curve=None) -> None:
+        request.node.user_properties.append(
+            ("lab_record", {"experiment": experiment, "table": table, "row": row, "label": label,
+                            "curves": curves, "stage_curve": stage_curve, "test": request.node.nodeid})
+        )
+
+    return add
+
+
+@pytest.fixture
+def record_benchmark(request: pytest.FixtureRequest):
+    """Hands pytest-benchmark's statistics for this test to the report, or says it was disabled."""
+
+    def add(benchmark) -> None:
+        if benchmark.disabled:
+            return
+        stats = benchmark.stats.stats
+        request.node.user_properties.append(
+            ("lab_benchmark", {"name": request.node.name, "extra_info": dict(benchmark.extra_info),
+                               "stats": {"median": stats.median, "mean": stats.mean, "min": stats.min,
+                                         "max": stats.max, "rounds": stats.rounds}})
+        )
+
+    return add
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    session = _session_state
+    if session is None:
+        return
+    for kind, value in report.user_properties:
+        if kind == "lab_record" and report.when == "call":
+            session["records"].append(value)
+        elif kind == "lab_benchmark" and report.when == "call":
+            session["benchmarks"].append(value)
+    outcomes = session["outcomes"]
+    if report.when == "call" or (report.when == "setup" and not report.passed) or (report.when == "teardown" and report.failed):
+        if outcomes.get(report.nodeid, {}).get("outcome") in (None, "passed"):
+            reason = ""
+            if report.skipped and isinstance(report.longrepr, tuple):
+                reason = report.longrepr[2]
+            elif report.failed:
+                reason = report.longreprtext.strip().splitlines()[-1][:300] if report.longreprtext else ""
+            outcomes[report.nodeid] = {"test": report.nodeid, "outcome": report.outcome, "reason": reason}
+
+
+_session_state: dict | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _session_state
+    _session_state = session.config.stash[SESSION]
+
+
+def _benchmarks_note(config: pytest.Config) -> str | None:
+    if config.pluginmanager.hasplugin("xdist") and (config.getoption("numprocesses", None) or 0):
+        return "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
+    if config.getoption("benchmark_disable", False):
+        return "benchmarks disabled with --benchmark-disable"
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _is_worker(config) or config.getoption("no_report"):
+        return
+    state = config.stash[SESSION]
+    ran_experiments = any(nodeid.startswith("experiments/") for nodeid in state["outcomes"])
+    if not ran_experiments:
+        return
+    run = config.stash[RUN_CONFIG]
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    device = environment.device_summary()
+    not_run = [
+        {"test": nodeid, "outcome": "not run", "reason": "the session ended before it ran"}
+        for nodeid in state["collected"]
+        if nodeid not in state["outcomes"]
+    ]
+    outcomes = list(state["outcomes"].values()) + not_run
+    complete = exitstatus == 0 and not not_run
+    reason = None
+    if not complete:
+        reason = {2: "interrupted", 1: "some tests failed"}.get(int(exitstatus), f"pytest exit status {int(exitstatus)}")
+        if not_run:
+            reason += f"; {len(not_run)} tests did not run"
+    results = {
+        "run": {
+            "profile": run.profile.name,
+            "profile_settings": {k: v for k, v in vars(run.profile).items() if k not in ("name", "default_backbones")},
+            "seed": run.seed,
+            "data_source": run.data_source,
+            "data_source_description": run.describe_data(),
+            "weights_description": f"--weights {run.weights}" + (f", --weights-dir {run.weights_dir}" if run.weights_dir else ""),
+            "options_description": ", ".join(
+                part for part in (
+                    f"--subset {run.subset}" if run.subset else "",
+                    f"--backbones {','.join(run.backbones)}" if run.backbones else "",
+                    "--deterministic (XLA off: timings not comparable)" if run.deterministic else "",
+                    f"--strategy {run.strategy}" if run.strategy != "default" else "",
+                    "--mixed-precision" if run.mixed_precision else "",
+                    f"-n {config.getoption('numprocesses', None)}" if config.getoption("numprocesses", None) else "",
+                ) if part
+            ) or "defaults",
+            "started": datetime.datetime.fromtimestamp(state["started"], datetime.timezone.utc).isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "wall_seconds": time.time() - state["started"],
+            "commit": environment.git_commit(ROOT),
+            "versions": environment.versions(),
+            "device": device,
+            "device_slug": environment.device_slug(device),
+            "benchmarks_note": _benchmarks_note(config),
+            "complete": complete,
+            "incomplete_reason": reason,
+        },
+        "records": state["records"],
+        "benchmarks": state["benchmarks"],
+        "outcomes": outcomes,
+    }
+    stem = f"{run.profile.name}-{results['run']['device_slug']}-{finished.strftime('%Y%m%dT%H%M%SZ')}"
+    try:
+        state["report_path"] = report.write_report(results, config.getoption("report_dir"), stem, f"latest-{run.profile.name}.md")
+    except OSError as error:
+        state["report_error"] = f"report not written: {error}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _is_worker(config):
+        return
+    state = config.stash[SESSION]
+    lines = report.summary_lines(state["records"])
+    note = _benchmarks_note(config)
+    if note and any(o["test"].startswith("experiments/test_4") for o in state["outcomes"].values()):
+        lines.append(f"epoch-time benchmarks: {note}")
+    if state.get("report_path"):
+        lines.append(f"report: {os.path.relpath(state['report_path'])}")
+    if state.get("report_error"):
+        lines.append(state["report_error"])
+    if lines:
+        terminalreporter.section("transfer-learning lab")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,79 @@
+"""Experiment 2: reuse the flowers CNN's convolutions on CIFAR-10.
+
+Load the model experiment 1 saved, keep every convolution and pooling layer, put a new
+Dense(128, relu) and Dense(10, softmax) on the flattened output, and train the whole model on
+CIFAR-10. The same architecture from a random initialisation, on the same data and budget,
+shows what the transferred weights are worth.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from lab import models, storage
+from lab.freezing import trainable_parameter_count
+from lab.training import fit
+
+pytestmark = pytest.mark.experiment
+
+LAB_FILTERS = (32, 64, 128)
+
+
+@pytest.mark.parametrize("initialisation", ["transferred", "scratch"])
+def test_transfer_to_cifar10(initialisation, saved_base_model, cifar10, profile, run_config, keras_verbose, record):
+    saved = saved_base_model(LAB_FILTERS)
+    saved_file_digest = storage.file_digest(saved["path"])
+    saved_model = storage.load_model(saved["path"])
+    saved_feature_weights = [layer.get_weights() for layer in models.feature_layers(saved_model)]
+    if initialisation == "transferred":
+        base = saved_model
+    else:
+        base = models.lab_cnn(saved_model.output_shape[-1], cifar10.image_size, LAB_FILTERS)
+
+    model = models.transfer_model(base, cifar10.num_classes)
+    models.compile_for_classification(model)
+
+    carried = models.feature_layers(model)
+    assert [(type(layer), layer.name) for layer in carried] == [
+        (type(layer), layer.name) for layer in models.feature_layers(saved_model)
+    ]
+    carried_equal = [
+        all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), weights))
+        for layer, weights in zip(carried, saved_feature_weights)
+    ]
+    if initialisation == "transferred":
+        assert all(carried_equal), "transferred layers differ from the saved model before training"
+    else:
+        assert not any(carried_equal[0::2]), "scratch convolutions equal the saved ones"
+    assert model.output_shape == (None, 10)
+    assert len(model.trainable_weights) == 10
+
+    result = fit(
+        model,
+        cifar10.batches("train", profile.batch_size, seed=run_config.seed),
+        profile.cnn_epochs,
+        validation=cifar10.batches("validation", profile.batch_size),
+        verbose=keras_verbose,
+    )
+
+    assert storage.file_digest(saved["path"]) == saved_file_digest, "training changed the saved base file"
+    assert result.loss[-1] < result.loss[0]
+    record(
+        "2",
+        "Transferred against scratch on CIFAR-10",
+        {
+            "initialisation": initialisation,
+            "dataset": f"{cifar10.name} ({cifar10.source})",
+            "train images": cifar10.train_count,
+            "validation images": cifar10.validation_count,
+            "epochs": profile.cnn_epochs,
+            "train accuracy": result.accuracy[-1],
+            "validation accuracy": result.validation_accuracy[-1],
+            "parameters": model.count_params(),
+            "trainable parameters": trainable_parameter_count(model),
+            "first epoch s": result.epoch_seconds[0],
+            "s/epoch": result.steady_epoch_seconds,
+        },
+        label=initialisation,
+        curves={"train_accuracy": result.accuracy, "validation_accuracy": result.validation_accuracy},
+    )

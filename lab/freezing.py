@@ -1,0 +1,154 @@
+"""Freezing and unfreezing a classifier's base: whole, or gradually from the top.
+
+Changing `trainable` only takes effect at the next `compile()`, so gradual unfreezing is a
+loop of compile + fit stages rather than a callback. Every layer's flag is set explicitly at
+every stage: setting `trainable = True` on a model whose own flag is already True does not
+reach layers that were frozen one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from lab.backbones import Backbone
+from lab.errors import LabInputError
+from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
+
+SCHEDULE_KINDS = ("blocks", "layers")
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The backbone nested inside a classifier built by `lab.models.backbone_classifier`."""
+    return model.get_layer(BASE_LAYER_NAME)
+
+
+def set_base_trainable(model: keras.Model, trainable_layers: set[str]) -> None:
+    """Makes exactly the named base layers trainable; BatchNormalization layers stay frozen.
+
+    Frozen BatchNormalization keeps its learned scale and shift as well as its moving
+    statistics, which the Keras fine-tuning guide advises while a small dataset fine-tunes.
+    """
+    base = base_of(model)
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name in trainable_layers and not isinstance(
+            layer, keras.layers.BatchNormalization
+        )
+    model.get_layer(HEAD_LAYER_NAME).trainable = True
+
+
+def freeze_base(model: keras.Model) -> None:
+    """Freezes every base layer; only the head trains."""
+    set_base_trainable(model, set())
+
+
+def unfreeze_base(model: keras.Model) -> None:
+    """Makes every base layer trainable, BatchNormalization excepted."""
+    set_base_trainable(model, {layer.name for layer in base_of(model).layers})
+
+
+def trainable_tensor_count(layers: list[keras.layers.Layer]) -> int:
+    """How many weight tensors of `layers` would a compile() now train."""
+    return sum(len(layer.trainable_weights) for layer in layers)
+
+
+def trainable_parameter_count(model: keras.Model) -> int:
+    """Trainable scalars of `model`."""
+    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
+
+
+def weight_bytes(layers: list[keras.layers.Layer]) -> dict[str, bytes]:
+    """The exact bytes of every weight of `layers`, trainable or not, keyed by weight path."""
+    return {weight.path: weight.numpy().tobytes() for layer in layers for weight in layer.weights}
+
+
+def changed_weights(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+    """The paths of the weights whose bytes differ between two `weight_bytes` snapshots."""
+    return [path for path, value in before.items() if after[path] != value]
+
+
+def batch_norm_statistics(model: keras.Model) -> dict[str, bytes]:
+    """Moving means and variances of every BatchNormalization layer in the base."""
+    layers = [layer for layer in base_of(model).layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return {
+        weight.path: weight.numpy().tobytes()
+        for layer in layers
+        for weight in (layer.moving_mean, layer.moving_variance)
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a gradual-unfreezing schedule.
+
+    Attributes:
+        name: `head` for stage 0, else the blocks thawed so far.
+        trainable_layers: names of the base layers trainable in this stage.
+        learning_rate: the stage's learning rate.
+        epochs: epochs the stage trains for.
+    """
+
+    name: str
+    trainable_layers: tuple[str, ...]
+    learning_rate: float
+    epochs: int
+
+
+def gradual_schedule(
+    backbone: Backbone,
+    base: keras.Model,
+    kind: str,
+    stages: int,
+    epochs_per_stage: int,
+    learning_rate: float = 1e-3,
+    learning_rate_decay: float = 10.0,
+    layers_per_stage: int = 20,
+) -> list[Stage]:
+    """Stage 0 trains the head; each later stage thaws the next part of the base, top down.
+
+    Args:
+        backbone: the registry entry, whose named blocks `kind="blocks"` follows.
+        base: the backbone model inside the classifier.
+        kind: `blocks` (one registry block per stage) or `layers` (`layers_per_stage` weighted
+            layers per stage, counted from the top).
+        stages: how many stages thaw part of the base, after the head stage.
+        epochs_per_stage: epochs of every stage.
+        learning_rate: the head stage's learning rate.
+        learning_rate_decay: each later stage divides the rate by this, so that the
+            pretrained weights move less as more of them thaw.
+        layers_per_stage: for `kind="layers"`.
+    """
+    if kind not in SCHEDULE_KINDS:
+        raise LabInputError(f"unknown schedule {kind!r}: use one of {', '.join(SCHEDULE_KINDS)}")
+    if kind == "blocks":
+        groups = [(name, [layer.name for layer in layers]) for name, layers in backbone.stages_top_down(base)]
+    else:
+        weighted = [layer.name for layer in reversed(base.layers) if _has_trainable_weights(layer)]
+        groups = [
+            (f"top {start + layers_per_stage} layers", weighted[start : start + layers_per_stage])
+            for start in range(0, len(weighted), layers_per_stage)
+        ]
+    if stages > len(groups):
+        raise LabInputError(
+            f"{backbone.name} has {len(groups)} {kind} to unfreeze, fewer than the {stages} stages asked"
+        )
+    schedule = [Stage("head", (), learning_rate, epochs_per_stage)]
+    thawed: list[str] = []
+    for index, (name, layer_names) in enumerate(groups[:stages], start=1):
+        thawed += layer_names
+        schedule.append(
+            Stage(
+                f"+{name}" if kind == "blocks" else name,
+                tuple(thawed),
+                learning_rate / learning_rate_decay**index,
+                epochs_per_stage,
+            )
+        )
+    return schedule
+
+
+def _has_trainable_weights(layer: keras.layers.Layer) -> bool:
+    return bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)

@@ -1,0 +1,136 @@
+"""The lab's models: the small CNN, its transfer to a new task, and a classifier on a backbone."""
+
+from __future__ import annotations
+
+import keras
+
+from lab.backbones import Backbone, get_backbone
+
+BASE_LAYER_NAME = "base"
+HEAD_LAYER_NAME = "head"
+
+
+def lab_cnn(
+    num_classes: int, image_size: int = 32, filters: tuple[int, int, int] = (32, 64, 128)
+) -> keras.Sequential:
+    """The lab's base model: 3 x (Conv2D 5x5 same relu, MaxPooling2D), Flatten, 2 Dense.
+
+    Args:
+        num_classes: width of the softmax output.
+        image_size: side of the square RGB input.
+        filters: the widths of the three convolutions.
+    """
+    convolutions = []
+    for index, width in enumerate(filters, start=1):
+        convolutions += [
+            keras.layers.Conv2D(width, 5, padding="same", activation="relu", name=f"conv{index}"),
+            keras.layers.MaxPooling2D(name=f"pool{index}"),
+        ]
+    return keras.Sequential(
+        [
+            keras.Input((image_size, image_size, 3)),
+            *convolutions,
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(128, activation="relu", name="dense"),
+            keras.layers.Dense(num_classes, activation="softmax", name="classifier"),
+        ],
+        name="lab_cnn",
+    )
+
+
+def lab_cnn_parameter_count(
+    num_classes: int, image_size: int, filters: tuple[int, int, int]
+) -> int:
+    """The parameters of `lab_cnn`, computed from the architecture rather than from Keras."""
+    count, channels, side = 0, 3, image_size
+    for width in filters:
+        count += 5 * 5 * channels * width + width
+        channels, side = width, side // 2
+    flattened = side * side * channels
+    return count + flattened * 128 + 128 + 128 * num_classes + num_classes
+
+
+def feature_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The convolution and pooling layers of `model`, in order: what transfers to a new task."""
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.MaxPooling2D))
+    ]
+
+
+def flatten_layer(model: keras.Model) -> keras.layers.Flatten:
+    """The model's only Flatten layer, found by type: positions differ between model kinds."""
+    flattens = [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
+    if len(flattens) != 1:
+        raise ValueError(f"{model.name} has {len(flattens)} Flatten layers, expected exactly 1")
+    return flattens[0]
+
+
+def transfer_model(base: keras.Model, num_classes: int) -> keras.Model:
+    """Keeps every convolution and pooling layer of `base` and puts a new Dense head on them.
+
+    The returned model shares its convolution layers (and their weights) with `base`.
+    """
+    flattened = flatten_layer(base).output
+    hidden = keras.layers.Dense(128, activation="relu", name="transfer_dense")(flattened)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="transfer_classifier")(
+        hidden
+    )
+    return keras.Model(base.inputs, outputs, name="transfer")
+
+
+@keras.saving.register_keras_serializable(package="lab")
+class BackbonePreprocessing(keras.layers.Layer):
+    """Turns the lab's images in [0, 1] into the input a keras.applications backbone expects.
+
+    Inside the classifier, so that a backbone can never receive another network's scaling.
+    """
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._preprocess_input = get_backbone(backbone).preprocess_input
+
+    def call(self, images):
+        return self._preprocess_input(images * 255.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def backbone_classifier(
+    backbone: Backbone, image_size: int, num_classes: int, weights_path: str | None
+) -> keras.Model:
+    """Backbone without its top, GlobalAveragePooling2D, and a Dense softmax head.
+
+    The model takes images in [0, 1], applies the backbone's own preprocessing, and calls the
+    base in inference mode, so BatchNormalization keeps its moving statistics whether or not
+    the base is trainable (the Keras fine-tuning guide's advice).
+
+    Args:
+        backbone: the registry entry.
+        image_size: side of the square RGB input.
+        num_classes: width of the softmax head.
+        weights_path: a weights file for the base, or None for a random initialisation.
+    """
+    base = backbone.build(image_size, weights_path, name=BASE_LAYER_NAME)
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    scaled = BackbonePreprocessing(backbone.name, name="preprocessing")(inputs)
+    features = base(scaled, training=False)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(features)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYER_NAME)(pooled)
+    return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> None:
+    """Adam and sparse categorical cross-entropy, as the lab asks, tracking accuracy.
+
+    XLA is off: on a CPU it triples tracing time and slows every step of these models.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )

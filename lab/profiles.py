@@ -1,0 +1,110 @@
+"""Run profiles: how much data, how large, how long, for each experiment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lab.errors import LabInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The settings that separate a CPU smoke run from the lab's full run.
+
+    Args:
+        name: `smoke` or `full`.
+        cnn_image_size: side of the images for experiments 1 and 2 (the lab: 32).
+        flowers_train: training images of tf_flowers (None: all of them).
+        flowers_validation: validation images of tf_flowers (None: the whole held-out part).
+        cifar_train: training images of CIFAR-10 (None: all 50,000).
+        cifar_validation: validation images of CIFAR-10 (None: the whole test split).
+        cnn_epochs: epochs for experiments 1 and 2.
+        backbone_train: training images for experiments 3 to 5.
+        backbone_validation: validation images for experiments 3 to 5.
+        backbone_epochs: epochs for a head on a frozen backbone (experiment 3 and 4).
+        batch_size: batch size everywhere.
+        benchmark_rounds: timed epochs per benchmark case, after one untimed warm-up epoch.
+        benchmark_images: images per timed epoch in experiment 4.
+        unfreeze_stages: how many blocks of the base experiment 5 thaws after the head stage.
+        stage_epochs: epochs per stage of experiment 5.
+        default_backbones: the backbones each experiment covers when --backbones is not given.
+    """
+
+    name: str
+    cnn_image_size: int
+    flowers_train: int | None
+    flowers_validation: int | None
+    cifar_train: int | None
+    cifar_validation: int | None
+    cnn_epochs: int
+    backbone_train: int | None
+    backbone_validation: int | None
+    backbone_epochs: int
+    batch_size: int
+    benchmark_rounds: int
+    benchmark_images: int | None
+    unfreeze_stages: int
+    stage_epochs: int
+    default_backbones: dict[str, tuple[str, ...]]
+
+
+SMOKE = Profile(
+    name="smoke",
+    cnn_image_size=32,
+    flowers_train=400,
+    flowers_validation=100,
+    cifar_train=1000,
+    cifar_validation=500,
+    cnn_epochs=8,
+    backbone_train=400,
+    backbone_validation=100,
+    backbone_epochs=8,
+    batch_size=32,
+    benchmark_rounds=3,
+    benchmark_images=64,
+    unfreeze_stages=2,
+    stage_epochs=2,
+    default_backbones={
+        "pretrained": ("resnet50", "mobilenet", "mobilenet_v2"),
+        "freeze": ("resnet50", "mobilenet", "mobilenet_v2"),
+        "unfreeze": ("mobilenet_v2",),
+    },
+)
+
+# The lab's own settings, for one modern GPU: whole datasets, 224x224 ResNet50 and VGG16.
+# Epoch counts are where the lab's models stop improving on validation accuracy: the CNN
+# at 32x32 plateaus after about 15 epochs, a head on frozen ImageNet features after about 10.
+FULL = Profile(
+    name="full",
+    cnn_image_size=32,
+    flowers_train=None,
+    flowers_validation=None,
+    cifar_train=None,
+    cifar_validation=None,
+    cnn_epochs=15,
+    backbone_train=None,
+    backbone_validation=None,
+    backbone_epochs=10,
+    batch_size=64,
+    benchmark_rounds=3,
+    benchmark_images=None,
+    unfreeze_stages=3,
+    stage_epochs=3,
+    default_backbones={
+        "pretrained": ("resnet50",),
+        "freeze": ("resnet50", "mobilenet_v2"),
+        "unfreeze": ("vgg16", "mobilenet_v2", "resnet50"),
+    },
+)
+
+PROFILES = {profile.name: profile for profile in (SMOKE, FULL)}
+
+
+def get_profile(name: str) -> Profile:
+    """Returns the profile called `name`, or raises an error that lists the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise LabInputError(
+            f"unknown profile {name!r}: use --profile with one of {', '.join(PROFILES)}"
+        ) from None

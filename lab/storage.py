@@ -1,0 +1,105 @@
+"""Files written whole or not at all, and saved models shared safely between processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Callable
+
+import filelock
+import keras
+
+from lab.errors import LabInputError
+
+
+def _temporary_beside(path: str, suffix: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=f".partial{suffix}", dir=directory
+    )
+    os.close(handle)
+    return temporary
+
+
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    """Writes `payload` to a temporary file beside `path`, then renames it over `path`."""
+    temporary = _temporary_beside(path, "")
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_model(model: keras.Model, path: str) -> None:
+    """Saves `model` as a `.keras` file that readers see either complete or not at all."""
+    temporary = _temporary_beside(path, ".keras")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` file with Keras's safe mode on: no code from the file runs.
+
+    Raises:
+        LabInputError: the file is missing, truncated or not a Keras model file.
+    """
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise LabInputError(
+            f"cannot load model file {path} ({type(error).__name__}: {str(error).splitlines()[0][:200]}): "
+            "delete it so that the experiment that saves it trains it again"
+        ) from None
+
+
+def ensure_saved(path: str, create: Callable[[str], dict]) -> dict:
+    """Creates the model file at `path` once across every process, and returns its metadata.
+
+    The first process to take the lock calls `create(path)`, which must save the model
+    (atomically) and return JSON-able metadata about it; that metadata is stored beside the
+    model. Every other process waits for the lock and reads what the first one wrote.
+    """
+    metadata_path = path + ".json"
+    with filelock.FileLock(path + ".lock"):
+        if os.path.exists(path) and os.path.exists(metadata_path):
+            with open(metadata_path, encoding="utf-8") as stream:
+                return {**json.load(stream), "created_here": False}
+        metadata = create(path)
+        atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
+        return {**metadata, "created_here": True}
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 over every weight of `model`, in order: equal digests, byte-identical weights."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()
