@@ -237,6 +237,8 @@ def backbone_weights(run_config: RunConfig):
     from lab.backbones import resolve_weights
 
     def resolve(backbone, weights: str | None = None):
+        if weights == "imagenet" and run_config.weights == "none":
+            pytest.skip("ImageNet weights case: this run has --weights none")
         try:
             return resolve_weights(backbone, weights or run_config.weights, run_config.weights_dir)
         except LabInputError as error:

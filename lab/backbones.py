@@ -12,7 +12,9 @@ import functools
 import os
 from typing import Callable
 
+import h5py
 import keras
+import numpy as np
 
 from lab import network
 from lab.errors import LabInputError
@@ -34,6 +36,7 @@ class Backbone:
         block_starts: (stage name, first layer of the stage), bottom up.
         layer_count: layers of the no-top network, its input layer included.
         parameter_count: parameters of the no-top network.
+        feature_channels: channels of the network's last feature map.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Backbone:
     block_starts: tuple[tuple[str, str], ...]
     layer_count: int
     parameter_count: int
+    feature_channels: int
 
     @property
     def weights_url(self) -> str:
@@ -101,6 +105,7 @@ REGISTRY: dict[str, Backbone] = {
             ),
             layer_count=175,
             parameter_count=23_587_712,
+            feature_channels=2048,
         ),
         Backbone(
             name="vgg16",
@@ -112,6 +117,7 @@ REGISTRY: dict[str, Backbone] = {
             block_starts=tuple((f"block{i}", f"block{i}_conv1") for i in range(1, 6)),
             layer_count=19,
             parameter_count=14_714_688,
+            feature_channels=512,
         ),
         Backbone(
             name="mobilenet",
@@ -128,6 +134,7 @@ REGISTRY: dict[str, Backbone] = {
             ),
             layer_count=86,
             parameter_count=218_544,
+            feature_channels=256,
         ),
         Backbone(
             name="mobilenet_v2",
@@ -145,9 +152,27 @@ REGISTRY: dict[str, Backbone] = {
             ),
             layer_count=154,
             parameter_count=410_208,
+            feature_channels=1280,
         ),
     )
 }
+
+
+def weights_file_tensors(path: str) -> list[list[np.ndarray]]:
+    """The tensors of a Keras HDF5 weights file, per layer with weights, in the file's order."""
+    with h5py.File(path, "r") as stream:
+        group = stream["model_weights"] if "model_weights" in stream else stream
+        layers = []
+        for layer_name in group.attrs["layer_names"]:
+            layer = group[_text(layer_name)]
+            names = [_text(name) for name in layer.attrs["weight_names"]]
+            if names:
+                layers.append([np.asarray(layer[name]) for name in names])
+        return layers
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def get_backbone(name: str) -> Backbone:

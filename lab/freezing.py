@@ -25,18 +25,22 @@ def base_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BASE_LAYER_NAME)
 
 
-def set_base_trainable(model: keras.Model, trainable_layers: set[str]) -> None:
-    """Makes exactly the named base layers trainable; BatchNormalization layers stay frozen.
+def set_base_trainable(model: keras.Model, trainable_layers: set[str], batch_norm: bool = False) -> None:
+    """Makes exactly the named base layers trainable, and the head.
 
-    Frozen BatchNormalization keeps its learned scale and shift as well as its moving
-    statistics, which the Keras fine-tuning guide advises while a small dataset fine-tunes.
+    Args:
+        model: a classifier built by `lab.models.backbone_classifier`.
+        trainable_layers: names of the base layers to train.
+        batch_norm: whether named BatchNormalization layers train too. Frozen by default, as
+            the Keras fine-tuning guide advises: a frozen BatchNormalization layer runs in
+            inference mode, so its moving statistics stay as pretrained. A trainable one
+            normalises with batch statistics and updates them.
     """
     base = base_of(model)
     base.trainable = True
     for layer in base.layers:
-        layer.trainable = layer.name in trainable_layers and not isinstance(
-            layer, keras.layers.BatchNormalization
-        )
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = layer.name in trainable_layers and (batch_norm or not is_batch_norm)
     model.get_layer(HEAD_LAYER_NAME).trainable = True
 
 
@@ -45,14 +49,28 @@ def freeze_base(model: keras.Model) -> None:
     set_base_trainable(model, set())
 
 
-def unfreeze_base(model: keras.Model) -> None:
-    """Makes every base layer trainable, BatchNormalization excepted."""
-    set_base_trainable(model, {layer.name for layer in base_of(model).layers})
+def unfreeze_base(model: keras.Model, batch_norm: bool = True) -> None:
+    """Makes every base layer trainable: the plain `trainable = True` of the lab."""
+    set_base_trainable(model, {layer.name for layer in base_of(model).layers}, batch_norm)
 
 
 def trainable_tensor_count(layers: list[keras.layers.Layer]) -> int:
     """How many weight tensors of `layers` would a compile() now train."""
     return sum(len(layer.trainable_weights) for layer in layers)
+
+
+def expected_trainable_tensors(layers: list[keras.layers.Layer], batch_norm: bool) -> int:
+    """The tensors a fully thawed set of `layers` trains, counted from layer types and options.
+
+    Independent of Keras's own trainable bookkeeping: kernels and biases of convolutions and
+    Dense layers, plus BatchNormalization's scale and shift when `batch_norm`.
+    """
+    weighted = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    count = sum(1 + bool(layer.use_bias) for layer in layers if isinstance(layer, weighted))
+    if batch_norm:
+        norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+        count += sum(int(layer.scale) + int(layer.center) for layer in norms)
+    return count
 
 
 def trainable_parameter_count(model: keras.Model) -> int:

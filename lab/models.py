@@ -104,9 +104,10 @@ def backbone_classifier(
 ) -> keras.Model:
     """Backbone without its top, GlobalAveragePooling2D, and a Dense softmax head.
 
-    The model takes images in [0, 1], applies the backbone's own preprocessing, and calls the
-    base in inference mode, so BatchNormalization keeps its moving statistics whether or not
-    the base is trainable (the Keras fine-tuning guide's advice).
+    The model takes images in [0, 1] and applies the backbone's own preprocessing. The base is
+    called plainly: in Keras 3 an outer `fit` overrides a nested model's `training=False`, so
+    what keeps BatchNormalization in inference mode is its layer being frozen (see
+    lab/freezing.py), not the call.
 
     Args:
         backbone: the registry entry.
@@ -117,7 +118,7 @@ def backbone_classifier(
     base = backbone.build(image_size, weights_path, name=BASE_LAYER_NAME)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     scaled = BackbonePreprocessing(backbone.name, name="preprocessing")(inputs)
-    features = base(scaled, training=False)
+    features = base(scaled)
     pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(features)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYER_NAME)(pooled)
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")

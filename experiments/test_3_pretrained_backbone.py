@@ -1,0 +1,112 @@
+"""Experiment 3: a backbone pretrained on ImageNet, under a new classifier for tf_flowers.
+
+`keras.applications` backbone without its top, images resized to the backbone's input size
+(224x224 in the full profile, as the lab says), global average pooling and a Dense softmax.
+The backbone is checked against Keras's published structure and against the weights file
+itself; then its features are put to work: a head trained on the pooled features of the
+pretrained base, against the same head on a randomly initialised base, same data and budget.
+"""
+
+import numpy as np
+import pytest
+
+from lab import features, models
+from lab.backbones import get_backbone, weights_file_tensors
+from lab.training import fit
+
+pytestmark = pytest.mark.experiment
+
+BACKBONE_GROUP = "pretrained"
+
+
+def test_backbone_matches_keras_structure(backbone_name, profile, record):
+    backbone = get_backbone(backbone_name)
+    image_size = backbone.image_size[profile.name]
+    base = backbone.build(image_size, None)
+
+    side = -(-image_size // 32)
+    assert len(base.layers) == backbone.layer_count
+    assert base.count_params() == backbone.parameter_count
+    assert base.output_shape == (None, side, side, backbone.feature_channels)
+    record(
+        "3",
+        "Backbones against Keras's published structure",
+        {
+            "backbone": backbone_name,
+            "input": f"{image_size}px",
+            "layers": len(base.layers),
+            "parameters": base.count_params(),
+            "output": "x".join(str(d) for d in base.output_shape[1:]),
+        },
+    )
+
+
+def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profile, record):
+    backbone = get_backbone(backbone_name)
+    image_size = backbone.image_size[profile.name]
+    weights = backbone_weights(backbone, "imagenet")
+    base = backbone.build(image_size, weights.path)
+
+    loaded = [layer.get_weights() for layer in base.layers if layer.weights]
+    from_file = weights_file_tensors(weights.path)
+    assert len(loaded) == len(from_file)
+    for layer_weights, file_weights in zip(loaded, from_file):
+        assert all(np.array_equal(a, b) for a, b in zip(layer_weights, file_weights, strict=True))
+    random_base = backbone.build(image_size, None)
+    random_loaded = [layer.get_weights() for layer in random_base.layers if layer.weights]
+    differing = sum(not np.array_equal(a[0], b[0]) for a, b in zip(loaded, random_loaded))
+    assert differing == len(loaded), "some ImageNet tensors equal a random initialisation"
+    record(
+        "3",
+        "ImageNet weights against the file",
+        {
+            "backbone": backbone_name,
+            "weights": weights.origin,
+            "layers with weights": len(loaded),
+            "tensors equal to the file": sum(len(w) for w in loaded),
+            "layers differing from random init": differing,
+        },
+    )
+
+
+@pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
+def test_pretrained_features_classify_flowers(
+    backbone_name, weights_kind, backbone_weights, image_data, profile, run_config, record
+):
+    backbone = get_backbone(backbone_name)
+    image_size = backbone.image_size[profile.name]
+    weights = backbone_weights(backbone, weights_kind)
+    flowers = image_data("tf_flowers", image_size, profile.backbone_train, profile.backbone_validation)
+
+    classifier = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
+    assert classifier.output_shape == (None, flowers.num_classes)
+    assert classifier.get_layer(models.BASE_LAYER_NAME).output_shape[-1] == backbone.feature_channels
+
+    train_features = features.extract_features(classifier, flowers.batches("train", profile.batch_size))
+    validation_features = features.extract_features(classifier, flowers.batches("validation", profile.batch_size))
+    assert train_features.shape == (flowers.train_count, backbone.feature_channels)
+    head = features.standalone_head(classifier)
+    result = fit(
+        head,
+        features.features_dataset(train_features, flowers.train_labels, profile.batch_size, run_config.seed),
+        profile.backbone_epochs,
+        validation=features.features_dataset(validation_features, flowers.validation_labels, profile.batch_size, None),
+    )
+    features.put_head_back(classifier, head)
+
+    record(
+        "3",
+        "A head on pretrained against random features (tf_flowers)",
+        {
+            "backbone": backbone_name,
+            "weights": weights_kind,
+            "input": f"{image_size}px",
+            "train images": flowers.train_count,
+            "validation images": flowers.validation_count,
+            "epochs": profile.backbone_epochs,
+            "train accuracy": result.accuracy[-1],
+            "validation accuracy": result.validation_accuracy[-1],
+        },
+        label=f"{backbone_name} {weights_kind}",
+        curves={"train_accuracy": result.accuracy, "validation_accuracy": result.validation_accuracy},
+    )
