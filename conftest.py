@@ -8,14 +8,16 @@ import time
 
 import pytest
 
-from lab import environment, report, reproducibility
+# TensorFlow's C++ start-up chatter would bury pytest's own output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from lab import distribution, environment, report, reproducibility
 from lab.config import STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config
 from lab.data import SOURCES
 from lab.errors import LabInputError
 from lab.profiles import PROFILES
 
 RUN_CONFIG = pytest.StashKey[RunConfig]()
-SESSION = pytest.StashKey[dict]()
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -64,7 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[RUN_CONFIG] = run
-    config.stash[SESSION] = {"records": [], "benchmarks": [], "outcomes": {}, "started": time.time(), "collected": []}
+    if not _is_worker(config):
+        config.pluginmanager.register(LabSession(config, run), "lab-session")
     if not config.getoption("no_report") and not _is_worker(config):
         _check_writable(config.getoption("report_dir"))
     _pin_worker_gpu(config)
@@ -102,25 +105,20 @@ def _pin_worker_gpu(config: pytest.Config) -> None:
 
 def _apply_run_settings(run: RunConfig) -> None:
     import keras
-    import tensorflow as tf
 
+    if run.strategy == "mirrored":
+        distribution.use_mirrored_strategy()
     reproducibility.seed_everything(run.seed)
     if run.deterministic:
         reproducibility.enable_determinism()
     if run.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    if run.strategy == "mirrored":
-        tf.distribute.experimental_set_strategy(tf.distribute.MirroredStrategy())
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backbone_name" in metafunc.fixturenames:
         run = metafunc.config.stash[RUN_CONFIG]
         metafunc.parametrize("backbone_name", run.backbones_for(metafunc.module.BACKBONE_GROUP))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[SESSION]["collected"] = [item.nodeid for item in items]
 
 
 @pytest.fixture(scope="session")
@@ -284,35 +282,6 @@ def record_benchmark(request: pytest.FixtureRequest):
     return add
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    session = _session_state
-    if session is None:
-        return
-    for kind, value in report.user_properties:
-        if kind == "lab_record" and report.when == "call":
-            session["records"].append(value)
-        elif kind == "lab_benchmark" and report.when == "call":
-            session["benchmarks"].append(value)
-    outcomes = session["outcomes"]
-    if report.when == "call" or (report.when == "setup" and not report.passed) or (report.when == "teardown" and report.failed):
-        if outcomes.get(report.nodeid, {}).get("outcome") in (None, "passed"):
-            reason = ""
-            if report.skipped and isinstance(report.longrepr, tuple):
-                reason = report.longrepr[2]
-            elif report.failed:
-                reason = report.longreprtext.strip().splitlines()[-1][:300] if report.longreprtext else ""
-            outcomes[report.nodeid] = {"test": report.nodeid, "outcome": report.outcome, "reason": reason}
-
-
-_session_state: dict | None = None
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    global _session_state
-    _session_state = session.config.stash[SESSION]
-
-
 def _benchmarks_note(config: pytest.Config) -> str | None:
     if config.pluginmanager.hasplugin("xdist") and (config.getoption("numprocesses", None) or 0):
         return "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
@@ -321,82 +290,130 @@ def _benchmarks_note(config: pytest.Config) -> str | None:
     return None
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if _is_worker(config) or config.getoption("no_report"):
-        return
-    state = config.stash[SESSION]
-    ran_experiments = any(nodeid.startswith("experiments/") for nodeid in state["outcomes"])
-    if not ran_experiments:
-        return
-    run = config.stash[RUN_CONFIG]
-    finished = datetime.datetime.now(datetime.timezone.utc)
-    device = environment.device_summary()
-    not_run = [
-        {"test": nodeid, "outcome": "not run", "reason": "the session ended before it ran"}
-        for nodeid in state["collected"]
-        if nodeid not in state["outcomes"]
-    ]
-    outcomes = list(state["outcomes"].values()) + not_run
-    complete = exitstatus == 0 and not not_run
-    reason = None
-    if not complete:
-        reason = {2: "interrupted", 1: "some tests failed"}.get(int(exitstatus), f"pytest exit status {int(exitstatus)}")
-        if not_run:
-            reason += f"; {len(not_run)} tests did not run"
-    results = {
-        "run": {
-            "profile": run.profile.name,
-            "profile_settings": {k: v for k, v in vars(run.profile).items() if k not in ("name", "default_backbones")},
-            "seed": run.seed,
-            "data_source": run.data_source,
-            "data_source_description": run.describe_data(),
-            "weights_description": f"--weights {run.weights}" + (f", --weights-dir {run.weights_dir}" if run.weights_dir else ""),
-            "options_description": ", ".join(
-                part for part in (
-                    f"--subset {run.subset}" if run.subset else "",
-                    f"--backbones {','.join(run.backbones)}" if run.backbones else "",
-                    "--deterministic (XLA off: timings not comparable)" if run.deterministic else "",
-                    f"--strategy {run.strategy}" if run.strategy != "default" else "",
-                    "--mixed-precision" if run.mixed_precision else "",
-                    f"-n {config.getoption('numprocesses', None)}" if config.getoption("numprocesses", None) else "",
-                ) if part
-            ) or "defaults",
-            "started": datetime.datetime.fromtimestamp(state["started"], datetime.timezone.utc).isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
-            "wall_seconds": time.time() - state["started"],
-            "commit": environment.git_commit(ROOT),
-            "versions": environment.versions(),
-            "device": device,
-            "device_slug": environment.device_slug(device),
-            "benchmarks_note": _benchmarks_note(config),
-            "complete": complete,
-            "incomplete_reason": reason,
-        },
-        "records": state["records"],
-        "benchmarks": state["benchmarks"],
-        "outcomes": outcomes,
-    }
-    stem = f"{run.profile.name}-{results['run']['device_slug']}-{finished.strftime('%Y%m%dT%H%M%SZ')}"
-    try:
-        state["report_path"] = report.write_report(results, config.getoption("report_dir"), stem, f"latest-{run.profile.name}.md")
-    except OSError as error:
-        state["report_error"] = f"report not written: {error}"
+class LabSession:
+    """Collects what the tests recorded (from every xdist worker) and writes the report.
+
+    Lives in the controller process only; workers' records arrive in their test reports.
+    """
+
+    def __init__(self, config: pytest.Config, run: RunConfig):
+        self.config = config
+        self.run = run
+        self.started = time.time()
+        self.records: list[dict] = []
+        self.benchmarks: list[dict] = []
+        self.outcomes: dict[str, dict] = {}
+        self.collected: list[str] = []
+        self.report_path: str | None = None
+        self.report_error: str | None = None
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.collected = [item.nodeid for item in items]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            for kind, value in report.user_properties:
+                if kind == "lab_record":
+                    self.records.append(value)
+                elif kind == "lab_benchmark":
+                    self.benchmarks.append(value)
+        decisive = report.when == "call" or not report.passed
+        if decisive and self.outcomes.get(report.nodeid, {}).get("outcome") in (None, "passed"):
+            self.outcomes[report.nodeid] = {"test": report.nodeid, "outcome": report.outcome, "reason": _reason(report)}
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.config.getoption("no_report"):
+            return
+        if not any(nodeid.startswith("experiments/") for nodeid in self.outcomes):
+            return
+        results = self.results(int(exitstatus))
+        stem = "{}-{}-{}".format(
+            self.run.profile.name,
+            results["run"]["device_slug"],
+            datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+        )
+        try:
+            self.report_path = report.write_report(
+                results, self.config.getoption("report_dir"), stem, f"latest-{self.run.profile.name}.md"
+            )
+        except OSError as error:
+            self.report_error = f"report not written: {error}"
+
+    def results(self, exitstatus: int) -> dict:
+        """Everything the report shows: the run's settings and machine, records, outcomes."""
+        run = self.run
+        not_run = [
+            {"test": nodeid, "outcome": "not run", "reason": "the session ended before it ran"}
+            for nodeid in self.collected
+            if nodeid not in self.outcomes
+        ]
+        complete = exitstatus == 0 and not not_run
+        reason = None
+        if not complete:
+            reason = {1: "some tests failed", 2: "interrupted"}.get(exitstatus, f"pytest exit status {exitstatus}")
+            if not_run:
+                reason += f"; {len(not_run)} tests did not run"
+        device = environment.device_summary()
+        workers = self.config.getoption("numprocesses", None)
+        options = (
+            f"--subset {run.subset}" if run.subset else "",
+            f"--backbones {','.join(run.backbones)}" if run.backbones else "",
+            "--deterministic (XLA off: timings not comparable)" if run.deterministic else "",
+            f"--strategy {run.strategy}" if run.strategy != "default" else "",
+            "--mixed-precision" if run.mixed_precision else "",
+            f"-n {workers}" if workers else "",
+        )
+        return {
+            "run": {
+                "profile": run.profile.name,
+                "profile_settings": {
+                    key: value for key, value in vars(run.profile).items() if key not in ("name", "default_backbones")
+                },
+                "seed": run.seed,
+                "data_source": run.data_source,
+                "data_source_description": run.describe_data(),
+                "weights_description": f"--weights {run.weights}"
+                + (f", --weights-dir {run.weights_dir}" if run.weights_dir else ""),
+                "options_description": ", ".join(option for option in options if option) or "defaults",
+                "started": _iso(self.started),
+                "finished": _iso(time.time()),
+                "wall_seconds": time.time() - self.started,
+                "commit": environment.git_commit(ROOT),
+                "versions": environment.versions(),
+                "device": device,
+                "device_slug": environment.device_slug(device),
+                "replicas": distribution.replicas(),
+                "benchmarks_note": _benchmarks_note(self.config),
+                "complete": complete,
+                "incomplete_reason": reason,
+            },
+            "records": self.records,
+            "benchmarks": self.benchmarks,
+            "outcomes": list(self.outcomes.values()) + not_run,
+        }
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        lines = report.summary_lines(self.records)
+        note = _benchmarks_note(self.config)
+        if note and any(nodeid.startswith("experiments/test_4") for nodeid in self.outcomes):
+            lines.append(f"epoch-time benchmarks: {note}")
+        if self.report_path:
+            lines.append(f"report: {os.path.relpath(self.report_path)}")
+        if self.report_error:
+            lines.append(self.report_error)
+        if lines:
+            terminalreporter.section("transfer-learning lab")
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if _is_worker(config):
-        return
-    state = config.stash[SESSION]
-    lines = report.summary_lines(state["records"])
-    note = _benchmarks_note(config)
-    if note and any(o["test"].startswith("experiments/test_4") for o in state["outcomes"].values()):
-        lines.append(f"epoch-time benchmarks: {note}")
-    if state.get("report_path"):
-        lines.append(f"report: {os.path.relpath(state['report_path'])}")
-    if state.get("report_error"):
-        lines.append(state["report_error"])
-    if lines:
-        terminalreporter.section("transfer-learning lab")
-        for line in lines:
-            terminalreporter.write_line(line)
+def _reason(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return report.longrepr[2]
+    if report.failed and report.longreprtext:
+        return report.longreprtext.strip().splitlines()[-1][:300]
+    return ""
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")

@@ -28,7 +28,7 @@ def standalone_head(classifier: keras.Model) -> keras.Model:
     """A model of just the classifier's head, on pooled features, starting from its weights."""
     head = classifier.get_layer(HEAD_LAYER_NAME)
     features = keras.Input((head.input.shape[-1],), name="features")
-    copy = keras.layers.Dense(head.units, activation=head.activation, name=HEAD_LAYER_NAME)
+    copy = keras.layers.Dense(head.units, activation=head.activation, name=HEAD_LAYER_NAME, dtype=head.dtype_policy)
     model = keras.Model(features, copy(features), name="cached_features_head")
     copy.set_weights(head.get_weights())
     compile_for_classification(model)

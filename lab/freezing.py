@@ -18,6 +18,10 @@ from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 
 SCHEDULE_KINDS = ("blocks", "layers")
+STRATEGIES = ("gradual-blocks", "gradual-layers", "head-only", "full")
+# Learning rates: a new head learns at the usual Adam rate; pretrained weights at a tenth of it.
+HEAD_LEARNING_RATE = 1e-3
+FINE_TUNING_LEARNING_RATE = 1e-4
 
 
 def base_of(model: keras.Model) -> keras.Model:
@@ -121,7 +125,7 @@ def gradual_schedule(
     kind: str,
     stages: int,
     epochs_per_stage: int,
-    learning_rate: float = 1e-3,
+    learning_rate: float = HEAD_LEARNING_RATE,
     learning_rate_decay: float = 10.0,
     layers_per_stage: int = 20,
 ) -> list[Stage]:
@@ -170,3 +174,33 @@ def gradual_schedule(
 
 def _has_trainable_weights(layer: keras.layers.Layer) -> bool:
     return bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def strategy_stages(
+    strategy: str, backbone: Backbone, base: keras.Model, stages: int, epochs_per_stage: int
+) -> list[Stage]:
+    """The stages of one fine-tuning strategy, all on the same budget of epochs.
+
+    `gradual-blocks` and `gradual-layers` follow `gradual_schedule`; `head-only` keeps the base
+    frozen throughout; `full` trains every base layer (BatchNormalization frozen) from the start
+    at the fine-tuning rate. Each has `stages + 1` stages of `epochs_per_stage` epochs.
+    """
+    if strategy not in STRATEGIES:
+        raise LabInputError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if strategy.startswith("gradual-"):
+        return gradual_schedule(backbone, base, strategy.removeprefix("gradual-"), stages, epochs_per_stage)
+    if strategy == "head-only":
+        layers, rate = (), HEAD_LEARNING_RATE
+    else:
+        layers, rate = tuple(layer.name for layer in base.layers), FINE_TUNING_LEARNING_RATE
+    return [Stage(f"epochs {i * epochs_per_stage + 1}-{(i + 1) * epochs_per_stage}", layers, rate, epochs_per_stage) for i in range(stages + 1)]
+
+
+def trainable_base_layers(model: keras.Model) -> list[str]:
+    """Names of the base layers that now have trainable weights, bottom up."""
+    return [layer.name for layer in base_of(model).layers if layer.trainable_weights]
+
+
+def weighted_base_layers(model: keras.Model) -> list[str]:
+    """Names of the base layers a gradual schedule can thaw (weights, not BatchNormalization)."""
+    return [layer.name for layer in base_of(model).layers if _has_trainable_weights(layer)]

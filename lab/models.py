@@ -32,7 +32,7 @@ def lab_cnn(
             *convolutions,
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(128, activation="relu", name="dense"),
-            keras.layers.Dense(num_classes, activation="softmax", name="classifier"),
+            keras.layers.Dense(num_classes, activation="softmax", name="classifier", dtype="float32"),
         ],
         name="lab_cnn",
     )
@@ -74,9 +74,9 @@ def transfer_model(base: keras.Model, num_classes: int) -> keras.Model:
     """
     flattened = flatten_layer(base).output
     hidden = keras.layers.Dense(128, activation="relu", name="transfer_dense")(flattened)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="transfer_classifier")(
-        hidden
-    )
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", name="transfer_classifier", dtype="float32"
+    )(hidden)
     return keras.Model(base.inputs, outputs, name="transfer")
 
 
@@ -120,7 +120,8 @@ def backbone_classifier(
     scaled = BackbonePreprocessing(backbone.name, name="preprocessing")(inputs)
     features = base(scaled)
     pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(features)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYER_NAME)(pooled)
+    # float32 softmax keeps the loss stable under a mixed_float16 policy (--mixed-precision).
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYER_NAME, dtype="float32")(pooled)
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
 
 

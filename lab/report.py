@@ -150,6 +150,7 @@ def _header(run: dict) -> list[str]:
         ("versions", ", ".join(f"{name} {version}" for name, version in run.get("versions", {}).items())),
         ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
         ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
+        ("replicas", run.get("replicas")),
         ("data source", run.get("data_source_description")),
         ("weights", run.get("weights_description")),
         ("options", run.get("options_description")),
@@ -267,10 +268,11 @@ def summary_lines(records: list[dict]) -> list[str]:
         if not experiment_records:
             continue
         accuracies = [
-            (record["row"]["validation accuracy"], record["label"])
+            (record["row"].get("validation accuracy", record["row"].get("final validation accuracy")), record["label"])
             for record in experiment_records
-            if isinstance(record["row"].get("validation accuracy"), float)
+            if record["label"]
         ]
+        accuracies = [(accuracy, label) for accuracy, label in accuracies if isinstance(accuracy, float)]
         best = max(accuracies) if accuracies else None
         text = f"{title.split(':')[0]}: {len(experiment_records)} results"
         if best:
