@@ -64,9 +64,18 @@ class Backbone:
             name: the model's name; Keras's own when None.
         """
         naming = {"name": name} if name else {}
-        return self.constructor(
-            input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **naming
-        )
+        try:
+            return self.constructor(
+                input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **naming
+            )
+        except (ValueError, KeyError, OSError) as error:
+            if weights is None:
+                raise
+            raise LabInputError(
+                f"weights file {weights} does not fit {self.name} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:160]}): pass a folder holding {self.weights_file} "
+                "with --weights-dir, or --weights none"
+            ) from None
 
     def stages_top_down(self, base: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
         """Splits the layers of `base` (built by `build`) into named stages, topmost first."""

@@ -3,7 +3,7 @@
 The pytest session writes results as JSON and calls `write_report`; the same report can be
 regenerated from the JSON without training, and two runs can be compared:
 
-    python -m lab.report reports/RUN/results.json [--benchmark-json FILE] [--out-dir DIR]
+    python -m lab.report reports/RUN/results.json [--benchmark-json FILE] [--out-dir DIR] [--name NAME]
     python -m lab.report --compare A.json B.json
 """
 
@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.report", description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="?", help="a results.json that a pytest session saved")
     parser.add_argument("--benchmark-json", help="epoch times from pytest --benchmark-json")
-    parser.add_argument("--out-dir", help="where to write the report (default: beside the results file)")
+    parser.add_argument("--out-dir", help="where to write the report (default: the reports folder holding the results)")
+    parser.add_argument("--name", help="the report's file name without .md (default: the run's name + -regenerated)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences between two runs")
     args = parser.parse_args(argv)
     if args.compare:
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark_json:
         results = merge_benchmark_json(results, args.benchmark_json)
     out_dir = args.out_dir or os.path.dirname(os.path.dirname(os.path.abspath(args.results)))
-    stem = os.path.basename(os.path.dirname(os.path.abspath(args.results))) + "-regenerated"
+    stem = args.name or os.path.basename(os.path.dirname(os.path.abspath(args.results))) + "-regenerated"
     print(write_report(results, out_dir, stem, latest_name=None))
     return 0
 
