@@ -149,12 +149,23 @@ def _fail_with(error: LabInputError):
     pytest.fail(str(error), pytrace=False)
 
 
+def _stop_with(config: pytest.Config, error: LabInputError):
+    """Stops the whole session: every later test would fail on the same missing data.
+
+    An xdist worker cannot stop its siblings cleanly, so there the test fails instead.
+    """
+    if _is_worker(config):
+        _fail_with(error)
+    pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(scope="session")
-def image_data(run_config: RunConfig):
+def image_data(run_config: RunConfig, pytestconfig: pytest.Config):
     """Loads a dataset once per session: `image_data(name, image_size, train, validation)`.
 
-    `train` is the profile's count, replaced by --subset when given; a failure (missing data,
-    a corrupt file) fails every test that asks for it, with the same message.
+    `train` is the profile's count, replaced by --subset when given. Data that cannot be
+    loaded (not downloadable, a corrupt file, a subset too large) stops the session at once
+    with the message that names the fix.
     """
     from lab import data
 
@@ -176,7 +187,7 @@ def image_data(run_config: RunConfig):
             except LabInputError as error:
                 loaded[key] = error
         if isinstance(loaded[key], LabInputError):
-            _fail_with(loaded[key])
+            _stop_with(pytestconfig, loaded[key])
         return loaded[key]
 
     return load
@@ -306,6 +317,12 @@ class LabSession:
         self.collected: list[str] = []
         self.report_path: str | None = None
         self.report_error: str | None = None
+        self.stop_reason: str | None = None
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        """Ctrl-C, or a `pytest.exit` that stopped the session: the report says which."""
+        message = getattr(excinfo.value, "msg", "") or "interrupted (Ctrl-C)"
+        self.stop_reason = message.splitlines()[0]
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.collected = [item.nodeid for item in items]
@@ -324,7 +341,7 @@ class LabSession:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.config.getoption("no_report"):
             return
-        if not any(nodeid.startswith("experiments/") for nodeid in self.outcomes):
+        if not any(nodeid.startswith("experiments/") for nodeid in [*self.collected, *self.outcomes]):
             return
         results = self.results(int(exitstatus))
         stem = "{}-{}-{}".format(
@@ -350,7 +367,7 @@ class LabSession:
         complete = exitstatus == 0 and not not_run
         reason = None
         if not complete:
-            reason = {1: "some tests failed", 2: "interrupted"}.get(exitstatus, f"pytest exit status {exitstatus}")
+            reason = self.stop_reason or {1: "some tests failed"}.get(exitstatus, f"pytest exit status {exitstatus}")
             if not_run:
                 reason += f"; {len(not_run)} tests did not run"
         device = environment.device_summary()

@@ -227,8 +227,11 @@ def _benchmark_section(run: dict, rows: list[dict], figures_dir: str, figures_li
 
 def _outcomes_section(outcomes: list[dict]) -> list[str]:
     not_passed = [outcome for outcome in outcomes if outcome["outcome"] != "passed"]
-    passed = len(outcomes) - len(not_passed)
-    lines = ["## Tests", "", f"{passed} passed, {len(not_passed)} did not pass.", ""]
+    counts = defaultdict(int)
+    for outcome in outcomes:
+        counts[outcome["outcome"]] += 1
+    tally = ", ".join(f"{counts[kind]} {kind}" for kind in ("passed", "failed", "skipped", "not run") if counts[kind])
+    lines = ["## Tests", "", f"{tally or 'no tests'}.", ""]
     if not_passed:
         lines += [_table([{"test": o["test"], "outcome": o["outcome"], "why": o.get("reason", "")} for o in not_passed]), ""]
     return lines
