@@ -116,9 +116,10 @@ def _apply_run_settings(run: RunConfig) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backbone_name" in metafunc.fixturenames:
+    group = getattr(metafunc.module, "BACKBONE_GROUP", None)
+    if group and "backbone_name" in metafunc.fixturenames:
         run = metafunc.config.stash[RUN_CONFIG]
-        metafunc.parametrize("backbone_name", run.backbones_for(metafunc.module.BACKBONE_GROUP))
+        metafunc.parametrize("backbone_name", run.backbones_for(group))
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ class Backbone:
         layer_count: layers of the no-top network, its input layer included.
         parameter_count: parameters of the no-top network.
         feature_channels: channels of the network's last feature map.
+        layers_per_stage: weighted layers one stage thaws in the `layers` unfreezing schedule.
     """
 
     name: str
@@ -49,6 +50,7 @@ class Backbone:
     layer_count: int
     parameter_count: int
     feature_channels: int
+    layers_per_stage: int
 
     @property
     def weights_url(self) -> str:
@@ -115,6 +117,7 @@ REGISTRY: dict[str, Backbone] = {
             layer_count=175,
             parameter_count=23_587_712,
             feature_channels=2048,
+            layers_per_stage=16,
         ),
         Backbone(
             name="vgg16",
@@ -127,6 +130,7 @@ REGISTRY: dict[str, Backbone] = {
             layer_count=19,
             parameter_count=14_714_688,
             feature_channels=512,
+            layers_per_stage=3,
         ),
         Backbone(
             name="mobilenet",
@@ -144,6 +148,7 @@ REGISTRY: dict[str, Backbone] = {
             layer_count=86,
             parameter_count=218_544,
             feature_channels=256,
+            layers_per_stage=8,
         ),
         Backbone(
             name="mobilenet_v2",
@@ -162,6 +167,7 @@ REGISTRY: dict[str, Backbone] = {
             layer_count=154,
             parameter_count=410_208,
             feature_channels=1280,
+            layers_per_stage=20,
         ),
     )
 }

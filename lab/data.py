@@ -185,7 +185,8 @@ def _folder_files(name: str, data_dir: str | None) -> list[tuple[str, int]]:
     if missing or unknown:
         raise LabInputError(
             f"{root}: class folders must be exactly {', '.join(expected)}; "
-            f"missing {missing or 'none'}, unexpected {unknown or 'none'}"
+            f"missing {missing or 'none'}, unexpected {unknown or 'none'}: "
+            "fix the folder or --data-dir, or use --data-source mock"
         )
     files = []
     for label, cls in enumerate(expected):
@@ -311,8 +312,8 @@ MOCK_DEFAULT_VALIDATION = 64
 
 
 def _load_mock(name, image_size, train_count, validation_count, data_dir, strict, num_classes):
-    train_take = train_count or MOCK_DEFAULT_TRAIN
-    validation_take = validation_count or MOCK_DEFAULT_VALIDATION
+    train_take = MOCK_DEFAULT_TRAIN if train_count is None else train_count
+    validation_take = MOCK_DEFAULT_VALIDATION if validation_count is None else validation_count
     with tfds.testing.mock_data(num_examples=train_take + validation_take):
         dataset = tfds.load(name, split="train", as_supervised=True)
     images, labels = _to_arrays(dataset, image_size)

@@ -127,21 +127,19 @@ def gradual_schedule(
     epochs_per_stage: int,
     learning_rate: float = HEAD_LEARNING_RATE,
     learning_rate_decay: float = 10.0,
-    layers_per_stage: int = 20,
 ) -> list[Stage]:
     """Stage 0 trains the head; each later stage thaws the next part of the base, top down.
 
     Args:
         backbone: the registry entry, whose named blocks `kind="blocks"` follows.
         base: the backbone model inside the classifier.
-        kind: `blocks` (one registry block per stage) or `layers` (`layers_per_stage` weighted
-            layers per stage, counted from the top).
+        kind: `blocks` (one registry block per stage) or `layers` (the registry's
+            `layers_per_stage` weighted layers per stage, counted from the top).
         stages: how many stages thaw part of the base, after the head stage.
         epochs_per_stage: epochs of every stage.
         learning_rate: the head stage's learning rate.
         learning_rate_decay: each later stage divides the rate by this, so that the
             pretrained weights move less as more of them thaw.
-        layers_per_stage: for `kind="layers"`.
     """
     if kind not in SCHEDULE_KINDS:
         raise LabInputError(f"unknown schedule {kind!r}: use one of {', '.join(SCHEDULE_KINDS)}")
@@ -149,13 +147,15 @@ def gradual_schedule(
         groups = [(name, [layer.name for layer in layers]) for name, layers in backbone.stages_top_down(base)]
     else:
         weighted = [layer.name for layer in reversed(base.layers) if _has_trainable_weights(layer)]
+        step = backbone.layers_per_stage
         groups = [
-            (f"top {start + layers_per_stage} layers", weighted[start : start + layers_per_stage])
-            for start in range(0, len(weighted), layers_per_stage)
+            (f"top {min(start + step, len(weighted))} layers", weighted[start : start + step])
+            for start in range(0, len(weighted), step)
         ]
     if stages > len(groups):
+        unit = "blocks" if kind == "blocks" else f"groups of {backbone.layers_per_stage} layers"
         raise LabInputError(
-            f"{backbone.name} has {len(groups)} {kind} to unfreeze, fewer than the {stages} stages asked"
+            f"{backbone.name} has {len(groups)} {unit} to unfreeze, fewer than the {stages} stages asked"
         )
     schedule = [Stage("head", (), learning_rate, epochs_per_stage)]
     thawed: list[str] = []

@@ -324,8 +324,11 @@ def compare(first: dict, second: dict) -> str:
         f"B: {second['run'].get('profile')} on {second['run'].get('device_slug')}, {second['run'].get('finished')}",
         "",
     ]
-    table = tabulate(rows, headers=["experiment", "table", "case", "figure", "A", "B", "B - A", "B / A"], tablefmt="github")
-    footer = [f"", f"{len(rows)} figures in both runs; {only} in only one."]
+    table = tabulate(
+        rows, headers=["experiment", "table", "case", "figure", "A", "B", "B - A", "B / A"],
+        tablefmt="github", disable_numparse=True,
+    )
+    footer = ["", f"{len(rows)} figures in both runs; {only} in only one."]
     return "\n".join(header + [table] + footer)
 
 

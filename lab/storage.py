@@ -21,6 +21,10 @@ def _temporary_beside(path: str, suffix: str) -> str:
         prefix=f".{os.path.basename(path)}.", suffix=f".partial{suffix}", dir=directory
     )
     os.close(handle)
+    # mkstemp makes the file private; the final file gets the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     return temporary
 
 
@@ -62,11 +66,14 @@ def load_model(path: str) -> keras.Model:
     Raises:
         LabInputError: the file is missing, truncated or not a Keras model file.
     """
+    if not os.path.isfile(path):
+        raise LabInputError(f"model file {path} does not exist: run the experiment that saves it first")
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except (OSError, ValueError, KeyError) as error:
         raise LabInputError(
-            f"cannot load model file {path} ({type(error).__name__}: {str(error).splitlines()[0][:200]}): "
+            f"model file {path} is truncated or not a Keras model file "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}): "
             "delete it so that the experiment that saves it trains it again"
         ) from None
 

@@ -1,0 +1,153 @@
+"""Shared fixtures of the unit tests: synthetic image folders, an offline machine, subprocesses.
+
+Every input here is tiny and made on the spot, so that the whole folder runs in about a minute
+on two CPU cores. The only real files read are the two MobileNet weights files of
+../shared/data, which are small and are what CI has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lab import data, network
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = REPO_ROOT.parent / "shared" / "data" / "weights"
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """A synthetic `--data-dir` and what was written into it.
+
+    Attributes:
+        data_dir: the folder to pass as `data_dir`.
+        root: the dataset's own folder (`data_dir/flower_photos`).
+        colours: every image file -> (class name, its solid RGB colour).
+    """
+
+    data_dir: str
+    root: pathlib.Path
+    colours: dict[str, tuple[str, tuple[int, int, int]]]
+
+    def class_of(self, image: np.ndarray) -> str:
+        """The class whose file has the colour nearest to a loaded (resized) image."""
+        return self.colours[self.file_of(image)][0]
+
+    def file_of(self, image: np.ndarray) -> str:
+        """The file whose solid colour is nearest to a loaded image; fails if none is near."""
+        mean = image.reshape(-1, 3).mean(axis=0)
+        paths = list(self.colours)
+        distances = [np.linalg.norm(mean - np.array(self.colours[path][1])) for path in paths]
+        best = int(np.argmin(distances))
+        # Colours are 24 apart per channel; JPEG moves a flat colour by a few levels at most.
+        assert distances[best] < 8, f"loaded image matches no written file (off by {distances[best]:.1f})"
+        return paths[best]
+
+
+def colour_for(class_position: int, image_index: int) -> tuple[int, int, int]:
+    """A colour unique to (class, image), far enough from every other to survive JPEG."""
+    return (10 + 24 * class_position, 10 + 24 * image_index, 128)
+
+
+@pytest.fixture
+def make_image_folder(tmp_path):
+    """Writes a dataset folder in the `flower_photos` layout; returns an `ImageFolder`.
+
+    `make_image_folder(dataset, counts, suffix)`: `counts` maps class name -> number of images
+    (default: 2 per class of the dataset); each image is a solid colour unique to its file,
+    of a size that differs between files, so that resizing and labels can both be checked.
+    """
+    created = 0
+
+    def make(dataset: str = "tf_flowers", counts: dict[str, int] | None = None, suffix: str = ".jpg"):
+        nonlocal created
+        created += 1
+        data_dir = tmp_path / f"data{created}"
+        root = data_dir / data.FOLDER_NAMES[dataset]
+        names = sorted(data.CLASS_NAMES[dataset])
+        counts = counts if counts is not None else {name: 2 for name in names}
+        colours = {}
+        for position, name in enumerate(names):
+            folder = root / name
+            folder.mkdir(parents=True)
+            for index in range(counts.get(name, 0)):
+                colour = colour_for(position, index)
+                pixels = np.empty((20 + 3 * index, 24 + 2 * position, 3), np.uint8)
+                pixels[:] = colour
+                path = folder / f"{name}_{index}{suffix}"
+                options = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
+                Image.fromarray(pixels).save(path, **options)
+                colours[str(path)] = (name, colour)
+        return ImageFolder(str(data_dir), root, colours)
+
+    return make
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """A machine with no network, no Keras cache and no prepared tensorflow-datasets data.
+
+    Also makes any download attempt fail at once: without the lab's own check, tfds and
+    keras would retry for minutes, and the test should fail instead of hanging.
+    """
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(network, "can_reach", lambda *args, **kwargs: False)
+    keras_home = tmp_path / "empty-keras-home"
+    keras_home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    tfds_dir = tmp_path / "empty-tfds"
+    tfds_dir.mkdir()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
+    # tensorflow-datasets reads TFDS_DATA_DIR once, at import.
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tfds_dir))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download although the machine is offline")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    return {"keras_home": keras_home, "tfds_dir": tfds_dir}
+
+
+@pytest.fixture
+def no_network_calls(monkeypatch):
+    """Fails a test that asks whether the download server can be reached."""
+
+    def asked(*args, **kwargs):
+        raise AssertionError("asked for the network although a local answer was at hand")
+
+    monkeypatch.setattr(network, "can_reach", asked)
+
+
+@pytest.fixture(scope="session")
+def shared_weights_dir() -> pathlib.Path:
+    """The folder of real MobileNet weights files (../shared/data/weights)."""
+    if not SHARED_WEIGHTS.is_dir():
+        pytest.skip(f"{SHARED_WEIGHTS} is not here: these tests need the real weights files")
+    return SHARED_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """Runs `python ARGS...` from the repository root: returns (CompletedProcess, seconds).
+
+    The child gets this interpreter, so it sees the same virtual environment.
+    """
+
+    def run(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.perf_counter()
+        completed = subprocess.run(
+            [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        )
+        return completed, time.perf_counter() - started
+
+    return run

@@ -1,0 +1,280 @@
+"""Every input a user can get wrong: each one raises LabInputError (or makes pytest stop with
+a usage error) whose message names the way out."""
+
+import io
+import os
+import shutil
+import time
+import zipfile
+
+import pytest
+
+from lab import backbones, config, data, models, profiles, storage
+from lab.errors import LabInputError
+
+GOOD_OPTIONS = dict(
+    profile="smoke",
+    data_source=None,
+    data_dir=None,
+    seed=0,
+    subset=None,
+    backbone_names=None,
+    weights="imagenet",
+    weights_dir=None,
+)
+
+
+def _options(**changes):
+    return {**GOOD_OPTIONS, **changes}
+
+
+def test_good_options_pass():
+    # The rejections below mean something only if the same call without the bad value passes.
+    run = config.build_config(**_options(backbone_names="mobilenet, resnet50", subset=3))
+    assert run.backbones == ("mobilenet", "resnet50")
+    assert run.subset == 3
+
+
+def test_unknown_backbone_in_the_registry():
+    with pytest.raises(LabInputError) as raised:
+        backbones.get_backbone("resnet51")
+    message = str(raised.value)
+    assert "resnet51" in message and "--backbones" in message
+    assert all(name in message for name in backbones.REGISTRY)
+
+
+@pytest.mark.parametrize(
+    "changes, fragments",
+    [
+        ({"backbone_names": "mobilenet,nosuchnet"}, ["nosuchnet", "--backbones", "mobilenet_v2"]),
+        ({"profile": "huge"}, ["huge", "--profile", "smoke", "full"]),
+        ({"subset": 0}, ["--subset", "0"]),
+        ({"subset": -5}, ["--subset", "-5"]),
+        ({"data_source": "web"}, ["--data-source", "mock"]),
+        ({"data_source": "folder"}, ["--data-dir"]),
+        ({"data_dir": "/nonexistent/lab-data"}, ["--data-dir", "/nonexistent/lab-data"]),
+        ({"weights": "pretrained"}, ["--weights", "none"]),
+        ({"weights_dir": "/nonexistent/lab-weights"}, ["--weights-dir", "/nonexistent/lab-weights"]),
+        ({"strategy": "tpu"}, ["--strategy", "mirrored"]),
+    ],
+    ids=[
+        "unknown-backbone", "unknown-profile", "subset-zero", "subset-negative", "unknown-source",
+        "folder-without-dir", "missing-data-dir", "unknown-weights", "missing-weights-dir", "unknown-strategy",
+    ],
+)
+def test_build_config_rejects(changes, fragments):
+    with pytest.raises(LabInputError) as raised:
+        config.build_config(**_options(**changes))
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+
+
+def test_unknown_profile():
+    with pytest.raises(LabInputError) as raised:
+        profiles.get_profile("huge")
+    message = str(raised.value)
+    assert "--profile" in message
+    assert all(name in message for name in profiles.PROFILES)
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_load_rejects_a_subset_that_is_not_positive(count):
+    with pytest.raises(LabInputError, match="--subset"):
+        data.load("tf_flowers", "mock", 8, count, 2)
+
+
+def test_subset_larger_than_the_data(make_image_folder):
+    folder = make_image_folder()
+    total = len(folder.colours)
+    available = total - round(total * data.VALIDATION_SHARE)
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, available + 1, None, data_dir=folder.data_dir, strict_train_count=True)
+    assert f"--subset {available}" in str(raised.value)
+    # From a profile rather than the user, the same count is only a cap.
+    capped = data.load("tf_flowers", "folder", 8, available + 1, None, data_dir=folder.data_dir)
+    assert capped.train_count == available
+
+
+def test_data_folder_missing_the_dataset_folder(make_image_folder):
+    folder = make_image_folder("cifar10", {"cat": 1})
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+    message = str(raised.value)
+    assert os.path.join(folder.data_dir, "flower_photos") in message
+    assert "--data-dir" in message and "--data-source" in message
+
+
+def test_folder_source_without_a_data_dir():
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=None)
+    assert "--data-dir" in str(raised.value) and "--data-source mock" in str(raised.value)
+
+
+@pytest.mark.parametrize("leftover", [None, "README.txt"], ids=["empty", "no-image-suffix"])
+def test_class_folder_without_images(leftover, make_image_folder):
+    folder = make_image_folder()
+    roses = folder.root / "roses"
+    for path in roses.iterdir():
+        path.unlink()
+    if leftover:
+        (roses / leftover).write_text("not an image")
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+    message = str(raised.value)
+    assert str(roses) in message and "--data-dir" in message
+
+
+def test_missing_class_folder(make_image_folder):
+    folder = make_image_folder()
+    shutil.rmtree(folder.root / "roses")
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+    message = str(raised.value)
+    assert str(folder.root) in message
+    assert "missing ['roses']" in message
+
+
+def test_unexpected_class_folder(make_image_folder):
+    folder = make_image_folder()
+    (folder.root / "cats").mkdir()
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+    assert "unexpected ['cats']" in str(raised.value)
+
+
+def _truncated_jpeg(path):
+    payload = path.read_bytes()
+    path.write_bytes(payload[: len(payload) // 2])
+
+
+def _text_file(path):
+    path.write_text("this is a text file with an image suffix\n")
+
+
+@pytest.mark.parametrize("spoil", [_truncated_jpeg, _text_file], ids=["truncated-jpeg", "text-named-jpg"])
+def test_undecodable_image_names_the_file(spoil, make_image_folder):
+    folder = make_image_folder()
+    bad = folder.root / "daisy" / "daisy_1.jpg"
+    spoil(bad)
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+    message = str(raised.value)
+    assert str(bad) in message
+    assert "delete or replace" in message
+
+
+def test_weights_file_of_another_architecture(shared_weights_dir):
+    # MobileNet (v1) weights given to MobileNetV2: Keras says only "Layer count mismatch".
+    wrong = str(shared_weights_dir / backbones.get_backbone("mobilenet").weights_file)
+
+    with pytest.raises(LabInputError) as raised:
+        backbones.get_backbone("mobilenet_v2").build(32, wrong)
+    message = str(raised.value)
+    assert wrong in message
+    assert "--weights-dir" in message or "--weights none" in message
+
+
+def _truncated_weights_inside(payload: bytes) -> bytes:
+    # A whole archive whose weights member was cut short: the zip itself still opens.
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, member in members.items():
+            archive.writestr(name, member[: len(member) // 2] if name.endswith(".h5") else member)
+    return buffer.getvalue()
+
+
+DAMAGE = {
+    "truncated": lambda payload: payload[: len(payload) // 2],
+    "empty": lambda payload: b"",
+    "not-a-zip": lambda payload: b"x" * 100,
+    "truncated-weights-inside": _truncated_weights_inside,
+}
+
+
+@pytest.mark.parametrize("spoil", DAMAGE)
+def test_damaged_keras_file_names_the_file(spoil, tmp_path):
+    path = tmp_path / "lab_cnn.keras"
+    storage.atomic_save_model(models.lab_cnn(5, 16, (2, 2, 2)), str(path))
+    path.write_bytes(DAMAGE[spoil](path.read_bytes()))
+
+    with pytest.raises(LabInputError) as raised:
+        storage.load_model(str(path))
+    assert str(path) in str(raised.value)
+    assert "delete it" in str(raised.value)
+
+
+def test_saved_keras_file_loads(tmp_path):
+    # The damaged-file errors above must come from the damage, not from the saving.
+    path = tmp_path / "lab_cnn.keras"
+    model = models.lab_cnn(5, 16, (2, 2, 2))
+    storage.atomic_save_model(model, str(path))
+    assert storage.weights_digest(storage.load_model(str(path))) == storage.weights_digest(model)
+
+
+@pytest.mark.parametrize("dataset", data.DATASETS)
+def test_tfds_offline_without_prepared_data_fails_fast(dataset, offline):
+    started = time.perf_counter()
+    with pytest.raises(LabInputError) as raised:
+        data.load(dataset, "tfds", 8, 4, 2)
+    assert time.perf_counter() - started < 10
+    message = str(raised.value)
+    assert "--data-dir" in message and "--data-source mock" in message
+    assert str(offline["tfds_dir"]) in message
+
+
+@pytest.mark.parametrize("with_dir", [True, False], ids=["empty-weights-dir", "no-weights-dir"])
+def test_imagenet_weights_offline_without_a_file(with_dir, offline, tmp_path):
+    backbone = backbones.get_backbone("mobilenet")
+    weights_dir = str(tmp_path) if with_dir else None
+
+    started = time.perf_counter()
+    with pytest.raises(LabInputError) as raised:
+        backbones.resolve_weights(backbone, "imagenet", weights_dir)
+    assert time.perf_counter() - started < 10
+    message = str(raised.value)
+    assert "--weights-dir" in message and "--weights none" in message
+    assert backbone.weights_file in message
+
+
+def test_unknown_weights_kind():
+    with pytest.raises(LabInputError) as raised:
+        backbones.resolve_weights(backbones.get_backbone("mobilenet"), "pretrained", None)
+    assert "--weights imagenet" in str(raised.value) and "--weights none" in str(raised.value)
+
+
+def test_unwritable_report_dir_stops_pytest(run_python):
+    completed, seconds = run_python(
+        "-m", "pytest", "experiments/test_1_base_model.py", "--report-dir", "/proc/forbidden",
+        "--collect-only", "-q", "-p", "no:cacheprovider",
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output
+    assert "/proc/forbidden" in output and "--report-dir" in output and "--no-report" in output
+    assert seconds < 30
+
+
+@pytest.mark.parametrize(
+    "option, fragments",
+    [
+        (["--backbones", "nosuchnet"], ["nosuchnet", "--backbones", "mobilenet_v2"]),
+        (["--subset", "0"], ["--subset", "positive"]),
+    ],
+    ids=["backbones", "subset"],
+)
+def test_bad_option_is_a_usage_error(option, fragments, run_python):
+    completed, seconds = run_python(
+        "-m", "pytest", "experiments/test_1_base_model.py", *option,
+        "--collect-only", "-q", "-p", "no:cacheprovider", "--no-report",
+    )
+    assert completed.returncode == pytest.ExitCode.USAGE_ERROR, completed.stdout + completed.stderr
+    assert all(fragment in completed.stderr for fragment in fragments), completed.stderr
+    # Seconds, not a training run or a download: the options are checked before anything else.
+    assert seconds < 30
