@@ -340,7 +340,7 @@ class LabSession:
             self.outcomes[report.nodeid] = {"test": report.nodeid, "outcome": report.outcome, "reason": _reason(report)}
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.config.getoption("no_report"):
+        if self.config.getoption("no_report") or self.config.getoption("collectonly"):
             return
         if not any(nodeid.startswith("experiments/") for nodeid in [*self.collected, *self.outcomes]):
             return
