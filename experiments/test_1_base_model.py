@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from lab import models, storage
+from lab.freezing import trainable_parameter_count
+from lab.training import FitResult
 
 pytestmark = pytest.mark.experiment
 
@@ -40,7 +42,7 @@ def test_base_model(filters, flowers_small, saved_base_model, record):
     probe = flowers_small.scaled("validation", limit=len(saved["probe_predictions"]))
     np.testing.assert_allclose(model.predict(probe, verbose=0), saved["probe_predictions"], rtol=1e-5, atol=1e-6)
 
-    epoch_seconds = history["epoch_seconds"]
+    result = FitResult(**history)
     record(
         "1",
         "The lab CNN on tf_flowers",
@@ -51,13 +53,13 @@ def test_base_model(filters, flowers_small, saved_base_model, record):
             "train images": saved["train_images"],
             "validation images": saved["validation_images"],
             "epochs": saved["epochs"],
-            "train accuracy": history["accuracy"][-1],
-            "validation accuracy": history["validation_accuracy"][-1],
+            "train accuracy": result.accuracy[-1],
+            "validation accuracy": result.validation_accuracy[-1],
             "parameters": model.count_params(),
-            "trainable parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-            "first epoch s": epoch_seconds[0],
-            "s/epoch": float(np.median(epoch_seconds[1:])) if len(epoch_seconds) > 1 else None,
+            "trainable parameters": trainable_parameter_count(model),
+            "first epoch s": result.epoch_seconds[0],
+            "s/epoch": result.steady_epoch_seconds,
         },
         label=f"filters {'-'.join(map(str, filters))}",
-        curves={"train_accuracy": history["accuracy"], "validation_accuracy": history["validation_accuracy"]},
+        curves={"train_accuracy": result.accuracy, "validation_accuracy": result.validation_accuracy},
     )

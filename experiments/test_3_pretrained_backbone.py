@@ -89,7 +89,7 @@ def test_pretrained_features_classify_flowers(
     result = fit(
         head,
         features.features_dataset(train_features, flowers.train_labels, profile.batch_size, run_config.seed),
-        profile.backbone_epochs,
+        profile.cached_head_epochs,
         validation=features.features_dataset(validation_features, flowers.validation_labels, profile.batch_size, None),
     )
     features.put_head_back(classifier, head)
@@ -103,7 +103,7 @@ def test_pretrained_features_classify_flowers(
             "input": f"{image_size}px",
             "train images": flowers.train_count,
             "validation images": flowers.validation_count,
-            "epochs": profile.backbone_epochs,
+            "epochs": profile.cached_head_epochs,
             "train accuracy": result.accuracy[-1],
             "validation accuracy": result.validation_accuracy[-1],
         },

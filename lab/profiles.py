@@ -21,7 +21,9 @@ class Profile:
         cnn_epochs: epochs for experiments 1 and 2.
         backbone_train: training images for experiments 3 to 5.
         backbone_validation: validation images for experiments 3 to 5.
-        backbone_epochs: epochs for a head on a frozen backbone (experiment 3 and 4).
+        backbone_epochs: epochs of a classifier on a backbone, trained end to end (experiment 4).
+        cached_head_epochs: epochs of a head on cached features (experiment 3): each costs
+            one Dense layer's pass, so the head can train until it converges.
         batch_size: batch size everywhere.
         benchmark_rounds: timed epochs per benchmark case, after one untimed warm-up epoch.
         benchmark_images: images per timed epoch in experiment 4.
@@ -40,6 +42,7 @@ class Profile:
     backbone_train: int | None
     backbone_validation: int | None
     backbone_epochs: int
+    cached_head_epochs: int
     batch_size: int
     benchmark_rounds: int
     benchmark_images: int | None
@@ -59,6 +62,7 @@ SMOKE = Profile(
     backbone_train=400,
     backbone_validation=100,
     backbone_epochs=5,
+    cached_head_epochs=30,
     batch_size=32,
     benchmark_rounds=3,
     benchmark_images=128,
@@ -85,6 +89,7 @@ FULL = Profile(
     backbone_train=None,
     backbone_validation=None,
     backbone_epochs=10,
+    cached_head_epochs=30,
     batch_size=64,
     benchmark_rounds=3,
     benchmark_images=None,

@@ -21,9 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from lab.storage import atomic_write_bytes, atomic_write_text  # noqa: E402
+from lab.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 EXPERIMENTS = {
     "1": "Experiment 1: the lab CNN on tf_flowers",
@@ -97,7 +98,8 @@ def _learning_curves_plot(records: list[dict], path: str) -> bool:
             axes.plot(epochs, curves["train_accuracy"], linestyle="--", color=line[0].get_color(), label=f"{record['label']} (train)")
     axes.set_xlabel("epoch")
     axes.set_ylabel("accuracy")
-    axes.legend(fontsize=7)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(alpha=0.3)
     _save_png(figure, path)
     return True
@@ -129,8 +131,8 @@ def _stage_accuracy_plot(records: list[dict], path: str) -> bool:
     for record in staged:
         curve = record["stage_curve"]
         axes.plot(range(len(curve["accuracy"])), curve["accuracy"], marker="o", label=record["label"])
-        axes.set_xticks(range(len(curve["stages"])), curve["stages"], rotation=20, fontsize=7)
-    axes.set_xlabel("stage")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("stage (0: head only)")
     axes.set_ylabel("validation accuracy")
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)

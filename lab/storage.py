@@ -1,56 +1,22 @@
-"""Files written whole or not at all, and saved models shared safely between processes."""
+"""Saved models: written whole or not at all, shared safely between processes, loaded safely."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from typing import Callable
 
 import filelock
 import keras
 
+from lab.atomic import atomic_write_text, temporary_beside
 from lab.errors import LabInputError
-
-
-def _temporary_beside(path: str, suffix: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=f".partial{suffix}", dir=directory
-    )
-    os.close(handle)
-    # mkstemp makes the file private; the final file gets the usual umask-based mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    return temporary
-
-
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Writes `payload` to a temporary file beside `path`, then renames it over `path`."""
-    temporary = _temporary_beside(path, "")
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_model(model: keras.Model, path: str) -> None:
     """Saves `model` as a `.keras` file that readers see either complete or not at all."""
-    temporary = _temporary_beside(path, ".keras")
+    temporary = temporary_beside(path, ".keras")
     try:
         model.save(temporary)
         os.replace(temporary, path)

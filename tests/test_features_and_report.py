@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from lab import features, models, report, storage
+from lab import atomic, features, models, report, storage
 from lab.backbones import get_backbone
 from lab.data import ImageData
 from lab.training import fit
@@ -57,7 +57,7 @@ def test_atomic_write_text_leaves_old_content_when_the_write_fails(failing_call,
 
     monkeypatch.setattr(os, failing_call, fail)
     with pytest.raises(OSError, match=f"{failing_call} failed"):
-        storage.atomic_write_text(str(path), "new report")
+        atomic.atomic_write_text(str(path), "new report")
     monkeypatch.undo()
 
     assert path.read_text() == "old report"
@@ -66,8 +66,8 @@ def test_atomic_write_text_leaves_old_content_when_the_write_fails(failing_call,
 
 def test_atomic_write_text_replaces_the_content(tmp_path):
     path = tmp_path / "sub" / "report.md"
-    storage.atomic_write_text(str(path), "first")
-    storage.atomic_write_text(str(path), "second é")
+    atomic.atomic_write_text(str(path), "first")
+    atomic.atomic_write_text(str(path), "second é")
 
     assert path.read_text(encoding="utf-8") == "second é"
     assert [p.name for p in path.parent.iterdir()] == ["report.md"]

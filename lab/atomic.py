@@ -1,0 +1,41 @@
+"""Files written whole or not at all: a temporary file beside the target, then a rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def temporary_beside(path: str, suffix: str) -> str:
+    """An empty file in the folder of `path` (created if need be), for a later rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=f".partial{suffix}", dir=directory
+    )
+    os.close(handle)
+    # mkstemp makes the file private; the final file gets the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return temporary
+
+
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    """Writes `payload` to a temporary file beside `path`, then renames it over `path`."""
+    temporary = temporary_beside(path, "")
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
