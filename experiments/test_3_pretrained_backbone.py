@@ -104,9 +104,8 @@ def test_pretrained_features_classify_flowers(
             "train images": flowers.train_count,
             "validation images": flowers.validation_count,
             "epochs": profile.cached_head_epochs,
-            "train accuracy": result.accuracy[-1],
-            "validation accuracy": result.validation_accuracy[-1],
+            **result.summary(),
         },
         label=f"{backbone_name} {weights_kind}",
-        curves={"train_accuracy": result.accuracy, "validation_accuracy": result.validation_accuracy},
+        curves=result.curves(),
     )

@@ -67,12 +67,10 @@ def test_frozen_base_trains_only_the_head(
             "trainable tensors": len(model.trainable_weights),
             "base tensors unchanged": len(base_before),
             "head tensors moved": len(head_moved),
-            "train accuracy": result.accuracy[-1],
-            "validation accuracy": result.validation_accuracy[-1],
-            "s/epoch": result.steady_epoch_seconds,
+            **result.summary(),
         },
         label=f"{backbone_name} {weights_kind}",
-        curves={"train_accuracy": result.accuracy, "validation_accuracy": result.validation_accuracy},
+        curves=result.curves(),
     )
 
 

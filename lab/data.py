@@ -43,7 +43,6 @@ class ImageData:
     Attributes:
         name: the tensorflow-datasets name.
         source: `tfds`, `folder` or `mock`.
-        class_names: in tensorflow-datasets' label order.
         num_classes: from the dataset's metadata.
         total_examples: examples the source holds, before any subset was taken.
         image_size: side of the square images.
@@ -51,7 +50,6 @@ class ImageData:
 
     name: str
     source: str
-    class_names: tuple[str, ...]
     num_classes: int
     total_examples: int
     image_size: int
@@ -59,6 +57,11 @@ class ImageData:
     train_labels: np.ndarray
     validation_images: np.ndarray
     validation_labels: np.ndarray
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names in tensorflow-datasets' label order."""
+        return CLASS_NAMES[self.name]
 
     @property
     def train_count(self) -> int:
@@ -240,7 +243,6 @@ def _load_folder(name, image_size, train_count, validation_count, data_dir, stri
     return ImageData(
         name=name,
         source="folder",
-        class_names=CLASS_NAMES[name],
         num_classes=num_classes,
         total_examples=len(files),
         image_size=image_size,
@@ -295,7 +297,6 @@ def _load_tfds(name, image_size, train_count, validation_count, data_dir, strict
     return ImageData(
         name=name,
         source="tfds",
-        class_names=CLASS_NAMES[name],
         num_classes=num_classes,
         total_examples=sum(split.num_examples for split in splits.values()),
         image_size=image_size,
@@ -320,7 +321,6 @@ def _load_mock(name, image_size, train_count, validation_count, data_dir, strict
     return ImageData(
         name=name,
         source="mock",
-        class_names=CLASS_NAMES[name],
         num_classes=num_classes,
         total_examples=train_take + validation_take,
         image_size=image_size,

@@ -37,6 +37,19 @@ class FitResult:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def summary(self) -> dict:
+        """The report's columns for a fit: final accuracies and epoch times."""
+        return {
+            "train accuracy": self.accuracy[-1],
+            "validation accuracy": self.validation_accuracy[-1] if self.validation_accuracy else None,
+            "first epoch s": self.epoch_seconds[0],
+            "s/epoch": self.steady_epoch_seconds,
+        }
+
+    def curves(self) -> dict:
+        """Accuracy per epoch, for the report's learning-curve plots."""
+        return {"train_accuracy": self.accuracy, "validation_accuracy": self.validation_accuracy}
+
 
 def fit(
     model: keras.Model,
