@@ -5,17 +5,19 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from typing import NoReturn
 
 import pytest
 
 # TensorFlow's C++ start-up chatter would bury pytest's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lab import distribution, environment, report, reproducibility
+from lab import data, distribution, environment, report, reproducibility, storage
+from lab.backbones import resolve_weights
 from lab.config import STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config
-from lab.data import SOURCES
 from lab.errors import LabInputError
 from lab.profiles import PROFILES
+from lab.training import train_lab_cnn
 
 RUN_CONFIG = pytest.StashKey[RunConfig]()
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +27,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lab", "transfer-learning lab")
     group.addoption("--profile", choices=sorted(PROFILES), default="smoke",
                     help="smoke: tiny subsets and sizes for a CPU (default); full: the lab's own settings, for a GPU")
-    group.addoption("--data-source", choices=SOURCES, default=None,
+    group.addoption("--data-source", choices=data.SOURCES, default=None,
                     help="where images come from (default: folder when --data-dir is given, else tfds)")
     group.addoption("--data-dir", metavar="PATH", default=None,
                     help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data)")
@@ -42,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where the session's markdown report goes (default reports/)")
     group.addoption("--no-report", action="store_true", help="write no report")
     group.addoption("--deterministic", action="store_true",
-                    help="TensorFlow op determinism (disables XLA: timings are not comparable)")
+                    help="TensorFlow op determinism (deterministic kernels are slower: timings are not comparable)")
     group.addoption("--strategy", choices=STRATEGIES, default="default",
                     help="mirrored: tf.distribute.MirroredStrategy over every GPU (or logical CPU device)")
     group.addoption("--mixed-precision", action="store_true", help="mixed_float16 compute (for GPUs)")
@@ -146,11 +148,11 @@ def keras_verbose(pytestconfig: pytest.Config) -> int:
     return 2 if pytestconfig.getoption("capture") == "no" else 0
 
 
-def _fail_with(error: LabInputError):
+def _fail_with(error: LabInputError) -> NoReturn:
     pytest.fail(str(error), pytrace=False)
 
 
-def _stop_with(config: pytest.Config, error: LabInputError):
+def _stop_with(config: pytest.Config, error: LabInputError) -> NoReturn:
     """Stops the whole session: every later test would fail on the same missing data.
 
     An xdist worker cannot stop its siblings cleanly, so there the test fails instead.
@@ -168,8 +170,6 @@ def image_data(run_config: RunConfig, pytestconfig: pytest.Config):
     loaded (not downloadable, a corrupt file, a subset too large) stops the session at once
     with the message that names the fix.
     """
-    from lab import data
-
     loaded: dict[tuple, object] = {}
 
     def load(name: str, image_size: int, train: int | None, validation: int | None):
@@ -221,8 +221,6 @@ def saved_base_model(shared_dir, flowers_small, profile, run_config, keras_verbo
     the training history and epoch times. Under xdist one worker trains and saves while the
     others wait on a file lock and load the same file.
     """
-    from lab import storage
-    from lab.training import train_lab_cnn
 
     def get(filters: tuple[int, int, int]) -> dict:
         name = "lab_cnn-{}-seed{}.keras".format("-".join(map(str, filters)), run_config.seed)
@@ -244,7 +242,6 @@ def backbone_weights(run_config: RunConfig):
     ImageNet weights that cannot be had offline fail a backbone named with --backbones; a
     backbone that is only in the profile's default list is skipped instead, with the reason.
     """
-    from lab.backbones import resolve_weights
 
     def resolve(backbone, weights: str | None = None):
         if weights == "imagenet" and run_config.weights == "none":
@@ -279,7 +276,10 @@ def record(request: pytest.FixtureRequest):
 
 @pytest.fixture
 def record_benchmark(request: pytest.FixtureRequest):
-    """Hands pytest-benchmark's statistics for this test to the report, or says it was disabled."""
+    """Hands pytest-benchmark's statistics for this test to the report.
+
+    A disabled plugin (under xdist, or --benchmark-disable) hands nothing; the report says why.
+    """
 
     def add(benchmark) -> None:
         if benchmark.disabled:
@@ -376,7 +376,7 @@ class LabSession:
         options = (
             f"--subset {run.subset}" if run.subset else "",
             f"--backbones {','.join(run.backbones)}" if run.backbones else "",
-            "--deterministic (XLA off: timings not comparable)" if run.deterministic else "",
+            "--deterministic (deterministic kernels: timings not comparable)" if run.deterministic else "",
             f"--strategy {run.strategy}" if run.strategy != "default" else "",
             "--mixed-precision" if run.mixed_precision else "",
             f"-n {workers}" if workers else "",

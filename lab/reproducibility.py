@@ -12,5 +12,8 @@ def seed_everything(seed: int) -> None:
 
 
 def enable_determinism() -> None:
-    """Turns on TensorFlow's op determinism; TensorFlow then refuses XLA, so timings change."""
+    """Turns on TensorFlow's op determinism: slower deterministic kernels, and no XLA.
+
+    The suite compiles without XLA anyway (see lab/models.py), but its timings still change.
+    """
     tf.config.experimental.enable_op_determinism()
