@@ -297,6 +297,11 @@ def _numeric(value) -> float | None:
     return None
 
 
+def _is_measurement(column: str) -> bool:
+    """Accuracies, seconds and speedups: what a run measured, not what it was configured with."""
+    return any(word in column for word in ("accuracy", "speedup", "seconds", "s/epoch", " s ")) or column.endswith(" s")
+
+
 def compare(first: dict, second: dict) -> str:
     """A markdown table of every measured figure that both runs share, side by side."""
     def keyed(results: dict) -> dict:
@@ -305,12 +310,12 @@ def compare(first: dict, second: dict) -> str:
             identity = ", ".join(str(v) for v in record["row"].values() if _numeric(v) is None)
             for column, value in record["row"].items():
                 number = _numeric(value)
-                if number is not None:
+                if number is not None and _is_measurement(column):
                     figures[(EXPERIMENTS[record["experiment"]].split(":")[0], record["table"], identity, column)] = number
         for row in benchmark_rows(results.get("benchmarks", [])):
             for column, value in row.items():
                 number = _numeric(value)
-                if number is not None and column != "images/epoch":
+                if number is not None and _is_measurement(column):
                     figures[("Experiment 4", "epoch times", row["backbone"], column)] = number
         return figures
 

@@ -243,6 +243,8 @@ def test_compare_command_prints_both_values_and_the_difference(tmp_path, run_pyt
     assert figures["unfrozen s/epoch"] == [2.0, 3.0, 1.0]
     # Figures equal in both runs are listed too, with a zero difference.
     assert figures["frozen s/epoch"] == [0.5, 0.5, 0.0]
+    # Settings such as epochs and images per epoch are not measurements.
+    assert "epochs" not in rows and "images/epoch" not in rows
     assert "1 in only one" not in completed.stdout
 
 
