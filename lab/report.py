@@ -299,7 +299,8 @@ def _numeric(value) -> float | None:
 
 def _is_measurement(column: str) -> bool:
     """Accuracies, seconds and speedups: what a run measured, not what it was configured with."""
-    return any(word in column for word in ("accuracy", "speedup", "seconds", "s/epoch", " s ")) or column.endswith(" s")
+    seconds = column in ("s/epoch", "seconds") or column.endswith((" s", " s/epoch", " seconds")) or " s (" in column
+    return seconds or "accuracy" in column or "speedup" in column
 
 
 def compare(first: dict, second: dict) -> str:
