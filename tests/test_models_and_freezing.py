@@ -232,3 +232,22 @@ def test_every_profile_strategy_fits_its_backbones(profile_name, backbone, strat
         strategy, get_backbone(backbone), bases(backbone), profile.unfreeze_stages, profile.stage_epochs
     )
     assert len(stages) == profile.unfreeze_stages + 1
+
+
+@pytest.fixture
+def mixed_precision():
+    """The mixed_float16 policy of --mixed-precision, for one test."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_computes_in_float16_and_keeps_softmax_in_float32(mixed_precision):
+    classifier = models.backbone_classifier(MOBILENET, 32, 5, None)
+    cnn = models.lab_cnn(5, 32, (4, 4, 4))
+
+    assert freezing.base_of(classifier).layers[1].compute_dtype == "float16"
+    assert classifier.get_layer(models.HEAD_LAYER_NAME).compute_dtype == "float32"
+    assert classifier(np.zeros((1, 32, 32, 3), np.float32)).dtype == "float32"
+    assert cnn.layers[0].compute_dtype == "float16"
+    assert cnn(np.zeros((1, 32, 32, 3), np.float32)).dtype == "float32"
