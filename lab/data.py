@@ -160,7 +160,12 @@ def load(
     )
 
 
-def _take(available: int, wanted: int | None, strict: bool, what: str) -> int:
+def _take(available: int, wanted: int | None, what: str = "", strict: bool = False) -> int:
+    """How many of `available` items to use: `wanted` (all when None), capped at `available`.
+
+    With `strict` (a count the user asked for), asking for more than `available` is an error
+    that names the `what` there are.
+    """
     if wanted is None:
         return available
     if wanted > available and strict:
@@ -238,8 +243,8 @@ def _load_folder(name, image_size, train_count, validation_count, data_dir, stri
     files = _folder_files(name, data_dir)
     held_out = int(round(len(files) * VALIDATION_SHARE))
     validation_files, train_files = files[:held_out], files[held_out:]
-    train_files = train_files[: _take(len(train_files), train_count, strict, f"training images in {data_dir}")]
-    validation_files = validation_files[: _take(len(validation_files), validation_count, False, "")]
+    train_files = train_files[: _take(len(train_files), train_count, f"training images in {data_dir}", strict)]
+    validation_files = validation_files[: _take(len(validation_files), validation_count)]
     return ImageData(
         name=name,
         source="folder",
@@ -288,8 +293,8 @@ def _load_tfds(name, image_size, train_count, validation_count, data_dir, strict
     train_split, validation_split = _tfds_splits(name)
     splits = builder.info.splits
     train_available = splits[train_split].num_examples
-    train_take = _take(train_available, train_count, strict, f"training images of {name}")
-    validation_take = _take(splits[validation_split].num_examples, validation_count, False, "")
+    train_take = _take(train_available, train_count, f"training images of {name}", strict)
+    validation_take = _take(splits[validation_split].num_examples, validation_count)
     train = builder.as_dataset(split=train_split, as_supervised=True).take(train_take)
     validation = builder.as_dataset(split=validation_split, as_supervised=True).take(validation_take)
     train_images, train_labels = _to_arrays(train, image_size)
