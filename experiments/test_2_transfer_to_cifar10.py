@@ -12,7 +12,7 @@ import pytest
 
 from lab import models, storage
 from lab.freezing import trainable_parameter_count
-from lab.training import fit
+from lab.training import fit_on
 
 pytestmark = pytest.mark.experiment
 
@@ -48,13 +48,7 @@ def test_transfer_to_cifar10(initialisation, saved_base_model, cifar10, profile,
     assert model.output_shape == (None, 10)
     assert len(model.trainable_weights) == 10
 
-    result = fit(
-        model,
-        cifar10.batches("train", profile.batch_size, seed=run_config.seed),
-        profile.cnn_epochs,
-        validation=cifar10.batches("validation", profile.batch_size),
-        verbose=keras_verbose,
-    )
+    result = fit_on(model, cifar10, profile.cnn_epochs, profile.batch_size, run_config.seed, keras_verbose)
 
     assert storage.file_digest(saved["path"]) == saved_file_digest, "training changed the saved base file"
     assert result.loss[-1] < result.loss[0]

@@ -13,7 +13,7 @@ import pytest
 
 from lab import features, freezing, models
 from lab.backbones import get_backbone
-from lab.training import fit
+from lab.training import fit_on
 
 pytestmark = pytest.mark.experiment
 
@@ -42,13 +42,7 @@ def test_frozen_base_trains_only_the_head(
 
     base_before = freezing.weight_bytes(base.layers)
     head_before = freezing.weight_bytes([head])
-    result = fit(
-        model,
-        flowers.batches("train", profile.batch_size, seed=run_config.seed),
-        profile.backbone_epochs,
-        validation=flowers.batches("validation", profile.batch_size),
-        verbose=keras_verbose,
-    )
+    result = fit_on(model, flowers, profile.backbone_epochs, profile.batch_size, run_config.seed, keras_verbose)
 
     assert freezing.changed_weights(base_before, freezing.weight_bytes(base.layers)) == []
     head_moved = freezing.changed_weights(head_before, freezing.weight_bytes([head]))

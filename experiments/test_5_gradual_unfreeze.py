@@ -10,7 +10,7 @@ import pytest
 
 from lab import freezing, models
 from lab.backbones import get_backbone
-from lab.training import fit
+from lab.training import fit_on
 
 pytestmark = pytest.mark.experiment
 
@@ -49,13 +49,7 @@ def test_unfreeze_strategy(
         frozen_layers = [layer for layer in base.layers if not layer.trainable_weights]
         frozen_before = freezing.weight_bytes(frozen_layers)
         statistics_before = freezing.batch_norm_statistics(model)
-        result = fit(
-            model,
-            flowers.batches("train", profile.batch_size, seed=run_config.seed + number),
-            stage.epochs,
-            validation=flowers.batches("validation", profile.batch_size),
-            verbose=keras_verbose,
-        )
+        result = fit_on(model, flowers, stage.epochs, profile.batch_size, run_config.seed + number, keras_verbose)
         assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []
         assert freezing.batch_norm_statistics(model) == statistics_before
 

@@ -71,6 +71,19 @@ def fit(
     )
 
 
+def fit_on(
+    model: keras.Model, data: ImageData, epochs: int, batch_size: int, seed: int, verbose: int = 0
+) -> FitResult:
+    """Trains `model` on `data`'s training images (shuffled with `seed`), validating on the rest."""
+    return fit(
+        model,
+        data.batches("train", batch_size, seed=seed),
+        epochs,
+        validation=data.batches("validation", batch_size),
+        verbose=verbose,
+    )
+
+
 # Validation images whose predictions are stored with a saved model, to check a reload.
 PROBE_IMAGES = 16
 
@@ -97,13 +110,7 @@ def train_lab_cnn(
     seed_everything(seed)
     model = lab_cnn(flowers.num_classes, flowers.image_size, filters)
     compile_for_classification(model)
-    result = fit(
-        model,
-        flowers.batches("train", batch_size, seed=seed),
-        epochs,
-        validation=flowers.batches("validation", batch_size),
-        verbose=verbose,
-    )
+    result = fit_on(model, flowers, epochs, batch_size, seed, verbose)
     atomic_save_model(model, path)
     probe = flowers.scaled("validation", limit=PROBE_IMAGES)
     return {
