@@ -71,7 +71,7 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_pretrained_features_classify_flowers(
-    backbone_name, weights_kind, backbone_weights, image_data, profile, run_config, record
+    backbone_name, weights_kind, backbone_weights, image_data, profile, run_config, keras_verbose, record
 ):
     backbone = get_backbone(backbone_name)
     image_size = backbone.image_size[profile.name]
@@ -91,6 +91,7 @@ def test_pretrained_features_classify_flowers(
         features.features_dataset(train_features, flowers.train_labels, profile.batch_size, run_config.seed),
         profile.cached_head_epochs,
         validation=features.features_dataset(validation_features, flowers.validation_labels, profile.batch_size, None),
+        verbose=keras_verbose,
     )
     features.put_head_back(classifier, head)
 
