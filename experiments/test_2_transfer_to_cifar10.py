@@ -6,7 +6,6 @@ CIFAR-10. The same architecture from a random initialisation, on the same data a
 shows what the transferred weights are worth.
 """
 
-import keras
 import numpy as np
 import pytest
 

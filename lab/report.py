@@ -13,7 +13,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 from collections import defaultdict
 

@@ -8,7 +8,6 @@ on two CPU cores. The only real files read are the two MobileNet weights files o
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import subprocess
 import sys
