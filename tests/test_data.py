@@ -1,9 +1,11 @@
 """lab/data.py on tiny synthetic image folders and on tensorflow-datasets' mock data."""
 
 import os
+import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lab import data
@@ -168,3 +170,82 @@ def test_metadata_disagreeing_with_the_class_list_is_an_error(monkeypatch):
 
     with pytest.raises(LabInputError, match="6 classes"):
         data.load("tf_flowers", "mock", 8, 2, 1)
+
+
+class PreparedBuilder:
+    """Stands in for a tensorflow-datasets builder whose data is prepared (no network here).
+
+    Its splits hold numbered images: image i is filled with the value i, so a loaded image
+    tells which example it came from. Slices such as `train[:80%]` resolve as tfds resolves them.
+    """
+
+    def __init__(self, name: str, split_sizes: dict[str, int], num_classes: int):
+        self.split_sizes = split_sizes
+        self.data_dir = f"/prepared/{name}"
+        self.requested: list[str] = []
+        splits = {split: types.SimpleNamespace(num_examples=size) for split, size in split_sizes.items()}
+        self.info = types.SimpleNamespace(
+            features={"label": types.SimpleNamespace(num_classes=num_classes)}, splits=_SlicedSplits(splits)
+        )
+
+    def is_prepared(self) -> bool:
+        return True
+
+    def as_dataset(self, split: str, as_supervised: bool):
+        self.requested.append(split)
+        first, count = _slice(split, self.split_sizes)
+        values = np.arange(first, first + count)
+        images = np.broadcast_to(values[:, None, None, None], (count, 12, 10, 3)).astype(np.uint8)
+        return tf.data.Dataset.from_tensor_slices((images, values % 5))
+
+
+def _slice(split: str, sizes: dict[str, int]) -> tuple[int, int]:
+    """(first example, count) of `train`, `train[:80%]` or `train[80%:]`."""
+    name, _, bounds = split.partition("[")
+    size = sizes[name]
+    if not bounds:
+        return 0, size
+    start, _, end = bounds.rstrip("]").partition(":")
+    first = size * int(start.rstrip("%")) // 100 if start else 0
+    last = size * int(end.rstrip("%")) // 100 if end else size
+    return first, last - first
+
+
+class _SlicedSplits(dict):
+    def __getitem__(self, split: str):
+        name = split.partition("[")[0]
+        sizes = {key: value.num_examples for key, value in self.items()}
+        return types.SimpleNamespace(num_examples=_slice(split, sizes)[1]) if split != name else super().__getitem__(split)
+
+
+@pytest.fixture
+def prepared(monkeypatch):
+    """Makes `tfds.builder` return `PreparedBuilder`s: tf_flowers 50 train, CIFAR-10 40/20."""
+    builders = {
+        "tf_flowers": PreparedBuilder("tf_flowers", {"train": 50}, 5),
+        "cifar10": PreparedBuilder("cifar10", {"train": 40, "test": 20}, 10),
+    }
+    monkeypatch.setattr(data.tfds, "builder", lambda name, **kwargs: builders[name])
+    return builders
+
+
+def test_prepared_tfds_flowers_hold_out_their_last_fifth(prepared):
+    flowers = data.load("tf_flowers", "tfds", 8, train_count=30, validation_count=None)
+
+    assert prepared["tf_flowers"].requested == ["train[:80%]", "train[80%:]"]
+    assert (flowers.train_count, flowers.validation_count, flowers.total_examples) == (30, 10, 50)
+    assert flowers.train_images.shape == (30, 8, 8, 3)
+    assert list(flowers.train_images[:, 0, 0, 0]) == list(range(30))
+    assert list(flowers.validation_images[:, 0, 0, 0]) == list(range(40, 50))
+
+
+def test_prepared_tfds_cifar10_validates_on_its_test_split(prepared):
+    cifar = data.load("cifar10", "tfds", 8, train_count=None, validation_count=5)
+
+    assert prepared["cifar10"].requested == ["train", "test"]
+    assert (cifar.train_count, cifar.validation_count, cifar.total_examples) == (40, 5, 60)
+
+
+def test_prepared_tfds_subset_larger_than_the_split_names_the_limit(prepared):
+    with pytest.raises(LabInputError, match="--subset 40 or less"):
+        data.load("tf_flowers", "tfds", 8, train_count=41, validation_count=None, strict_train_count=True)
