@@ -93,8 +93,8 @@ def test_epoch_time(backbone_name, mode, image_data, profile, run_config, benchm
                            rounds=profile.benchmark_rounds, warmup_rounds=1)
         moved = freezing.changed_weights(before, freezing.weight_bytes(base.layers))
         assert moved and set(moved) <= {w.path for w in base.trainable_weights} | set(statistics_before)
-        # Trainable BatchNormalization trains in training mode in Keras 3, even where the base
-        # was called with training=False: its moving statistics follow the batches.
+        # The lab's plain unfreezing trains BatchNormalization too: in Keras 3 a trainable
+        # BatchNormalization layer normalises with batch statistics and moves its averages.
         assert freezing.batch_norm_statistics(model) != statistics_before
         benchmark.extra_info["base_tensors_moved"] = f"{len(moved)}/{trainable_base}"
     elif mode == "frozen":
