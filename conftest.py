@@ -207,6 +207,17 @@ def cifar10(image_data, profile):
 
 
 @pytest.fixture(scope="session")
+def backbone_flowers(image_data, profile):
+    """tf_flowers at a backbone's input size: `backbone_flowers(backbone)`, profile's counts."""
+
+    def load(backbone):
+        size = backbone.image_size[profile.name]
+        return image_data("tf_flowers", size, profile.backbone_train, profile.backbone_validation)
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> str:
     """A folder every xdist worker of this session shares (the session's own without xdist)."""
     base = tmp_path_factory.getbasetemp()

@@ -71,12 +71,12 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_pretrained_features_classify_flowers(
-    backbone_name, weights_kind, backbone_weights, image_data, profile, run_config, keras_verbose, record
+    backbone_name, weights_kind, backbone_weights, backbone_flowers, profile, run_config, keras_verbose, record
 ):
     backbone = get_backbone(backbone_name)
-    image_size = backbone.image_size[profile.name]
     weights = backbone_weights(backbone, weights_kind)
-    flowers = image_data("tf_flowers", image_size, profile.backbone_train, profile.backbone_validation)
+    flowers = backbone_flowers(backbone)
+    image_size = flowers.image_size
 
     classifier = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
     assert classifier.output_shape == (None, flowers.num_classes)

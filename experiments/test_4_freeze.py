@@ -23,12 +23,12 @@ MODES = ["unfrozen", "frozen", "frozen-cached"]
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_frozen_base_trains_only_the_head(
-    backbone_name, weights_kind, backbone_weights, image_data, profile, run_config, keras_verbose, record
+    backbone_name, weights_kind, backbone_weights, backbone_flowers, profile, run_config, keras_verbose, record
 ):
     backbone = get_backbone(backbone_name)
-    image_size = backbone.image_size[profile.name]
     weights = backbone_weights(backbone, weights_kind)
-    flowers = image_data("tf_flowers", image_size, profile.backbone_train, profile.backbone_validation)
+    flowers = backbone_flowers(backbone)
+    image_size = flowers.image_size
 
     model = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
     freezing.freeze_base(model)
@@ -69,10 +69,10 @@ def test_frozen_base_trains_only_the_head(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_epoch_time(backbone_name, mode, image_data, profile, run_config, benchmark, record_benchmark, record):
+def test_epoch_time(backbone_name, mode, backbone_flowers, profile, run_config, benchmark, record_benchmark, record):
     backbone = get_backbone(backbone_name)
-    image_size = backbone.image_size[profile.name]
-    flowers = image_data("tf_flowers", image_size, profile.backbone_train, profile.backbone_validation)
+    flowers = backbone_flowers(backbone)
+    image_size = flowers.image_size
     images = flowers.batches("train", profile.batch_size, seed=run_config.seed, limit=profile.benchmark_images)
     images_per_epoch = min(flowers.train_count, profile.benchmark_images or flowers.train_count)
     # Epoch time does not depend on the weights' values: a random base keeps this runnable offline.

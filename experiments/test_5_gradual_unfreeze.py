@@ -19,12 +19,12 @@ BACKBONE_GROUP = "unfreeze"
 
 @pytest.mark.parametrize("strategy", freezing.STRATEGIES)
 def test_unfreeze_strategy(
-    backbone_name, strategy, backbone_weights, image_data, profile, run_config, keras_verbose, record
+    backbone_name, strategy, backbone_weights, backbone_flowers, profile, run_config, keras_verbose, record
 ):
     backbone = get_backbone(backbone_name)
-    image_size = backbone.image_size[profile.name]
     weights = backbone_weights(backbone)
-    flowers = image_data("tf_flowers", image_size, profile.backbone_train, profile.backbone_validation)
+    flowers = backbone_flowers(backbone)
+    image_size = flowers.image_size
     model = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
     base = freezing.base_of(model)
     stages = freezing.strategy_stages(strategy, backbone, base, profile.unfreeze_stages, profile.stage_epochs)
