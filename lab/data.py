@@ -87,19 +87,28 @@ class ImageData:
             if split == "train"
             else (self.validation_images, self.validation_labels)
         )
-        dataset = tf.data.Dataset.from_tensor_slices((images[:limit], labels[:limit]))
-        if seed is not None:
-            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        return (
-            dataset.batch(batch_size)
-            .map(scale_to_unit, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        return batched_pairs(images[:limit], labels[:limit], batch_size, seed, transform=scale_to_unit)
 
     def scaled(self, split: str, limit: int | None = None) -> np.ndarray:
         """The images of `split` as float32 in [0, 1], for predictions on small sets."""
         images = self.train_images if split == "train" else self.validation_images
         return images[:limit].astype("float32") / 255.0
+
+
+def batched_pairs(
+    inputs: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None, transform=None
+) -> tf.data.Dataset:
+    """Batches of (inputs, labels), shuffled every epoch with `seed` unless it is None.
+
+    `transform` maps each batch (after batching, so the stored arrays are never copied whole).
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
+    if seed is not None:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if transform is not None:
+        dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def scale_to_unit(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

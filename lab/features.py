@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lab.data import batched_pairs
 from lab.models import HEAD_LAYER_NAME, compile_for_classification
 
 
@@ -39,10 +40,7 @@ def features_dataset(
     features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None
 ) -> tf.data.Dataset:
     """Batches of (features, labels), shuffled each epoch with `seed` unless it is None."""
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-    if seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return batched_pairs(features, labels, batch_size, seed)
 
 
 def put_head_back(classifier: keras.Model, head_model: keras.Model) -> None:

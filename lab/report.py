@@ -35,6 +35,13 @@ EXPERIMENTS = {
 MODES = ("unfrozen", "frozen", "frozen-cached")
 
 
+def _by_experiment(records: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        grouped[record["experiment"]].append(record)
+    return grouped
+
+
 def _table(rows: list[dict]) -> str:
     headers = list(dict.fromkeys(key for row in rows for key in row))
     body = [[_cell(row.get(key)) for key in headers] for row in rows]
@@ -181,9 +188,7 @@ def render(results: dict, figures_dir: str, figures_link: str) -> str:
             "",
         ]
     lines += _header(run) + [""]
-    by_experiment: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        by_experiment[record["experiment"]].append(record)
+    by_experiment = _by_experiment(records)
     rows = benchmark_rows(results.get("benchmarks", []))
     for number, title in EXPERIMENTS.items():
         experiment_records = by_experiment.get(number, [])
@@ -263,9 +268,7 @@ def write_report(results: dict, report_dir: str, stem: str, latest_name: str | N
 
 def summary_lines(records: list[dict]) -> list[str]:
     """One line per experiment for pytest's terminal summary."""
-    by_experiment: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        by_experiment[record["experiment"]].append(record)
+    by_experiment = _by_experiment(records)
     lines = []
     for number, title in EXPERIMENTS.items():
         experiment_records = by_experiment.get(number)
