@@ -1,10 +1,13 @@
-"""The lab's pytest plugin: command-line options, the run's fixtures, and the session report."""
+"""The lab's command-line options and the run's fixtures.
+
+The session plugin that writes the report lives in pytest_lab/session.py; fixtures only the
+experiments use live in experiments/conftest.py.
+"""
 
 from __future__ import annotations
 
-import datetime
 import os
-import time
+import warnings
 from typing import NoReturn
 
 import pytest
@@ -12,14 +15,17 @@ import pytest
 # TensorFlow's C++ start-up chatter would bury pytest's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lab import data, distribution, environment, report, reproducibility, storage
-from lab.backbones import resolve_weights
-from lab.config import STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config
+from lab import data, distribution, reproducibility, storage
+from lab.backbones import get_backbone, resolve_weights
+from lab.config import DISTRIBUTION_STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config, path_default
 from lab.errors import LabInputError
 from lab.profiles import PROFILES
-from lab.training import train_lab_cnn
+from lab.training import tensorboard_callbacks, tensorboard_log_dir, train_lab_cnn
+from pytest_lab import RUN_CONFIG
+from pytest_lab.session import LabSession
 
-RUN_CONFIG = pytest.StashKey[RunConfig]()
+LOADED_DATASETS = pytest.StashKey[dict]()
+DATA_ERROR = pytest.StashKey[LabInputError]()
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -28,48 +34,76 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--profile", choices=sorted(PROFILES), default="smoke",
                     help="smoke: tiny subsets and sizes for a CPU (default); full: the lab's own settings, for a GPU")
     group.addoption("--data-source", choices=data.SOURCES, default=None,
-                    help="where images come from (default: folder when --data-dir is given, else tfds)")
-    group.addoption("--data-dir", metavar="PATH", default=None,
-                    help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data)")
+                    help="where images come from (default: folder when --data-dir is given, else the embedded "
+                    "sample for the smoke profile and tfds for the full one)")
+    group.addoption("--data-dir", metavar="PATH", default=path_default("data_dir"),
+                    help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data); "
+                    "default: $LAB_DATA_DIR")
     group.addoption("--seed", type=int, default=0, help="seeds Python, NumPy and TensorFlow (default 0)")
     group.addoption("--subset", type=int, default=None, metavar="N",
                     help="training images per dataset, overriding the profile")
     group.addoption("--backbones", metavar="NAME[,NAME...]", default=None,
-                    help="backbones for experiments 3-5: resnet50, vgg16, mobilenet, mobilenet_v2 (default: the profile's)")
+                    help="backbones for experiments 3-5: resnet50, vgg16, mobilenet, mobilenet_v2 "
+                    "(default: the profile's)")
     group.addoption("--weights", choices=WEIGHTS_CHOICES, default="imagenet",
-                    help="backbone weights: imagenet (a --weights-dir file, Keras's cache or a download) or none (random)")
-    group.addoption("--weights-dir", metavar="PATH", default=None,
-                    help="a folder holding Keras's official no-top weights files under their own names")
-    group.addoption("--report-dir", metavar="PATH", default=os.path.join(ROOT, "reports"),
-                    help="where the session's markdown report goes (default reports/)")
+                    help="backbone weights: imagenet (a --weights-dir file, Keras's cache or a download) "
+                    "or none (random)")
+    group.addoption("--weights-dir", metavar="PATH", default=path_default("weights_dir"),
+                    help="a folder holding Keras's official no-top weights files under their own names; "
+                    "default: $LAB_WEIGHTS_DIR")
+    group.addoption("--report-dir", metavar="PATH", default=path_default("report_dir", os.path.join(ROOT, "reports")),
+                    help="where the session's markdown report goes (default: $LAB_REPORT_DIR, else reports/)")
     group.addoption("--no-report", action="store_true", help="write no report")
     group.addoption("--deterministic", action="store_true",
                     help="TensorFlow op determinism (deterministic kernels are slower: timings are not comparable)")
-    group.addoption("--strategy", choices=STRATEGIES, default="default",
-                    help="mirrored: tf.distribute.MirroredStrategy over every GPU (or logical CPU device)")
+    group.addoption("--strategy", choices=DISTRIBUTION_STRATEGIES, default="default",
+                    help="mirrored: tf.distribute.MirroredStrategy over every GPU (or logical CPU device); "
+                    "multiworker: tf.distribute.MultiWorkerMirroredStrategy over the machines TF_CONFIG names")
     group.addoption("--mixed-precision", action="store_true", help="mixed_float16 compute (for GPUs)")
+    group.addoption("--epochs", type=int, default=None, metavar="N",
+                    help="every epoch count of the profile (at least 2), for a quick structural run")
+    group.addoption("--image-size", type=int, default=None, metavar="N",
+                    help="input side of every backbone of experiments 3-5 (at least 32), overriding the profile's")
+    group.addoption("--tensorboard", metavar="DIR", default=None,
+                    help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # pytest cannot catch warnings raised in pytest_configure itself: handed to it, they
+    # reach its warnings summary (once, from the controller, under xdist).
     try:
-        run = build_config(
-            profile=config.getoption("profile"),
-            data_source=config.getoption("data_source"),
-            data_dir=config.getoption("data_dir"),
-            seed=config.getoption("seed"),
-            subset=config.getoption("subset"),
-            backbone_names=config.getoption("backbones"),
-            weights=config.getoption("weights"),
-            weights_dir=config.getoption("weights_dir"),
-            deterministic=config.getoption("deterministic"),
-            strategy=config.getoption("strategy"),
-            mixed_precision=config.getoption("mixed_precision"),
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = build_config(
+                profile=config.getoption("profile"),
+                data_source=config.getoption("data_source"),
+                data_dir=config.getoption("data_dir"),
+                seed=config.getoption("seed"),
+                subset=config.getoption("subset"),
+                backbone_names=config.getoption("backbones"),
+                weights=config.getoption("weights"),
+                weights_dir=config.getoption("weights_dir"),
+                deterministic=config.getoption("deterministic"),
+                strategy=config.getoption("strategy"),
+                mixed_precision=config.getoption("mixed_precision"),
+                epochs=config.getoption("epochs"),
+                image_size=config.getoption("image_size"),
+                tensorboard_dir=config.getoption("tensorboard"),
+            )
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
+    if run.strategy == "multiworker" and config.getoption("numprocesses", None):
+        raise pytest.UsageError(
+            "--strategy multiworker runs one pytest per machine: drop -n (xdist workers on one machine "
+            "would all claim the same TF_CONFIG task)"
+        )
+    if not _is_worker(config):
+        for warning in caught:
+            config.issue_config_time_warning(warning.message, stacklevel=2)
     config.stash[RUN_CONFIG] = run
     if not _is_worker(config):
-        config.pluginmanager.register(LabSession(config, run), "lab-session")
+        report_dir = None if config.getoption("no_report") else config.getoption("report_dir")
+        config.pluginmanager.register(LabSession(config, run, report_dir), "lab-session")
     if not config.getoption("no_report") and not _is_worker(config):
         _check_writable(config.getoption("report_dir"))
     _pin_worker_gpu(config)
@@ -110,18 +144,13 @@ def _apply_run_settings(run: RunConfig) -> None:
 
     if run.strategy == "mirrored":
         distribution.use_mirrored_strategy()
+    elif run.strategy == "multiworker":
+        distribution.use_multiworker_strategy()
     reproducibility.seed_everything(run.seed)
     if run.deterministic:
         reproducibility.enable_determinism()
     if run.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    group = getattr(metafunc.module, "BACKBONE_GROUP", None)
-    if group and "backbone_name" in metafunc.fixturenames:
-        run = metafunc.config.stash[RUN_CONFIG]
-        metafunc.parametrize("backbone_name", run.backbones_for(group))
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +169,18 @@ def profile(run_config: RunConfig):
 def seeded(run_config: RunConfig) -> None:
     """Seeds every generator before each test, so a test's result does not depend on order."""
     reproducibility.seed_everything(run_config.seed)
+
+
+@pytest.fixture
+def tensorboard_dir(request: pytest.FixtureRequest, run_config: RunConfig) -> str | None:
+    """This test's TensorBoard folder, `--tensorboard DIR/<test module>/<test>/seed<N>`; None without the option.
+
+    Pass it to `lab.training.tensorboard_callbacks`, with a subfolder for each fit of a test
+    that fits more than once.
+    """
+    if run_config.tensorboard_dir is None:
+        return None
+    return tensorboard_log_dir(run_config.tensorboard_dir, [request.node.path.stem, request.node.name], run_config.seed)
 
 
 @pytest.fixture(scope="session")
@@ -162,34 +203,102 @@ def _stop_with(config: pytest.Config, error: LabInputError) -> NoReturn:
     pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+def _load_dataset(config: pytest.Config, name: str, image_size: int, train: int | None, validation: int | None):
+    """Loads a dataset once per process: the ImageData, or the LabInputError that stopped it.
+
+    Both the `image_data` fixture and the check before the first test read this one cache.
+    """
+    run = config.stash[RUN_CONFIG]
+    loaded = config.stash.setdefault(LOADED_DATASETS, {})
+    key = (name, image_size, train, validation)
+    if key not in loaded:
+        try:
+            loaded[key] = data.load(
+                name,
+                run.data_source,
+                image_size,
+                run.train_count(train),
+                validation,
+                data_dir=run.data_dir,
+                strict_train_count=run.subset is not None,
+            )
+        except LabInputError as error:
+            loaded[key] = error
+    return loaded[key]
+
+
+def _flowers_small_dataset(profile) -> tuple:
+    return "tf_flowers", profile.cnn_image_size, profile.flowers_train, profile.flowers_validation
+
+
+def _cifar10_dataset(profile) -> tuple:
+    return "cifar10", profile.cnn_image_size, profile.cifar_train, profile.cifar_validation
+
+
+def _backbone_flowers_dataset(profile, backbone) -> tuple:
+    return "tf_flowers", profile.image_size_of(backbone), profile.backbone_train, profile.backbone_validation
+
+
+def _datasets_needed(item: pytest.Item, profile) -> list[tuple]:
+    """The `image_data` arguments of every dataset fixture test `item` uses, read from its fixture names."""
+    fixtures = getattr(item, "fixturenames", ())
+    needed = []
+    if "flowers_small" in fixtures:
+        needed.append(_flowers_small_dataset(profile))
+    if "cifar10" in fixtures:
+        needed.append(_cifar10_dataset(profile))
+    callspec = getattr(item, "callspec", None)
+    backbone_name = callspec.params.get("backbone_name") if callspec else None
+    if "backbone_flowers" in fixtures and backbone_name:
+        needed.append(_backbone_flowers_dataset(profile, get_backbone(backbone_name)))
+    return needed
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Loads every dataset the selected tests need, before the first of them trains.
+
+    Bad data (a corrupt image, a dataset that cannot be had) then stops the session before
+    any training, not after the experiments that do not need it; under xdist each worker
+    checks what it collected. What loads stays in the cache the fixtures read.
+    """
+    config = session.config
+    if config.getoption("collectonly"):
+        return
+    profile = config.stash[RUN_CONFIG].profile
+    needed = [arguments for item in session.items for arguments in _datasets_needed(item, profile)]
+    for arguments in dict.fromkeys(needed):
+        loaded = _load_dataset(config, *arguments)
+        if isinstance(loaded, LabInputError):
+            if not _is_worker(config):
+                pytest.exit(str(loaded), returncode=pytest.ExitCode.USAGE_ERROR)
+            # A worker that exits during collection crashes xdist's controller; instead it
+            # fails its first test with the message and then stops, and the controller with it.
+            config.stash[DATA_ERROR] = loaded
+            session.shouldstop = str(loaded)
+            return
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fails, before it trains, the test an xdist worker runs after its data check failed."""
+    error = item.config.stash.get(DATA_ERROR, None)
+    if error is not None:
+        _fail_with(error)
+
+
 @pytest.fixture(scope="session")
-def image_data(run_config: RunConfig, pytestconfig: pytest.Config):
+def image_data(pytestconfig: pytest.Config):
     """Loads a dataset once per session: `image_data(name, image_size, train, validation)`.
 
     `train` is the profile's count, replaced by --subset when given. Data that cannot be
     loaded (not downloadable, a corrupt file, a subset too large) stops the session at once
     with the message that names the fix.
     """
-    loaded: dict[tuple, object] = {}
 
     def load(name: str, image_size: int, train: int | None, validation: int | None):
-        key = (name, image_size, train, validation)
-        if key not in loaded:
-            try:
-                loaded[key] = data.load(
-                    name,
-                    run_config.data_source,
-                    image_size,
-                    run_config.train_count(train),
-                    validation,
-                    data_dir=run_config.data_dir,
-                    strict_train_count=run_config.subset is not None,
-                )
-            except LabInputError as error:
-                loaded[key] = error
-        if isinstance(loaded[key], LabInputError):
-            _stop_with(pytestconfig, loaded[key])
-        return loaded[key]
+        loaded = _load_dataset(pytestconfig, name, image_size, train, validation)
+        if isinstance(loaded, LabInputError):
+            _stop_with(pytestconfig, loaded)
+        return loaded
 
     return load
 
@@ -197,13 +306,13 @@ def image_data(run_config: RunConfig, pytestconfig: pytest.Config):
 @pytest.fixture(scope="session")
 def flowers_small(image_data, profile):
     """tf_flowers at the lab CNN's size (32x32 by default), with the profile's image counts."""
-    return image_data("tf_flowers", profile.cnn_image_size, profile.flowers_train, profile.flowers_validation)
+    return image_data(*_flowers_small_dataset(profile))
 
 
 @pytest.fixture(scope="session")
 def cifar10(image_data, profile):
     """CIFAR-10 at the lab CNN's size, with the profile's image counts."""
-    return image_data("cifar10", profile.cnn_image_size, profile.cifar_train, profile.cifar_validation)
+    return image_data(*_cifar10_dataset(profile))
 
 
 @pytest.fixture(scope="session")
@@ -211,8 +320,7 @@ def backbone_flowers(image_data, profile):
     """tf_flowers at a backbone's input size: `backbone_flowers(backbone)`, profile's counts."""
 
     def load(backbone):
-        size = backbone.image_size[profile.name]
-        return image_data("tf_flowers", size, profile.backbone_train, profile.backbone_validation)
+        return image_data(*_backbone_flowers_dataset(profile, backbone))
 
     return load
 
@@ -234,12 +342,16 @@ def saved_base_model(shared_dir, flowers_small, profile, run_config, keras_verbo
     """
 
     def get(filters: tuple[int, int, int]) -> dict:
-        name = "lab_cnn-{}-seed{}.keras".format("-".join(map(str, filters)), run_config.seed)
-        path = os.path.join(shared_dir, name)
+        model_name = "lab_cnn-{}".format("-".join(map(str, filters)))
+        path = os.path.join(shared_dir, f"{model_name}-seed{run_config.seed}.keras")
+        log_dir = run_config.tensorboard_dir and tensorboard_log_dir(
+            run_config.tensorboard_dir, ["saved_base_model", model_name], run_config.seed
+        )
         return storage.ensure_saved(
             path,
             lambda target: train_lab_cnn(
-                flowers_small, filters, profile.cnn_epochs, profile.batch_size, run_config.seed, target, keras_verbose
+                flowers_small, filters, profile.cnn_epochs, profile.batch_size, run_config.seed, target, keras_verbose,
+                tensorboard_callbacks(log_dir),
             ),
         )
 
@@ -265,184 +377,3 @@ def backbone_weights(run_config: RunConfig):
             pytest.skip(f"{error} (in the profile's default list; name it with --backbones to make this an error)")
 
     return resolve
-
-
-@pytest.fixture
-def record(request: pytest.FixtureRequest):
-    """Records one result of this test for the report: `record(experiment, table, row, ...)`.
-
-    Args of the returned function: `experiment` ("1".."5"), `table` (the report table it
-    belongs to), `row` (column -> value), `label` (names the case in plots), `curves`
-    (train and validation accuracy per epoch), `stage_curve` (accuracy per unfreezing stage).
-    """
-
-    def add(experiment: str, table: str, row: dict, label: str = "", curves=None, stage_curve=None) -> None:
-        request.node.user_properties.append(
-            ("lab_record", {"experiment": experiment, "table": table, "row": row, "label": label,
-                            "curves": curves, "stage_curve": stage_curve, "test": request.node.nodeid})
-        )
-
-    return add
-
-
-@pytest.fixture
-def record_benchmark(request: pytest.FixtureRequest):
-    """Hands pytest-benchmark's statistics for this test to the report.
-
-    A disabled plugin (under xdist, or --benchmark-disable) hands nothing; the report says why.
-    """
-
-    def add(benchmark) -> None:
-        if benchmark.disabled:
-            return
-        stats = benchmark.stats.stats
-        request.node.user_properties.append(
-            ("lab_benchmark", {"name": request.node.name, "extra_info": dict(benchmark.extra_info),
-                               "stats": {"median": stats.median, "mean": stats.mean, "min": stats.min,
-                                         "max": stats.max, "rounds": stats.rounds}})
-        )
-
-    return add
-
-
-def _benchmarks_note(config: pytest.Config) -> str | None:
-    if config.pluginmanager.hasplugin("xdist") and (config.getoption("numprocesses", None) or 0):
-        return "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
-    if config.getoption("benchmark_disable", False):
-        return "benchmarks disabled with --benchmark-disable"
-    return None
-
-
-class LabSession:
-    """Collects what the tests recorded (from every xdist worker) and writes the report.
-
-    Lives in the controller process only; workers' records arrive in their test reports.
-    """
-
-    def __init__(self, config: pytest.Config, run: RunConfig):
-        self.config = config
-        self.run = run
-        self.started = time.time()
-        self.records: list[dict] = []
-        self.benchmarks: list[dict] = []
-        self.outcomes: dict[str, dict] = {}
-        self.collected: list[str] = []
-        self.report_path: str | None = None
-        self.report_error: str | None = None
-        self.stop_reason: str | None = None
-
-    def pytest_keyboard_interrupt(self, excinfo) -> None:
-        """Ctrl-C, or a `pytest.exit` that stopped the session: the report says which."""
-        message = getattr(excinfo.value, "msg", "") or "interrupted (Ctrl-C)"
-        self.stop_reason = message.splitlines()[0]
-
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        self.collected = [item.nodeid for item in items]
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            for kind, value in report.user_properties:
-                if kind == "lab_record":
-                    self.records.append(value)
-                elif kind == "lab_benchmark":
-                    self.benchmarks.append(value)
-        decisive = report.when == "call" or not report.passed
-        if decisive and self.outcomes.get(report.nodeid, {}).get("outcome") in (None, "passed"):
-            self.outcomes[report.nodeid] = {"test": report.nodeid, "outcome": report.outcome, "reason": _reason(report)}
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.config.getoption("no_report") or self.config.getoption("collectonly"):
-            return
-        if not any(nodeid.startswith("experiments/") for nodeid in [*self.collected, *self.outcomes]):
-            return
-        results = self.results(int(exitstatus))
-        stem = "{}-{}-{}".format(
-            self.run.profile.name,
-            results["run"]["device_slug"],
-            datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-        )
-        try:
-            self.report_path = report.write_report(
-                results, self.config.getoption("report_dir"), stem, f"latest-{self.run.profile.name}.md"
-            )
-        except OSError as error:
-            self.report_error = f"report not written: {error}"
-
-    def results(self, exitstatus: int) -> dict:
-        """Everything the report shows: the run's settings and machine, records, outcomes."""
-        run = self.run
-        not_run = [
-            {"test": nodeid, "outcome": "not run", "reason": "the session ended before it ran"}
-            for nodeid in self.collected
-            if nodeid not in self.outcomes
-        ]
-        complete = exitstatus == 0 and not not_run
-        reason = None
-        if not complete:
-            reason = self.stop_reason or {1: "some tests failed"}.get(exitstatus, f"pytest exit status {exitstatus}")
-            if not_run:
-                reason += f"; {len(not_run)} tests did not run"
-        device = environment.device_summary()
-        workers = self.config.getoption("numprocesses", None)
-        options = (
-            f"--subset {run.subset}" if run.subset else "",
-            f"--backbones {','.join(run.backbones)}" if run.backbones else "",
-            "--deterministic (deterministic kernels: timings not comparable)" if run.deterministic else "",
-            f"--strategy {run.strategy}" if run.strategy != "default" else "",
-            "--mixed-precision" if run.mixed_precision else "",
-            f"-n {workers}" if workers else "",
-        )
-        return {
-            "run": {
-                "profile": run.profile.name,
-                "profile_settings": {
-                    key: value for key, value in vars(run.profile).items() if key not in ("name", "default_backbones")
-                },
-                "seed": run.seed,
-                "data_source": run.data_source,
-                "data_source_description": run.describe_data(),
-                "weights_description": f"--weights {run.weights}"
-                + (f", --weights-dir {run.weights_dir}" if run.weights_dir else ""),
-                "options_description": ", ".join(option for option in options if option) or "defaults",
-                "started": _iso(self.started),
-                "finished": _iso(time.time()),
-                "wall_seconds": time.time() - self.started,
-                "commit": environment.git_commit(ROOT),
-                "versions": environment.versions(),
-                "device": device,
-                "device_slug": environment.device_slug(device),
-                "replicas": distribution.replicas(),
-                "benchmarks_note": _benchmarks_note(self.config),
-                "complete": complete,
-                "incomplete_reason": reason,
-            },
-            "records": self.records,
-            "benchmarks": self.benchmarks,
-            "outcomes": list(self.outcomes.values()) + not_run,
-        }
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        lines = report.summary_lines(self.records)
-        note = _benchmarks_note(self.config)
-        if note and any(nodeid.startswith("experiments/test_4") for nodeid in self.outcomes):
-            lines.append(f"epoch-time benchmarks: {note}")
-        if self.report_path:
-            lines.append(f"report: {os.path.relpath(self.report_path)}")
-        if self.report_error:
-            lines.append(self.report_error)
-        if lines:
-            terminalreporter.section("transfer-learning lab")
-            for line in lines:
-                terminalreporter.write_line(line)
-
-
-def _reason(report: pytest.TestReport) -> str:
-    if report.skipped and isinstance(report.longrepr, tuple):
-        return report.longrepr[2]
-    if report.failed and report.longreprtext:
-        return report.longreprtext.strip().splitlines()[-1][:300]
-    return ""
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds")

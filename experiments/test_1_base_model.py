@@ -12,11 +12,13 @@ import pytest
 
 from lab import models, storage
 from lab.freezing import trainable_parameter_count
+from lab.results import Table
 from lab.training import FitResult
 
-pytestmark = pytest.mark.experiment
+pytestmark = pytest.mark.experiment(1)
 
 FILTER_WIDTHS = {"lab": (32, 64, 128), "narrow": (16, 32, 64)}
+LAB_CNN = Table("The lab CNN on tf_flowers", keys=("filters",))
 
 
 @pytest.mark.parametrize("filters", FILTER_WIDTHS.values(), ids=FILTER_WIDTHS.keys())
@@ -28,7 +30,8 @@ def test_base_model(filters, flowers_small, saved_base_model, record):
     expected_types = [conv, pool] * 3 + [keras.layers.Flatten, keras.layers.Dense, keras.layers.Dense]
     assert [type(layer) for layer in model.layers] == expected_types
     assert [layer.filters for layer in model.layers if isinstance(layer, conv)] == list(filters)
-    assert all(layer.kernel_size == (5, 5) and layer.padding == "same" for layer in models.feature_layers(model) if isinstance(layer, conv))
+    convolutions = [layer for layer in models.feature_layers(model) if isinstance(layer, conv)]
+    assert all(layer.kernel_size == (5, 5) and layer.padding == "same" for layer in convolutions)
     assert model.output_shape == (None, flowers_small.num_classes)
     assert len(model.trainable_weights) == 10
     assert model.count_params() == models.lab_cnn_parameter_count(
@@ -44,8 +47,7 @@ def test_base_model(filters, flowers_small, saved_base_model, record):
 
     result = FitResult(**history)
     record(
-        "1",
-        "The lab CNN on tf_flowers",
+        LAB_CNN,
         {
             "filters": "-".join(map(str, filters)),
             "dataset": f"{flowers_small.name} ({flowers_small.source})",

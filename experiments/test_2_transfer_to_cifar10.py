@@ -11,15 +11,19 @@ import pytest
 
 from lab import models, storage
 from lab.freezing import trainable_parameter_count
-from lab.training import fit_on
+from lab.results import Table
+from lab.training import fit_on, tensorboard_callbacks
 
-pytestmark = pytest.mark.experiment
+pytestmark = pytest.mark.experiment(2)
 
 LAB_FILTERS = (32, 64, 128)
+TRANSFER = Table("Transferred against scratch on CIFAR-10", keys=("initialisation",))
 
 
 @pytest.mark.parametrize("initialisation", ["transferred", "scratch"])
-def test_transfer_to_cifar10(initialisation, saved_base_model, cifar10, profile, run_config, keras_verbose, record):
+def test_transfer_to_cifar10(
+    initialisation, saved_base_model, cifar10, profile, run_config, keras_verbose, tensorboard_dir, record
+):
     saved = saved_base_model(LAB_FILTERS)
     saved_file_digest = storage.file_digest(saved["path"])
     saved_model = storage.load_model(saved["path"])
@@ -37,8 +41,8 @@ def test_transfer_to_cifar10(initialisation, saved_base_model, cifar10, profile,
         (type(layer), layer.name) for layer in models.feature_layers(saved_model)
     ]
     carried_equal = [
-        all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), weights))
-        for layer, weights in zip(carried, saved_feature_weights)
+        all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), weights, strict=True))
+        for layer, weights in zip(carried, saved_feature_weights, strict=True)
     ]
     if initialisation == "transferred":
         assert all(carried_equal), "transferred layers differ from the saved model before training"
@@ -47,13 +51,15 @@ def test_transfer_to_cifar10(initialisation, saved_base_model, cifar10, profile,
     assert model.output_shape == (None, 10)
     assert len(model.trainable_weights) == 10
 
-    result = fit_on(model, cifar10, profile.cnn_epochs, profile.batch_size, run_config.seed, keras_verbose)
+    result = fit_on(
+        model, cifar10, profile.cnn_epochs, profile.batch_size, run_config.seed, keras_verbose,
+        tensorboard_callbacks(tensorboard_dir),
+    )
 
     assert storage.file_digest(saved["path"]) == saved_file_digest, "training changed the saved base file"
     assert result.loss[-1] < result.loss[0]
     record(
-        "2",
-        "Transferred against scratch on CIFAR-10",
+        TRANSFER,
         {
             "initialisation": initialisation,
             "dataset": f"{cifar10.name} ({cifar10.source})",

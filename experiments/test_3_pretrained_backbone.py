@@ -12,16 +12,19 @@ import pytest
 
 from lab import features, models
 from lab.backbones import get_backbone, weights_file_tensors
-from lab.training import fit
+from lab.results import Table
+from lab.training import fit, tensorboard_callbacks
 
-pytestmark = pytest.mark.experiment
+pytestmark = pytest.mark.experiment(3, backbones="pretrained")
 
-BACKBONE_GROUP = "pretrained"
+STRUCTURE = Table("Backbones against Keras's published structure", keys=("backbone",))
+WEIGHTS_FILE = Table("ImageNet weights against the file", keys=("backbone",))
+PRETRAINED_HEAD = Table("A head on pretrained against random features (tf_flowers)", keys=("backbone", "weights"))
 
 
 def test_backbone_matches_keras_structure(backbone_name, profile, record):
     backbone = get_backbone(backbone_name)
-    image_size = backbone.image_size[profile.name]
+    image_size = profile.image_size_of(backbone)
     base = backbone.build(image_size, None)
 
     side = -(-image_size // 32)
@@ -29,8 +32,7 @@ def test_backbone_matches_keras_structure(backbone_name, profile, record):
     assert base.count_params() == backbone.parameter_count
     assert base.output_shape == (None, side, side, backbone.feature_channels)
     record(
-        "3",
-        "Backbones against Keras's published structure",
+        STRUCTURE,
         {
             "backbone": backbone_name,
             "input": f"{image_size}px",
@@ -43,22 +45,21 @@ def test_backbone_matches_keras_structure(backbone_name, profile, record):
 
 def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profile, record):
     backbone = get_backbone(backbone_name)
-    image_size = backbone.image_size[profile.name]
+    image_size = profile.image_size_of(backbone)
     weights = backbone_weights(backbone, "imagenet")
     base = backbone.build(image_size, weights.path)
 
     loaded = [layer.get_weights() for layer in base.layers if layer.weights]
     from_file = weights_file_tensors(weights.path)
     assert len(loaded) == len(from_file)
-    for layer_weights, file_weights in zip(loaded, from_file):
+    for layer_weights, file_weights in zip(loaded, from_file, strict=True):
         assert all(np.array_equal(a, b) for a, b in zip(layer_weights, file_weights, strict=True))
     random_base = backbone.build(image_size, None)
     random_loaded = [layer.get_weights() for layer in random_base.layers if layer.weights]
-    differing = sum(not np.array_equal(a[0], b[0]) for a, b in zip(loaded, random_loaded))
+    differing = sum(not np.array_equal(a[0], b[0]) for a, b in zip(loaded, random_loaded, strict=True))
     assert differing == len(loaded), "some ImageNet tensors equal a random initialisation"
     record(
-        "3",
-        "ImageNet weights against the file",
+        WEIGHTS_FILE,
         {
             "backbone": backbone_name,
             "weights": weights.origin,
@@ -71,14 +72,12 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_pretrained_features_classify_flowers(
-    backbone_name, weights_kind, backbone_weights, backbone_flowers, profile, run_config, keras_verbose, record
+    weights_kind, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
 ):
-    backbone = get_backbone(backbone_name)
-    weights = backbone_weights(backbone, weights_kind)
-    flowers = backbone_flowers(backbone)
-    image_size = flowers.image_size
+    case = backbone_case(weights_kind)
+    backbone, flowers = case.backbone, case.flowers
 
-    classifier = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
+    classifier = case.classifier()
     assert classifier.output_shape == (None, flowers.num_classes)
     assert classifier.get_layer(models.BASE_LAYER_NAME).output_shape[-1] == backbone.feature_channels
 
@@ -92,21 +91,21 @@ def test_pretrained_features_classify_flowers(
         profile.cached_head_epochs,
         validation=features.features_dataset(validation_features, flowers.validation_labels, profile.batch_size, None),
         verbose=keras_verbose,
+        callbacks=tensorboard_callbacks(tensorboard_dir),
     )
     features.put_head_back(classifier, head)
 
     record(
-        "3",
-        "A head on pretrained against random features (tf_flowers)",
+        PRETRAINED_HEAD,
         {
-            "backbone": backbone_name,
+            "backbone": case.name,
             "weights": weights_kind,
-            "input": f"{image_size}px",
+            "input": f"{case.image_size}px",
             "train images": flowers.train_count,
             "validation images": flowers.validation_count,
             "epochs": profile.cached_head_epochs,
             **result.summary(),
         },
-        label=f"{backbone_name} {weights_kind}",
+        label=f"{case.name} {weights_kind}",
         curves=result.curves(),
     )

@@ -6,31 +6,33 @@ included. Then the claim the lab is about, measured: seconds per epoch with the 
 unfrozen, frozen, and frozen with its features computed once (lab/features.py).
 """
 
+from __future__ import annotations
+
+import dataclasses
 import time
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lab import features, freezing, models
-from lab.backbones import get_backbone
-from lab.training import fit_on
+from lab.data import ImageData
+from lab.results import Table
+from lab.training import fit_on, tensorboard_callbacks
 
-pytestmark = pytest.mark.experiment
+pytestmark = pytest.mark.experiment(4, backbones="freeze")
 
-BACKBONE_GROUP = "freeze"
-MODES = ["unfrozen", "frozen", "frozen-cached"]
+FROZEN_BASE = Table("Frozen base, trained head (tf_flowers)", keys=("backbone", "weights"))
+CACHED_FEATURES = Table("Cached features: one extraction, then head-only epochs", keys=("backbone",))
 
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_frozen_base_trains_only_the_head(
-    backbone_name, weights_kind, backbone_weights, backbone_flowers, profile, run_config, keras_verbose, record
+    weights_kind, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
 ):
-    backbone = get_backbone(backbone_name)
-    weights = backbone_weights(backbone, weights_kind)
-    flowers = backbone_flowers(backbone)
-    image_size = flowers.image_size
-
-    model = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
+    case = backbone_case(weights_kind)
+    model = case.classifier()
     freezing.freeze_base(model)
     models.compile_for_classification(model)
     base = freezing.base_of(model)
@@ -42,7 +44,10 @@ def test_frozen_base_trains_only_the_head(
 
     base_before = freezing.weight_bytes(base.layers)
     head_before = freezing.weight_bytes([head])
-    result = fit_on(model, flowers, profile.backbone_epochs, profile.batch_size, run_config.seed, keras_verbose)
+    result = fit_on(
+        model, case.flowers, profile.backbone_epochs, profile.batch_size, run_config.seed, keras_verbose,
+        tensorboard_callbacks(tensorboard_dir),
+    )
 
     assert freezing.changed_weights(base_before, freezing.weight_bytes(base.layers)) == []
     head_moved = freezing.changed_weights(head_before, freezing.weight_bytes([head]))
@@ -50,84 +55,128 @@ def test_frozen_base_trains_only_the_head(
     # of its head can learn: a real effect of these networks, recorded rather than hidden.
     assert head_moved, "the head did not train"
     record(
-        "4",
-        "Frozen base, trained head (tf_flowers)",
+        FROZEN_BASE,
         {
-            "backbone": backbone_name,
+            "backbone": case.name,
             "weights": weights_kind,
-            "input": f"{image_size}px",
-            "train images": flowers.train_count,
+            "input": f"{case.image_size}px",
+            "train images": case.flowers.train_count,
             "epochs": profile.backbone_epochs,
             "trainable tensors": len(model.trainable_weights),
             "base tensors unchanged": len(base_before),
             "head tensors moved": len(head_moved),
             **result.summary(),
         },
-        label=f"{backbone_name} {weights_kind}",
+        label=f"{case.name} {weights_kind}",
         curves=result.curves(),
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_epoch_time(backbone_name, mode, backbone_flowers, profile, run_config, benchmark, record_benchmark, record):
-    backbone = get_backbone(backbone_name)
-    flowers = backbone_flowers(backbone)
-    image_size = flowers.image_size
-    images = flowers.batches("train", profile.batch_size, seed=run_config.seed, limit=profile.benchmark_images)
-    images_per_epoch = min(flowers.train_count, profile.benchmark_images or flowers.train_count)
-    # Epoch time does not depend on the weights' values: a random base keeps this runnable offline.
-    model = models.backbone_classifier(backbone, image_size, flowers.num_classes, None)
-    base = freezing.base_of(model)
-    benchmark.extra_info.update(
-        backbone=backbone_name, mode=mode, images_per_epoch=images_per_epoch, image_size=image_size
+@dataclasses.dataclass
+class EpochTiming:
+    """What the three epoch-time cases share: a classifier and the batches of one epoch.
+
+    Epoch time does not depend on the weights' values: a random base keeps this runnable offline.
+    """
+
+    backbone: str
+    flowers: ImageData
+    model: keras.Model
+    batches: tf.data.Dataset
+    images_per_epoch: int
+    rounds: int
+
+    @property
+    def image_size(self) -> int:
+        return self.flowers.image_size
+
+    @property
+    def base(self) -> keras.Model:
+        return freezing.base_of(self.model)
+
+    def time_epochs(self, benchmark, mode: str, model: keras.Model, batches: tf.data.Dataset) -> None:
+        """Times one-epoch fits of `model` on `batches` after an untimed warm-up epoch (graph tracing)."""
+        benchmark.extra_info.update(
+            backbone=self.backbone, mode=mode, image_size=self.image_size, images_per_epoch=self.images_per_epoch
+        )
+        benchmark.pedantic(model.fit, args=(batches,), kwargs={"epochs": 1, "verbose": 0},
+                           rounds=self.rounds, warmup_rounds=1)
+
+
+@pytest.fixture
+def epoch_timing(backbone_case, profile, run_config) -> EpochTiming:
+    """A classifier on a randomly initialised base and the shuffled batches of one timed epoch."""
+    case = backbone_case("none")
+    limit = profile.benchmark_images
+    return EpochTiming(
+        backbone=case.name,
+        flowers=case.flowers,
+        model=case.classifier(),
+        batches=case.flowers.batches("train", profile.batch_size, seed=run_config.seed, limit=limit),
+        images_per_epoch=min(case.flowers.train_count, limit or case.flowers.train_count),
+        rounds=profile.benchmark_rounds,
     )
 
-    if mode == "unfrozen":
-        freezing.unfreeze_base(model)
-        models.compile_for_classification(model)
-        trainable_base = freezing.expected_trainable_tensors(base.layers, batch_norm=True)
-        assert len(model.trainable_weights) == trainable_base + 2
-        before = freezing.weight_bytes(base.layers)
-        statistics_before = freezing.batch_norm_statistics(model)
-        benchmark.pedantic(model.fit, args=(images,), kwargs={"epochs": 1, "verbose": 0},
-                           rounds=profile.benchmark_rounds, warmup_rounds=1)
-        moved = freezing.changed_weights(before, freezing.weight_bytes(base.layers))
-        assert moved and set(moved) <= {w.path for w in base.trainable_weights} | set(statistics_before)
-        # The lab's plain unfreezing trains BatchNormalization too: in Keras 3 a trainable
-        # BatchNormalization layer normalises with batch statistics and moves its averages.
-        assert freezing.batch_norm_statistics(model) != statistics_before
-        benchmark.extra_info["base_tensors_moved"] = f"{len(moved)}/{trainable_base}"
-    elif mode == "frozen":
-        freezing.freeze_base(model)
-        models.compile_for_classification(model)
-        assert len(model.trainable_weights) == 2
-        before = freezing.weight_bytes(base.layers)
-        benchmark.pedantic(model.fit, args=(images,), kwargs={"epochs": 1, "verbose": 0},
-                           rounds=profile.benchmark_rounds, warmup_rounds=1)
-        assert freezing.changed_weights(before, freezing.weight_bytes(base.layers)) == []
-    else:
-        freezing.freeze_base(model)
-        in_order = flowers.batches("train", profile.batch_size, limit=profile.benchmark_images)
-        started = time.perf_counter()
-        cached = features.extract_features(model, in_order)
-        extraction_seconds = time.perf_counter() - started
-        head = features.standalone_head(model)
-        feature_batches = features.features_dataset(cached, flowers.train_labels[: len(cached)], profile.batch_size, run_config.seed)
-        benchmark.pedantic(head.fit, args=(feature_batches,), kwargs={"epochs": 1, "verbose": 0},
-                           rounds=profile.benchmark_rounds, warmup_rounds=1)
-        features.put_head_back(model, head)
-        full_predictions = model.predict(in_order, verbose=0)
-        head_predictions = head.predict(cached, batch_size=profile.batch_size, verbose=0)
-        np.testing.assert_allclose(full_predictions, head_predictions, rtol=1e-4, atol=1e-5)
-        benchmark.extra_info["feature_extraction_seconds"] = extraction_seconds
-        record(
-            "4",
-            "Cached features: one extraction, then head-only epochs",
-            {
-                "backbone": backbone_name,
-                "images": len(cached),
-                "extraction s (once)": extraction_seconds,
-                "max |full model - head on features|": float(np.max(np.abs(full_predictions - head_predictions))),
-            },
-        )
+
+def test_epoch_time_unfrozen(epoch_timing, benchmark, record_benchmark):
+    model, base = epoch_timing.model, epoch_timing.base
+    freezing.unfreeze_base(model, train_bn=True)
+    models.compile_for_classification(model)
+    trainable_base = freezing.expected_trainable_tensors(base.layers, train_bn=True)
+    assert len(model.trainable_weights) == trainable_base + 2
+    before = freezing.weight_bytes(base.layers)
+    statistics_before = freezing.batch_norm_statistics(model)
+
+    epoch_timing.time_epochs(benchmark, "unfrozen", model, epoch_timing.batches)
+
+    moved = freezing.changed_weights(before, freezing.weight_bytes(base.layers))
+    assert moved and set(moved) <= {w.path for w in base.trainable_weights} | set(statistics_before)
+    # The lab's plain unfreezing trains BatchNormalization too: in Keras 3 a trainable
+    # BatchNormalization layer normalises with batch statistics and moves its averages.
+    assert freezing.batch_norm_statistics(model) != statistics_before
+    benchmark.extra_info["base_tensors_moved"] = f"{len(moved)}/{trainable_base}"
     record_benchmark(benchmark)
+
+
+def test_epoch_time_frozen(epoch_timing, benchmark, record_benchmark):
+    model, base = epoch_timing.model, epoch_timing.base
+    freezing.freeze_base(model)
+    models.compile_for_classification(model)
+    assert len(model.trainable_weights) == 2
+    before = freezing.weight_bytes(base.layers)
+
+    epoch_timing.time_epochs(benchmark, "frozen", model, epoch_timing.batches)
+
+    assert freezing.changed_weights(before, freezing.weight_bytes(base.layers)) == []
+    record_benchmark(benchmark)
+
+
+def test_epoch_time_frozen_cached(epoch_timing, profile, run_config, benchmark, record_benchmark, record):
+    model, flowers = epoch_timing.model, epoch_timing.flowers
+    freezing.freeze_base(model)
+    in_order = flowers.batches("train", profile.batch_size, limit=profile.benchmark_images)
+    started = time.perf_counter()
+    cached = features.extract_features(model, in_order)
+    extraction_seconds = time.perf_counter() - started
+    head = features.standalone_head(model)
+    feature_batches = features.features_dataset(
+        cached, flowers.train_labels[: len(cached)], profile.batch_size, run_config.seed
+    )
+
+    epoch_timing.time_epochs(benchmark, "frozen-cached", head, feature_batches)
+
+    features.put_head_back(model, head)
+    full_predictions = model.predict(in_order, verbose=0)
+    head_predictions = head.predict(cached, batch_size=profile.batch_size, verbose=0)
+    np.testing.assert_allclose(full_predictions, head_predictions, rtol=1e-4, atol=1e-5)
+    benchmark.extra_info["feature_extraction_seconds"] = extraction_seconds
+    record_benchmark(benchmark)
+    record(
+        CACHED_FEATURES,
+        {
+            "backbone": epoch_timing.backbone,
+            "images": len(cached),
+            "extraction s (once)": extraction_seconds,
+            "max |full model - head on features|": float(np.max(np.abs(full_predictions - head_predictions))),
+        },
+    )

@@ -9,25 +9,21 @@ on everything from the start, answer whether it is worth it.
 import pytest
 
 from lab import freezing, models
-from lab.backbones import get_backbone
-from lab.training import fit_on
+from lab.results import StageCurve, Table
+from lab.training import fit_on, tensorboard_callbacks
 
-pytestmark = pytest.mark.experiment
+pytestmark = pytest.mark.experiment(5, backbones="unfreeze")
 
-BACKBONE_GROUP = "unfreeze"
+STAGES = Table("Stage by stage", keys=("backbone", "strategy", "stage"))
+ON_ONE_BUDGET = Table("Strategies on one budget", keys=("backbone", "strategy", "weights"))
 
 
 @pytest.mark.parametrize("strategy", freezing.STRATEGIES)
-def test_unfreeze_strategy(
-    backbone_name, strategy, backbone_weights, backbone_flowers, profile, run_config, keras_verbose, record
-):
-    backbone = get_backbone(backbone_name)
-    weights = backbone_weights(backbone)
-    flowers = backbone_flowers(backbone)
-    image_size = flowers.image_size
-    model = models.backbone_classifier(backbone, image_size, flowers.num_classes, weights.path)
+def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record):
+    case = backbone_case()
+    model = case.classifier()
     base = freezing.base_of(model)
-    stages = freezing.strategy_stages(strategy, backbone, base, profile.unfreeze_stages, profile.stage_epochs)
+    stages = freezing.strategy_stages(strategy, case.backbone, base, profile.unfreeze_stages, profile.stage_epochs)
     gradual = strategy.startswith("gradual-")
     weighted = freezing.weighted_base_layers(model)
 
@@ -49,17 +45,19 @@ def test_unfreeze_strategy(
         frozen_layers = [layer for layer in base.layers if not layer.trainable_weights]
         frozen_before = freezing.weight_bytes(frozen_layers)
         statistics_before = freezing.batch_norm_statistics(model)
-        result = fit_on(model, flowers, stage.epochs, profile.batch_size, run_config.seed + number, keras_verbose)
+        result = fit_on(
+            model, case.flowers, stage.epochs, profile.batch_size, run_config.seed + number, keras_verbose,
+            tensorboard_callbacks(tensorboard_dir, f"stage{number}"),
+        )
         assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []
         assert freezing.batch_norm_statistics(model) == statistics_before
 
         accuracies.append(result.validation_accuracy[-1])
         total_seconds += sum(result.epoch_seconds)
         record(
-            "5",
-            "Stage by stage",
+            STAGES,
             {
-                "backbone": backbone_name,
+                "backbone": case.name,
                 "strategy": strategy,
                 "stage": number,
                 "thawed": stage.name,
@@ -72,17 +70,16 @@ def test_unfreeze_strategy(
         )
 
     record(
-        "5",
-        "Strategies on one budget",
+        ON_ONE_BUDGET,
         {
-            "backbone": backbone_name,
+            "backbone": case.name,
             "strategy": strategy,
-            "weights": weights.kind,
-            "train images": flowers.train_count,
+            "weights": case.weights.kind,
+            "train images": case.flowers.train_count,
             "epochs": sum(stage.epochs for stage in stages),
             "final validation accuracy": accuracies[-1],
             "training seconds": total_seconds,
         },
-        label=f"{backbone_name} {strategy}",
-        stage_curve={"stages": [str(n) for n in range(len(stages))], "accuracy": accuracies},
+        label=f"{case.name} {strategy}",
+        stage_curve=StageCurve(stages=[str(n) for n in range(len(stages))], accuracy=accuracies),
     )

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import h5py
 import keras
 import numpy as np
 
-from lab import network
+from lab import network, sample
 from lab.errors import LabInputError
+
+logger = logging.getLogger(__name__)
 
 _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -210,7 +213,7 @@ class WeightsSource:
 
 
 def resolve_weights(backbone: Backbone, weights: str, weights_dir: str | None) -> WeightsSource:
-    """Finds the weights for `backbone`: a local file, Keras's cache, a download, or none.
+    """Finds `backbone`'s weights: --weights-dir, the embedded sample, Keras's cache, a download, or none.
 
     Args:
         backbone: the registry entry.
@@ -219,7 +222,7 @@ def resolve_weights(backbone: Backbone, weights: str, weights_dir: str | None) -
 
     Raises:
         LabInputError: `imagenet` was asked for, no file is at hand and the download server
-            cannot be reached; raised within seconds.
+            cannot be reached (raised within seconds), or the sample's file is altered.
     """
     if weights == "none":
         return WeightsSource("none", None, "random initialisation (--weights none)")
@@ -228,17 +231,24 @@ def resolve_weights(backbone: Backbone, weights: str, weights_dir: str | None) -
     if weights_dir:
         local = os.path.join(weights_dir, backbone.weights_file)
         if os.path.isfile(local):
+            logger.info("%s: ImageNet weights from --weights-dir: %s", backbone.name, local)
             return WeightsSource("imagenet", local, f"file {local}")
+        logger.info("%s: no %s in --weights-dir %s; looking further", backbone.name, backbone.weights_file, weights_dir)
+    embedded = sample.embedded_weights(backbone.weights_file)
+    if embedded:
+        return WeightsSource("imagenet", embedded, f"embedded sample {embedded}")
     cached = os.path.join(keras_home(), "models", backbone.weights_file)
     if os.path.isfile(cached):
+        logger.info("%s: ImageNet weights from Keras's cache: %s", backbone.name, cached)
         return WeightsSource("imagenet", cached, f"Keras cache {cached}")
     if not network.can_reach():
         where = f"in {weights_dir}, " if weights_dir else ""
         raise LabInputError(
             f"ImageNet weights for {backbone.name} ({backbone.weights_file}) are not {where}"
-            f"in Keras's cache, and {network.DOWNLOAD_HOST} cannot be reached: pass "
+            f"in the embedded sample, in Keras's cache, and {network.DOWNLOAD_HOST} cannot be reached: pass "
             "--weights-dir with a folder holding that file, or --weights none"
         )
+    logger.info("%s: downloading ImageNet weights %s into Keras's cache", backbone.name, backbone.weights_url)
     path = keras.utils.get_file(backbone.weights_file, backbone.weights_url, cache_subdir="models")
     return WeightsSource("imagenet", path, f"downloaded {backbone.weights_url}")
 

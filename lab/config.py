@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import warnings
 
-from lab import backbones, data
+from lab import backbones, data, distribution, sample
 from lab.errors import LabInputError
-from lab.profiles import Profile, get_profile
+from lab.profiles import Profile, get_profile, with_overrides
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_CHOICES = ("imagenet", "none")
-STRATEGIES = ("default", "mirrored")
+# Python's, NumPy's and TensorFlow's seeding all accept exactly this range.
+MAX_SEED = 2**32 - 1
+# The environment variable that gives each path option its default, as TFDS_DATA_DIR and
+# KERAS_HOME do for tensorflow-datasets and Keras; the command line wins over it.
+PATH_VARIABLES = {"data_dir": "LAB_DATA_DIR", "weights_dir": "LAB_WEIGHTS_DIR", "report_dir": "LAB_REPORT_DIR"}
+DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +28,7 @@ class RunConfig:
 
     Attributes:
         profile: the profile's settings.
-        data_source: `tfds`, `folder` or `mock`.
+        data_source: `sample`, `tfds`, `folder` or `mock`.
         data_dir: the image folder for the folder source.
         seed: seeds every generator.
         subset: training images per dataset, overriding the profile.
@@ -27,8 +36,9 @@ class RunConfig:
         weights: `imagenet` or `none`.
         weights_dir: a folder with official weights files.
         deterministic: TensorFlow op determinism on.
-        strategy: `default` or `mirrored`.
+        strategy: `default`, `mirrored` or `multiworker`.
         mixed_precision: float16 compute where the device supports it.
+        tensorboard_dir: where each fit writes its TensorBoard log, or None for no logs.
     """
 
     profile: Profile
@@ -42,20 +52,57 @@ class RunConfig:
     deterministic: bool = False
     strategy: str = "default"
     mixed_precision: bool = False
+    tensorboard_dir: str | None = None
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
         """The backbones experiment `pretrained`, `freeze` or `unfreeze` covers."""
-        return self.backbones or self.profile.default_backbones[experiment]
+        if self.backbones:
+            logger.info("%s experiments run backbones %s (--backbones)", experiment, ", ".join(self.backbones))
+            return self.backbones
+        chosen = self.profile.default_backbones[experiment]
+        logger.info("%s experiments run backbones %s (the %s profile's default)",
+                    experiment, ", ".join(chosen), self.profile.name)
+        return chosen
 
     def train_count(self, profile_count: int | None) -> int | None:
         return self.subset if self.subset is not None else profile_count
 
     def describe_data(self) -> str:
+        if self.data_source == "sample":
+            return sample.DESCRIPTION
         if self.data_source == "folder":
             return f"folder {self.data_dir}"
         if self.data_source == "mock":
             return "tensorflow-datasets mock data (random images)"
         return "tensorflow-datasets"
+
+
+def path_default(option: str, fallback: str | None = None) -> str | None:
+    """The default of path option `option` (`data_dir`...): its environment variable, if set."""
+    return os.environ.get(PATH_VARIABLES[option]) or fallback
+
+
+def parse_backbones(text: str) -> tuple[str, ...]:
+    """The registry names in a `--backbones` list, in order, each once.
+
+    Raises:
+        LabInputError: the list names no backbone, or one the registry does not have.
+    """
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise LabInputError(
+            f"--backbones {text!r} names no backbone: give one or more of {', '.join(backbones.REGISTRY)}, "
+            "comma-separated, or leave the option out for the profile's defaults"
+        )
+    for name in names:
+        backbones.get_backbone(name)
+    unique = tuple(dict.fromkeys(names))
+    if len(unique) < len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        warnings.warn(
+            f"--backbones names {', '.join(repeated)} more than once: each runs once", UserWarning, stacklevel=2
+        )
+    return unique
 
 
 def build_config(
@@ -70,6 +117,9 @@ def build_config(
     deterministic: bool = False,
     strategy: str = "default",
     mixed_precision: bool = False,
+    epochs: int | None = None,
+    image_size: int | None = None,
+    tensorboard_dir: str | None = None,
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
@@ -77,28 +127,42 @@ def build_config(
         LabInputError: naming the option to fix.
     """
     if data_source is None:
-        data_source = "folder" if data_dir else "tfds"
+        data_source = "folder" if data_dir else ("sample" if profile == "smoke" else "tfds")
     if data_source not in data.SOURCES:
         raise LabInputError(f"unknown --data-source {data_source!r}: use one of {', '.join(data.SOURCES)}")
+    if data_source == "sample" and profile == "full":
+        raise LabInputError(
+            "--data-source sample is too small for --profile full (500 flowers, 2,500 CIFAR-10 images): "
+            "use --data-source tfds (the full profile's default) or --data-dir PATH"
+        )
     if data_source == "folder" and not data_dir:
         raise LabInputError("--data-source folder needs --data-dir PATH")
     if data_dir and not os.path.isdir(data_dir):
-        raise LabInputError(f"--data-dir {data_dir} is not a folder: give the folder that holds flower_photos/ and cifar10/")
+        raise LabInputError(
+            f"--data-dir {data_dir} is not a folder: give the folder that holds flower_photos/ and cifar10/"
+        )
     if subset is not None and subset <= 0:
         raise LabInputError(f"--subset must be a positive number of training images, got {subset}")
-    names = None
-    if backbone_names:
-        names = tuple(name.strip() for name in backbone_names.split(",") if name.strip())
-        for name in names:
-            backbones.get_backbone(name)
+    if not 0 <= seed <= MAX_SEED:
+        raise LabInputError(
+            f"--seed must be in 0..{MAX_SEED} (what Python, NumPy and TensorFlow seeding accept), got {seed}"
+        )
+    names = None if backbone_names is None else parse_backbones(backbone_names)
     if weights not in WEIGHTS_CHOICES:
         raise LabInputError(f"unknown --weights {weights!r}: use one of {', '.join(WEIGHTS_CHOICES)}")
     if weights_dir and not os.path.isdir(weights_dir):
         raise LabInputError(f"--weights-dir {weights_dir} is not a folder")
-    if strategy not in STRATEGIES:
-        raise LabInputError(f"unknown --strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if strategy not in DISTRIBUTION_STRATEGIES:
+        raise LabInputError(f"unknown --strategy {strategy!r}: use one of {', '.join(DISTRIBUTION_STRATEGIES)}")
+    if strategy == "multiworker":
+        distribution.check_multiworker_config()
+    if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
+        raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
+    if data_source == "sample":
+        # Hashes every sample file (once per process): a broken sample stops the run before it starts.
+        sample.verified_root()
     return RunConfig(
-        profile=get_profile(profile),
+        profile=with_overrides(get_profile(profile), epochs, image_size),
         data_source=data_source,
         data_dir=os.path.abspath(data_dir) if data_dir else None,
         seed=seed,
@@ -109,4 +173,5 @@ def build_config(
         deterministic=deterministic,
         strategy=strategy,
         mixed_precision=mixed_precision,
+        tensorboard_dir=os.path.abspath(tensorboard_dir) if tensorboard_dir else None,
     )

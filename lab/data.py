@@ -1,4 +1,5 @@
-"""Datasets for the lab: tf_flowers and CIFAR-10 from tensorflow-datasets, a folder, or mock data.
+"""Datasets for the lab: tf_flowers and CIFAR-10 from the embedded sample, tensorflow-datasets,
+a folder, or mock data.
 
 Every source ends in the same `ImageData`: images resized once and kept as uint8, labels in
 tensorflow-datasets' class order, and a tf.data pipeline that scales to float32 in [0, 1]
@@ -9,17 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lab import network
+from lab import network, sample
 from lab.errors import LabInputError
 
+logger = logging.getLogger(__name__)
+
 DATASETS = ("tf_flowers", "cifar10")
-SOURCES = ("tfds", "folder", "mock")
+SOURCES = ("sample", "tfds", "folder", "mock")
 
 # Class names in tensorflow-datasets' label order; a folder is mapped onto these by name.
 CLASS_NAMES = {
@@ -42,7 +46,7 @@ class ImageData:
 
     Attributes:
         name: the tensorflow-datasets name.
-        source: `tfds`, `folder` or `mock`.
+        source: `sample`, `tfds`, `folder` or `mock`.
         num_classes: from the dataset's metadata.
         total_examples: examples the source holds, before any subset was taken.
         image_size: side of the square images.
@@ -82,17 +86,21 @@ class ImageData:
             seed: shuffles every epoch with this seed; None keeps the stored order.
             limit: uses only the first `limit` images.
         """
-        images, labels = (
-            (self.train_images, self.train_labels)
-            if split == "train"
-            else (self.validation_images, self.validation_labels)
-        )
+        images, labels = self.split(split)
         return batched_pairs(images[:limit], labels[:limit], batch_size, seed, transform=scale_to_unit)
 
     def scaled(self, split: str, limit: int | None = None) -> np.ndarray:
         """The images of `split` as float32 in [0, 1], for predictions on small sets."""
-        images = self.train_images if split == "train" else self.validation_images
+        images, _ = self.split(split)
         return images[:limit].astype("float32") / 255.0
+
+    def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The uint8 images and the labels of `split` (`train` or `validation`)."""
+        if split == "train":
+            return self.train_images, self.train_labels
+        if split == "validation":
+            return self.validation_images, self.validation_labels
+        raise ValueError(f"unknown split {split!r}: use 'train' or 'validation'")
 
 
 def batched_pairs(
@@ -140,7 +148,7 @@ def load(
 
     Args:
         name: `tf_flowers` or `cifar10`.
-        source: `tfds`, `folder` or `mock`.
+        source: `sample`, `tfds`, `folder` or `mock`.
         image_size: side of the square images.
         train_count: training images (None: all). Capped at what the source holds, unless
             `strict_train_count`, in which case asking for more is an error.
@@ -163,7 +171,7 @@ def load(
     num_classes = num_classes_from_metadata(name)
     if num_classes != len(CLASS_NAMES[name]):
         raise LabInputError(f"{name}: tensorflow-datasets reports {num_classes} classes")
-    loader = {"tfds": _load_tfds, "folder": _load_folder, "mock": _load_mock}[source]
+    loader = {"sample": _load_sample, "tfds": _load_tfds, "folder": _load_folder, "mock": _load_mock}[source]
     return loader(
         name, image_size, train_count, validation_count, data_dir, strict_train_count, num_classes
     )
@@ -195,7 +203,7 @@ def _folder_files(name: str, data_dir: str | None) -> list[tuple[str, int]]:
             f"{root} does not exist: --data-dir must hold {FOLDER_NAMES[name]}/<class>/* "
             "(the layout of ../shared/data), or use --data-source tfds or mock"
         )
-    present = sorted(entry for entry in os.listdir(root) if os.path.isdir(os.path.join(root, entry)))
+    present = sorted(entry for entry in _list_folder(root) if os.path.isdir(os.path.join(root, entry)))
     expected = CLASS_NAMES[name]
     missing = [cls for cls in expected if cls not in present]
     unknown = [cls for cls in present if cls not in expected]
@@ -208,16 +216,40 @@ def _folder_files(name: str, data_dir: str | None) -> list[tuple[str, int]]:
     files = []
     for label, cls in enumerate(expected):
         folder = os.path.join(root, cls)
-        images = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES)]
+        images = [f for f in _list_folder(folder) if f.lower().endswith(IMAGE_SUFFIXES)]
         if not images:
             raise LabInputError(
                 f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}): "
                 "add its images or fix --data-dir"
             )
+        for image in images:
+            _check_utf8_name(os.path.join(folder, image))
         files += [(os.path.join(folder, f), label) for f in images]
     # A hash of the path, not the seed, fixes the order: the validation images stay the same
     # whichever seed a run uses, so runs with different seeds compare on the same images.
     return sorted(files, key=lambda item: hashlib.sha1(os.path.relpath(item[0], root).encode()).hexdigest())
+
+
+def _list_folder(folder: str) -> list[str]:
+    """The entries of `folder`; an unreadable folder is bad input whose message names the fix."""
+    try:
+        return os.listdir(folder)
+    except PermissionError:
+        raise LabInputError(
+            f"cannot read folder {folder}: permission denied: fix its permissions "
+            "(the user running pytest needs read and execute permission on it)"
+        ) from None
+
+
+def _check_utf8_name(path: str) -> None:
+    """TensorFlow reads only UTF-8 paths; Python hands other bytes on as lone surrogates."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LabInputError(
+            f"image file name {path!r} is not valid UTF-8, and TensorFlow reads only UTF-8 paths: "
+            "rename the file (or move it out of --data-dir)"
+        ) from None
 
 
 def _decode_files(paths: list[str], image_size: int) -> np.ndarray:
@@ -240,6 +272,11 @@ def _decode_files(paths: list[str], image_size: int) -> np.ndarray:
         for path in paths:
             try:
                 decode(path)
+            except tf.errors.PermissionDeniedError:
+                raise LabInputError(
+                    f"cannot read image {path}: permission denied: fix its permissions "
+                    "(the user running pytest needs read permission on it)"
+                ) from None
             except tf.errors.OpError as error:
                 raise LabInputError(
                     f"cannot decode image {path} ({error.message.splitlines()[0]}): "
@@ -265,6 +302,12 @@ def _load_folder(name, image_size, train_count, validation_count, data_dir, stri
         validation_images=_decode_files([path for path, _ in validation_files], image_size),
         validation_labels=np.array([label for _, label in validation_files], np.int64),
     )
+
+
+def _load_sample(name, image_size, train_count, validation_count, data_dir, strict, num_classes):
+    """The embedded sample is a folder in the layout of ../shared/data, checked before use."""
+    loaded = _load_folder(name, image_size, train_count, validation_count, sample.verified_root(), strict, num_classes)
+    return dataclasses.replace(loaded, source="sample")
 
 
 def _to_arrays(dataset: tf.data.Dataset, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -293,11 +336,16 @@ def _load_tfds(name, image_size, train_count, validation_count, data_dir, strict
     builder = tfds.builder(name)
     if not builder.is_prepared():
         if not network.can_reach():
+            way_out = (
+                f"--data-dir {data_dir} is ignored with --data-source tfds: pass --data-source folder to read it"
+                if data_dir
+                else f"pass --data-dir PATH (a folder with {FOLDER_NAMES[name]}/<class>/*)"
+            )
             raise LabInputError(
                 f"tensorflow-datasets has no prepared copy of {name} in {builder.data_dir} and "
-                f"{network.DOWNLOAD_HOST} cannot be reached: pass --data-dir PATH (a folder with "
-                f"{FOLDER_NAMES[name]}/<class>/*) or --data-source mock"
+                f"{network.DOWNLOAD_HOST} cannot be reached: {way_out}, or use --data-source mock"
             )
+        logger.info("tensorflow-datasets: downloading and preparing %s into %s", name, builder.data_dir)
         builder.download_and_prepare()
     train_split, validation_split = _tfds_splits(name)
     splits = builder.info.splits

@@ -1,12 +1,130 @@
-"""Training on more than one device with tf.distribute.MirroredStrategy."""
+"""Training on more than one device, or more than one machine, with tf.distribute."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+
 import tensorflow as tf
+
+from lab.errors import LabInputError
 
 # Without GPUs the CPU is split into this many logical devices, so that mirrored training runs
 # the same replica code path on any machine.
 CPU_REPLICAS = 2
+
+TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}\''
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in a multi-worker cluster, as TF_CONFIG gives it.
+
+    Attributes:
+        task_type: `chief` or `worker` (or another job TF_CONFIG names).
+        index: the task's position in its job.
+        jobs: every job of the cluster -> its addresses.
+    """
+
+    task_type: str
+    index: int
+    jobs: dict[str, list[str]]
+
+    @property
+    def is_chief(self) -> bool:
+        """tf.distribute's rule: the `chief` task, or worker 0 in a cluster without one."""
+        if "chief" in self.jobs:
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.index == 0
+
+
+def cluster_task() -> ClusterTask | None:
+    """This process's task in the cluster the `TF_CONFIG` environment variable describes.
+
+    Returns:
+        None when TF_CONFIG is unset or empty (a single machine).
+
+    Raises:
+        LabInputError: TF_CONFIG is not JSON, or its task is not one of its cluster's.
+    """
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LabInputError(f"TF_CONFIG is not JSON ({error}): set it as in {TF_CONFIG_EXAMPLE}") from None
+    jobs = settings.get("cluster") if isinstance(settings, dict) else None
+    task = settings.get("task") if isinstance(settings, dict) else None
+    if (
+        not isinstance(jobs, dict)
+        or not all(isinstance(addresses, list) and addresses for addresses in jobs.values())
+        or not isinstance(task, dict)
+        or task.get("type") not in jobs
+        or not isinstance(task.get("index"), int)
+        or not 0 <= task["index"] < len(jobs[task["type"]])
+    ):
+        raise LabInputError(
+            f"TF_CONFIG {text!r} needs a cluster (job -> addresses) and this machine's task "
+            f"(a job of the cluster and an index in it): set it as in {TF_CONFIG_EXAMPLE}"
+        )
+    return ClusterTask(task["type"], task["index"], jobs)
+
+
+def is_chief() -> bool:
+    """Whether this process writes the session's report: the cluster's chief, or no cluster."""
+    task = cluster_task()
+    return task is None or task.is_chief
+
+
+def check_multiworker_config() -> ClusterTask:
+    """The task `--strategy multiworker` runs as; an error naming TF_CONFIG when there is none.
+
+    Raises:
+        LabInputError: TF_CONFIG is unset or malformed.
+    """
+    task = cluster_task()
+    if task is None:
+        raise LabInputError(
+            "--strategy multiworker needs the TF_CONFIG environment variable on every machine: "
+            f"the same cluster, each machine its own task, as in {TF_CONFIG_EXAMPLE}"
+        )
+    return task
+
+
+class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with the `reduce` that Keras 3's `fit` expects of a strategy.
+
+    Keras 3.15's TensorFlow trainer reduces a whole (inputs, labels) batch in one `reduce`
+    call, and every scalar it logs with `axis=0` (keras-team/keras#20585): MirroredStrategy
+    accepts both, MultiWorkerMirroredStrategy neither, so that `fit` fails at its first batch.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        def reduce_one(one):
+            has_batch_axis = bool(self.experimental_local_results(one)[0].shape.rank)
+            return super(KerasMultiWorkerMirroredStrategy, self).reduce(
+                reduce_op, one, axis if has_batch_axis else None
+            )
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def use_multiworker_strategy() -> tf.distribute.Strategy:
+    """Makes MultiWorkerMirroredStrategy over TF_CONFIG's cluster the default from now on.
+
+    Every worker runs the same program: the chief's initial weights are broadcast to all, and
+    gradients are summed across all of them at each step, so their weights stay identical. Must
+    run before TensorFlow initialises its devices.
+    """
+    check_multiworker_config()
+    strategy = KerasMultiWorkerMirroredStrategy()
+    tf.distribute.experimental_set_strategy(strategy)
+    return strategy
 
 
 def use_mirrored_strategy() -> tf.distribute.Strategy:
@@ -28,5 +146,5 @@ def use_mirrored_strategy() -> tf.distribute.Strategy:
 
 
 def replicas() -> int:
-    """How many replicas the current default strategy trains on."""
+    """How many replicas the current default strategy trains on, across every worker."""
     return tf.distribute.get_strategy().num_replicas_in_sync

@@ -70,3 +70,51 @@ def git_commit(directory: str) -> str:
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+# An absolute path inside free text: a "/" at the start or after a space, quote, bracket or
+# "=", up to the next space, quote or punctuation that ends a path in a message.
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"(\[=])/[^\s'\"()\[\]:;,]+")
+
+
+def display_path(path: str, root: str) -> str:
+    """How a report names `path` without telling where this machine keeps its files.
+
+    Args:
+        path: a file or folder; a relative one is taken from the working directory.
+        root: the project's folder.
+
+    Returns:
+        `path` relative to `root` when it lies inside it, else its last two components.
+    """
+    absolute = os.path.abspath(path)
+    root = os.path.abspath(root)
+    if os.path.commonpath([absolute, root]) == root:
+        return os.path.relpath(absolute, root)
+    components = [part for part in absolute.split(os.sep) if part]
+    return os.path.join(*components[-2:])
+
+
+def display_paths_in(text: str, root: str) -> str:
+    """`text` (a message, a table cell) with every absolute path in it as `display_path` names it."""
+
+    def shorten(match: re.Match) -> str:
+        # A path that ends a sentence keeps its full stop outside the shortened name.
+        path = match.group(0)
+        stripped = path.rstrip(".")
+        return display_path(stripped, root) + path[len(stripped):]
+
+    return _ABSOLUTE_PATH.sub(shorten, text)
+
+
+def run_warnings(mixed_precision: bool, deterministic: bool, device: dict) -> list[str]:
+    """What a reader of the run's figures must know about its settings on this machine."""
+    warnings = []
+    if mixed_precision and not device["gpu_count"]:
+        warnings.append(
+            "--mixed-precision without a GPU: float16 compute is emulated on the CPU, several "
+            "times slower than float32; run without it here"
+        )
+    if deterministic:
+        warnings.append("--deterministic: deterministic kernels are slower, so epoch times are not comparable")
+    return warnings

@@ -29,22 +29,23 @@ def base_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BASE_LAYER_NAME)
 
 
-def set_base_trainable(model: keras.Model, trainable_layers: set[str], batch_norm: bool = False) -> None:
+def set_base_trainable(model: keras.Model, trainable_layers: set[str], train_bn: bool = False) -> None:
     """Makes exactly the named base layers trainable, and the head.
 
     Args:
         model: a classifier built by `lab.models.backbone_classifier`.
         trainable_layers: names of the base layers to train.
-        batch_norm: whether named BatchNormalization layers train too. Frozen by default, as
-            the Keras fine-tuning guide advises: a frozen BatchNormalization layer runs in
-            inference mode, so its moving statistics stay as pretrained. A trainable one
-            normalises with batch statistics and updates them.
+        train_bn: whether named BatchNormalization layers train too (Lightning's name for
+            the flag; every helper here takes it, with this default). Frozen by default, as the
+            Keras fine-tuning guide advises: a frozen BatchNormalization layer runs in inference
+            mode, so its moving statistics stay as pretrained. A trainable one normalises with
+            batch statistics and updates them.
     """
     base = base_of(model)
     base.trainable = True
     for layer in base.layers:
         is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = layer.name in trainable_layers and (batch_norm or not is_batch_norm)
+        layer.trainable = layer.name in trainable_layers and (train_bn or not is_batch_norm)
     model.get_layer(HEAD_LAYER_NAME).trainable = True
 
 
@@ -53,25 +54,20 @@ def freeze_base(model: keras.Model) -> None:
     set_base_trainable(model, set())
 
 
-def unfreeze_base(model: keras.Model, batch_norm: bool = True) -> None:
-    """Makes every base layer trainable: the plain `trainable = True` of the lab."""
-    set_base_trainable(model, {layer.name for layer in base_of(model).layers}, batch_norm)
+def unfreeze_base(model: keras.Model, train_bn: bool = False) -> None:
+    """Makes every base layer trainable; `train_bn=True` is the plain `trainable = True` of the lab."""
+    set_base_trainable(model, {layer.name for layer in base_of(model).layers}, train_bn)
 
 
-def trainable_tensor_count(layers: list[keras.layers.Layer]) -> int:
-    """How many weight tensors of `layers` would a compile() now train."""
-    return sum(len(layer.trainable_weights) for layer in layers)
-
-
-def expected_trainable_tensors(layers: list[keras.layers.Layer], batch_norm: bool) -> int:
+def expected_trainable_tensors(layers: list[keras.layers.Layer], train_bn: bool = False) -> int:
     """The tensors a fully thawed set of `layers` trains, counted from layer types and options.
 
     Independent of Keras's own trainable bookkeeping: kernels and biases of convolutions and
-    Dense layers, plus BatchNormalization's scale and shift when `batch_norm`.
+    Dense layers, plus BatchNormalization's scale and shift when `train_bn`.
     """
     weighted = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
     count = sum(1 + bool(layer.use_bias) for layer in layers if isinstance(layer, weighted))
-    if batch_norm:
+    if train_bn:
         norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
         count += sum(int(layer.scale) + int(layer.center) for layer in norms)
     return count
@@ -193,7 +189,10 @@ def strategy_stages(
         layers, rate = (), HEAD_LEARNING_RATE
     else:
         layers, rate = tuple(layer.name for layer in base.layers), FINE_TUNING_LEARNING_RATE
-    return [Stage(f"epochs {i * epochs_per_stage + 1}-{(i + 1) * epochs_per_stage}", layers, rate, epochs_per_stage) for i in range(stages + 1)]
+    return [
+        Stage(f"epochs {i * epochs_per_stage + 1}-{(i + 1) * epochs_per_stage}", layers, rate, epochs_per_stage)
+        for i in range(stages + 1)
+    ]
 
 
 def trainable_base_layers(model: keras.Model) -> list[str]:

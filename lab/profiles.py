@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from lab.errors import LabInputError
+
+if TYPE_CHECKING:
+    from lab.backbones import Backbone
+
+# keras.applications refuses inputs smaller than this for a network without its top.
+MIN_BACKBONE_IMAGE_SIZE = 32
+# Experiments 1 and 2 check that the training loss fell from the first epoch to the last.
+MIN_EPOCHS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +39,8 @@ class Profile:
         unfreeze_stages: how many blocks of the base experiment 5 thaws after the head stage.
         stage_epochs: epochs per stage of experiment 5.
         default_backbones: the backbones each experiment covers when --backbones is not given.
+        backbone_image_size: one input side for every backbone (--image-size), or None for
+            each backbone's own size in this profile.
     """
 
     name: str
@@ -49,6 +60,11 @@ class Profile:
     unfreeze_stages: int
     stage_epochs: int
     default_backbones: dict[str, tuple[str, ...]]
+    backbone_image_size: int | None = None
+
+    def image_size_of(self, backbone: Backbone) -> int:
+        """The input side `backbone` gets in this profile."""
+        return self.backbone_image_size or backbone.image_size[self.name]
 
 
 SMOKE = Profile(
@@ -103,6 +119,35 @@ FULL = Profile(
 )
 
 PROFILES = {profile.name: profile for profile in (SMOKE, FULL)}
+
+
+def with_overrides(profile: Profile, epochs: int | None = None, backbone_image_size: int | None = None) -> Profile:
+    """`profile` with every epoch count, or every backbone's input side, replaced.
+
+    Made for cheap structural runs: `--profile full --epochs 2 --image-size 32` builds and
+    trains every case of the full profile, every backbone and unfreezing stage, on a CPU.
+    The timed benchmark rounds of experiment 4 are a measurement's repeats, not training
+    epochs, and stay as they are.
+
+    Raises:
+        LabInputError: an epoch count or side too small for the experiments, naming the option.
+    """
+    changes: dict[str, int] = {}
+    if epochs is not None:
+        if epochs < MIN_EPOCHS:
+            raise LabInputError(
+                f"--epochs must be at least {MIN_EPOCHS}, got {epochs}: experiments 1 and 2 "
+                "check that the training loss fell from the first epoch to the last"
+            )
+        changes.update(cnn_epochs=epochs, backbone_epochs=epochs, cached_head_epochs=epochs, stage_epochs=epochs)
+    if backbone_image_size is not None:
+        if backbone_image_size < MIN_BACKBONE_IMAGE_SIZE:
+            raise LabInputError(
+                f"--image-size must be at least {MIN_BACKBONE_IMAGE_SIZE} pixels, got {backbone_image_size}: "
+                "the smallest input keras.applications backbones accept"
+            )
+        changes["backbone_image_size"] = backbone_image_size
+    return dataclasses.replace(profile, **changes)
 
 
 def get_profile(name: str) -> Profile:

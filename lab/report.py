@@ -1,387 +1,232 @@
-"""Results -> one markdown report with tables (tabulate) and PNG plots (matplotlib).
+"""A session's results on disk: the report folder, pytest's summary lines, and the command line.
 
-The pytest session writes results as JSON and calls `write_report`; the same report can be
-regenerated from the JSON without training, and two runs can be compared:
+The pytest session calls `write_report` and `summary_lines`; the same report can be
+regenerated from its results.json without training, and two runs compared:
 
     python -m lab.report reports/RUN/results.json [--benchmark-json FILE] [--out-dir DIR] [--name NAME]
     python -m lab.report --compare A.json B.json
+
+Rendering lives in `lab.render` and `lab.plots`, the comparison in `lab.compare`.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import sys
-from collections import defaultdict
+import tempfile
 
-import matplotlib
+from lab import atomic, compare, render
+from lab.errors import LabInputError
+from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from lab.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-
-EXPERIMENTS = {
-    "1": "Experiment 1: the lab CNN on tf_flowers",
-    "2": "Experiment 2: its convolutions reused on CIFAR-10",
-    "3": "Experiment 3: a pretrained ImageNet backbone",
-    "4": "Experiment 4: freezing the backbone",
-    "5": "Experiment 5: gradual unfreezing",
-}
-MODES = ("unfrozen", "frozen", "frozen-cached")
+USAGE_ERROR = 2
+WRITE_ERROR = 1
 
 
-def _by_experiment(records: list[dict]) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        grouped[record["experiment"]].append(record)
-    return grouped
+def write_report(results: Results, report_dir: str, stem: str, latest_name: str | None) -> str:
+    """Writes `<stem>.md`, and its figures and `results.json` in a folder `<stem>`: all or nothing.
 
-
-def _table(rows: list[dict]) -> str:
-    headers = list(dict.fromkeys(key for row in rows for key in row))
-    body = [[_cell(row.get(key)) for key in headers] for row in rows]
-    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def benchmark_rows(benchmarks: list[dict]) -> list[dict]:
-    """Median seconds per epoch by backbone and mode, with speedups over unfrozen."""
-    medians: dict[str, dict[str, float]] = defaultdict(dict)
-    details: dict[str, dict] = {}
-    for bench in benchmarks:
-        info = bench.get("extra_info", {})
-        medians[info["backbone"]][info["mode"]] = bench["stats"]["median"]
-        details.setdefault(info["backbone"], info)
-    rows = []
-    for backbone, by_mode in sorted(medians.items()):
-        unfrozen = by_mode.get("unfrozen")
-        row = {
-            "backbone": backbone,
-            "input": f"{details[backbone].get('image_size')}px",
-            "images/epoch": details[backbone].get("images_per_epoch"),
-        }
-        for mode in MODES:
-            row[f"{mode} s/epoch"] = by_mode.get(mode)
-        for mode in MODES[1:]:
-            row[f"{mode} speedup"] = (
-                f"{unfrozen / by_mode[mode]:.1f}x" if unfrozen and by_mode.get(mode) else None
-            )
-        rows.append(row)
-    return rows
-
-
-def _save_png(figure, path: str) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _learning_curves_plot(records: list[dict], path: str) -> bool:
-    curved = [record for record in records if record.get("curves")]
-    if not curved:
-        return False
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for record in curved:
-        curves = record["curves"]
-        epochs = range(1, len(curves["validation_accuracy"]) + 1)
-        line = axes.plot(epochs, curves["validation_accuracy"], marker="o", label=f"{record['label']} (validation)")
-        if curves.get("train_accuracy"):
-            axes.plot(epochs, curves["train_accuracy"], linestyle="--", color=line[0].get_color(), label=f"{record['label']} (train)")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("accuracy")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axes.grid(alpha=0.3)
-    _save_png(figure, path)
-    return True
-
-
-def _epoch_seconds_plot(rows: list[dict], path: str) -> bool:
-    if not rows:
-        return False
-    figure, axes = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(MODES)
-    for offset, mode in enumerate(MODES):
-        values = [row.get(f"{mode} s/epoch") or 0.0 for row in rows]
-        positions = [index + offset * width for index in range(len(rows))]
-        axes.bar(positions, values, width=width, label=mode)
-    axes.set_xticks([index + width for index in range(len(rows))], [row["backbone"] for row in rows])
-    axes.set_ylabel("median seconds per epoch")
-    axes.set_yscale("log")
-    axes.legend()
-    axes.grid(alpha=0.3, axis="y")
-    _save_png(figure, path)
-    return True
-
-
-def _stage_accuracy_plot(records: list[dict], path: str) -> bool:
-    staged = [record for record in records if record.get("stage_curve")]
-    if not staged:
-        return False
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for record in staged:
-        curve = record["stage_curve"]
-        axes.plot(range(len(curve["accuracy"])), curve["accuracy"], marker="o", label=record["label"])
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("stage (0: head only)")
-    axes.set_ylabel("validation accuracy")
-    axes.legend(fontsize=7)
-    axes.grid(alpha=0.3)
-    _save_png(figure, path)
-    return True
-
-
-def _header(run: dict) -> list[str]:
-    device = run.get("device", {})
-    gpus = ", ".join(device.get("gpus") or []) or "none"
-    settings = ", ".join(f"{key}={value}" for key, value in run.get("profile_settings", {}).items())
-    rows = [
-        ("date (UTC)", run.get("finished") or run.get("started")),
-        ("profile", run.get("profile")),
-        ("seed", run.get("seed")),
-        ("git commit", run.get("commit")),
-        ("versions", ", ".join(f"{name} {version}" for name, version in run.get("versions", {}).items())),
-        ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
-        ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
-        ("replicas", run.get("replicas")),
-        ("data source", run.get("data_source_description")),
-        ("weights", run.get("weights_description")),
-        ("options", run.get("options_description")),
-        ("profile settings", settings),
-        ("wall time", f"{run['wall_seconds']:.0f} s" if run.get("wall_seconds") is not None else None),
-    ]
-    return [tabulate([[key, _cell(value)] for key, value in rows], headers=["", ""], tablefmt="github")]
-
-
-def render(results: dict, figures_dir: str, figures_link: str) -> str:
-    """The markdown of a report; writes its PNG plots into `figures_dir`.
-
-    Args:
-        results: what the session saved (`run`, `records`, `outcomes`, `benchmarks`).
-        figures_dir: where the plots go.
-        figures_link: how the markdown refers to that folder.
-    """
-    run = results["run"]
-    records = results.get("records", [])
-    lines = [f"# Transfer-learning lab report: {run.get('profile')} profile on {run.get('device_slug')}", ""]
-    if not run.get("complete", True):
-        lines += [f"> **Incomplete run**: {run.get('incomplete_reason')}. Tables show what finished.", ""]
-    if run.get("data_source") == "mock":
-        lines += [
-            "> **Mock data**: tensorflow-datasets' mock images are random noise, so every accuracy "
-            "below means nothing. Structure, shapes and timings are real.",
-            "",
-        ]
-    lines += _header(run) + [""]
-    by_experiment = _by_experiment(records)
-    rows = benchmark_rows(results.get("benchmarks", []))
-    for number, title in EXPERIMENTS.items():
-        experiment_records = by_experiment.get(number, [])
-        if not experiment_records and not (number == "4" and rows):
-            continue
-        lines += [f"## {title}", ""]
-        tables: dict[str, list[dict]] = defaultdict(list)
-        for record in experiment_records:
-            tables[record["table"]].append(record)
-        for table, table_records in tables.items():
-            lines += [f"### {table}", "", _table([record["row"] for record in table_records]), ""]
-        os.makedirs(figures_dir, exist_ok=True)
-        curves_png = f"experiment{number}-learning-curves.png"
-        if _learning_curves_plot(experiment_records, os.path.join(figures_dir, curves_png)):
-            lines += [f"![learning curves, experiment {number}]({figures_link}/{curves_png})", ""]
-        if number == "4":
-            lines += _benchmark_section(run, rows, figures_dir, figures_link)
-        stages_png = f"experiment{number}-accuracy-by-stage.png"
-        if _stage_accuracy_plot(experiment_records, os.path.join(figures_dir, stages_png)):
-            lines += [f"![validation accuracy by stage]({figures_link}/{stages_png})", ""]
-    lines += _outcomes_section(results.get("outcomes", []))
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _benchmark_section(run: dict, rows: list[dict], figures_dir: str, figures_link: str) -> list[str]:
-    lines = ["### Seconds per epoch: unfrozen, frozen, frozen with cached features", ""]
-    if not rows:
-        reason = run.get("benchmarks_note") or "no benchmark case ran"
-        return lines + [f"No epoch times: {reason}.", ""]
-    lines += [
-        "Median of timed epochs after an untimed warm-up epoch (graph tracing excluded), from "
-        "pytest-benchmark. frozen-cached trains the head on pooled features computed once; that "
-        "one-off extraction is not in its epoch time (see the cached-features table).",
-        "",
-        _table(rows),
-        "",
-    ]
-    if _epoch_seconds_plot(rows, os.path.join(figures_dir, "epoch-seconds.png")):
-        lines += [f"![seconds per epoch by mode and backbone]({figures_link}/epoch-seconds.png)", ""]
-    return lines
-
-
-def _outcomes_section(outcomes: list[dict]) -> list[str]:
-    not_passed = [outcome for outcome in outcomes if outcome["outcome"] != "passed"]
-    counts = defaultdict(int)
-    for outcome in outcomes:
-        counts[outcome["outcome"]] += 1
-    tally = ", ".join(f"{counts[kind]} {kind}" for kind in ("passed", "failed", "skipped", "not run") if counts[kind])
-    lines = ["## Tests", "", f"{tally or 'no tests'}.", ""]
-    if not_passed:
-        lines += [_table([{"test": o["test"], "outcome": o["outcome"], "why": o.get("reason", "")} for o in not_passed]), ""]
-    return lines
-
-
-def write_report(results: dict, report_dir: str, stem: str, latest_name: str | None) -> str:
-    """Writes `<stem>.md`, its plots and `results.json` under `report_dir`, all atomically.
+    The folder is written under a temporary name and renamed into place, then the markdown
+    is written atomically; if anything fails, what was written is removed again (with any
+    folder this call created), so no report is ever half there.
 
     Args:
         results: what the session saved.
-        report_dir: the reports folder.
-        stem: the report's name without `.md`; its plots go in a folder of that name.
+        report_dir: the reports folder (created if need be).
+        stem: the report's name without `.md`; no report of that name may exist yet.
         latest_name: also write the same markdown under this name (`latest-smoke.md`), or None.
 
     Returns:
         The path of the markdown report.
+
+    Raises:
+        FileExistsError: a report named `stem` is already in `report_dir`.
+        OSError: the report could not be written; the message names it.
     """
+    markdown_path = os.path.join(report_dir, f"{stem}.md")
     figures_dir = os.path.join(report_dir, stem)
-    os.makedirs(figures_dir, exist_ok=True)
-    atomic_write_text(os.path.join(figures_dir, "results.json"), json.dumps(results, indent=2, default=str))
-    markdown = render(results, figures_dir, stem)
-    path = os.path.join(report_dir, f"{stem}.md")
-    atomic_write_text(path, markdown)
-    if latest_name:
-        atomic_write_text(os.path.join(report_dir, latest_name), markdown)
-    return path
+    for path in (markdown_path, figures_dir):
+        if os.path.lexists(path):
+            raise FileExistsError(f"a report named {stem} is already in {report_dir}: {path} exists")
+    rendered = render.render(results, figures_link=stem)
+    files = {**rendered.figures, "results.json": json.dumps(results.to_json(), indent=2).encode("utf-8")}
+    created = _missing_folders(report_dir)
+    written: list[str] = []
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=report_dir)
+        written.append(staging)
+        for name, payload in files.items():
+            atomic.atomic_write_bytes(os.path.join(staging, name), payload)
+        os.rename(staging, figures_dir)
+        written[-1] = figures_dir
+        atomic.atomic_write_text(markdown_path, rendered.markdown)
+        written.append(markdown_path)
+        if latest_name:
+            atomic.atomic_write_text(os.path.join(report_dir, latest_name), rendered.markdown)
+    except BaseException as error:
+        _remove(written, created)
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            raise OSError(f"cannot write the report {markdown_path} ({reason}); nothing of it was kept") from error
+        raise
+    return markdown_path
 
 
-def summary_lines(records: list[dict]) -> list[str]:
-    """One line per experiment for pytest's terminal summary."""
-    by_experiment = _by_experiment(records)
+def summary_lines(results: Results) -> list[str]:
+    """One line per experiment for pytest's terminal summary: how many results, the best accuracy."""
+    by_experiment = render.records_by_experiment(results.records)
     lines = []
-    for number, title in EXPERIMENTS.items():
-        experiment_records = by_experiment.get(number)
-        if not experiment_records:
+    for number, title in EXPERIMENT_TITLES.items():
+        records = by_experiment.get(number)
+        if not records:
             continue
         accuracies = [
-            (record["row"].get("validation accuracy", record["row"].get("final validation accuracy")), record["label"])
-            for record in experiment_records
-            if record["label"]
+            (record.row.get("validation accuracy", record.row.get("final validation accuracy")), record.label)
+            for record in records
+            if record.label
         ]
         accuracies = [(accuracy, label) for accuracy, label in accuracies if isinstance(accuracy, float)]
-        best = max(accuracies) if accuracies else None
-        text = f"{title.split(':')[0]}: {len(experiment_records)} results"
-        if best:
-            text += f"; best validation accuracy {best[0]:.3f} ({best[1]})"
+        text = f"{title.split(':')[0]}: {len(records)} results"
+        if accuracies:
+            accuracy, label = max(accuracies)
+            text += f"; best validation accuracy {accuracy:.3f} ({label})"
         lines.append(text)
     return lines
 
 
-def _numeric(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and value.endswith("x"):
-        try:
-            return float(value[:-1])
-        except ValueError:
-            return None
-    return None
+def load_results(path: str) -> Results:
+    """Reads a results.json.
 
-
-def _is_measurement(column: str) -> bool:
-    """Accuracies, seconds and speedups: what a run measured, not what it was configured with."""
-    seconds = column in ("s/epoch", "seconds") or column.endswith((" s", " s/epoch", " seconds")) or " s (" in column
-    return seconds or "accuracy" in column or "speedup" in column
-
-
-def compare(first: dict, second: dict) -> str:
-    """A markdown table of every measured figure that both runs share, side by side."""
-    def keyed(results: dict) -> dict:
-        figures = {}
-        for record in results.get("records", []):
-            identity = ", ".join(str(v) for v in record["row"].values() if _numeric(v) is None)
-            for column, value in record["row"].items():
-                number = _numeric(value)
-                if number is not None and _is_measurement(column):
-                    figures[(EXPERIMENTS[record["experiment"]].split(":")[0], record["table"], identity, column)] = number
-        for row in benchmark_rows(results.get("benchmarks", [])):
-            for column, value in row.items():
-                number = _numeric(value)
-                if number is not None and _is_measurement(column):
-                    figures[("Experiment 4", "epoch times", row["backbone"], column)] = number
-        return figures
-
-    a, b = keyed(first), keyed(second)
-    rows = []
-    for key in sorted(set(a) & set(b)):
-        difference = b[key] - a[key]
-        ratio = b[key] / a[key] if a[key] else None
-        rows.append([*key, f"{a[key]:.4g}", f"{b[key]:.4g}", f"{difference:+.4g}", f"{ratio:.2f}x" if ratio else "-"])
-    only = len(set(a) ^ set(b))
-    header = [
-        f"A: {first['run'].get('profile')} on {first['run'].get('device_slug')}, {first['run'].get('finished')}",
-        f"B: {second['run'].get('profile')} on {second['run'].get('device_slug')}, {second['run'].get('finished')}",
-        "",
-    ]
-    table = tabulate(
-        rows, headers=["experiment", "table", "case", "figure", "A", "B", "B - A", "B / A"],
-        tablefmt="github", disable_numparse=True,
-    )
-    footer = ["", f"{len(rows)} figures in both runs; {only} in only one."]
-    return "\n".join(header + [table] + footer)
-
-
-def merge_benchmark_json(results: dict, path: str) -> dict:
-    """Takes the epoch times from a `pytest --benchmark-json` file instead of the saved ones."""
-    with open(path, encoding="utf-8") as stream:
-        saved = json.load(stream)
-    benchmarks = [
-        {"name": bench["name"], "extra_info": bench.get("extra_info", {}), "stats": {"median": bench["stats"]["median"]}}
-        for bench in saved.get("benchmarks", [])
-        if "mode" in bench.get("extra_info", {})
-    ]
-    return {**results, "benchmarks": benchmarks}
-
-
-def _load(path: str) -> dict:
+    Raises:
+        LabInputError: the file is missing, unreadable, not JSON, or not what a session writes.
+    """
+    data = _load_json(path, "results file", "a results.json that a pytest session of this suite wrote")
     try:
-        with open(path, encoding="utf-8") as stream:
-            return json.load(stream)
-    except (OSError, json.JSONDecodeError) as error:
-        sys.exit(f"cannot read results file {path}: {error}")
+        return Results.from_json(data)
+    except ResultsFormatError as error:
+        raise LabInputError(f"{path}: {error}; give a results.json that a pytest session of this suite wrote") from None
+
+
+def load_benchmarks(path: str) -> list[BenchmarkResult]:
+    """The epoch times of experiment 4 in a file written by `pytest --benchmark-json FILE`.
+
+    Raises:
+        LabInputError: the file is missing, unreadable, not such a file, or holds no epoch time.
+    """
+    fix = "the file that `pytest experiments -k epoch_time --benchmark-json FILE` wrote"
+    data = _load_json(path, "--benchmark-json file", fix)
+    entries = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise LabInputError(f"--benchmark-json {path} has no 'benchmarks' list: give {fix}")
+    try:
+        benchmarks = [
+            BenchmarkResult.from_pytest_benchmark(entry["name"], entry["extra_info"], entry["stats"])
+            for entry in entries
+            if "mode" in entry.get("extra_info", {})
+        ]
+    except (KeyError, TypeError, AttributeError) as error:
+        raise LabInputError(f"--benchmark-json {path} has a benchmark without {error}: give {fix}") from None
+    if not benchmarks:
+        raise LabInputError(f"--benchmark-json {path} holds no epoch time of experiment 4: give {fix}")
+    return benchmarks
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m lab.report`: regenerates a report, or compares two runs; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m lab.report", description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="?", help="a results.json that a pytest session saved")
-    parser.add_argument("--benchmark-json", help="epoch times from pytest --benchmark-json")
-    parser.add_argument("--out-dir", help="where to write the report (default: the reports folder holding the results)")
+    parser.add_argument("--benchmark-json", metavar="FILE", help="epoch times from pytest --benchmark-json")
+    parser.add_argument("--out-dir", metavar="DIR", help="where to write the report (default: the reports folder holding the results)")
     parser.add_argument("--name", help="the report's file name without .md (default: the run's name + -regenerated)")
-    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print the differences between two runs")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two runs' figures side by side")
     args = parser.parse_args(argv)
-    if args.compare:
-        print(compare(_load(args.compare[0]), _load(args.compare[1])))
-        return 0
-    if not args.results:
+    if not args.compare and args.results is None:
         parser.error("give a results.json, or --compare A.json B.json")
-    results = _load(args.results)
-    if args.benchmark_json:
-        results = merge_benchmark_json(results, args.benchmark_json)
-    out_dir = args.out_dir or os.path.dirname(os.path.dirname(os.path.abspath(args.results)))
-    stem = args.name or os.path.basename(os.path.dirname(os.path.abspath(args.results))) + "-regenerated"
-    print(write_report(results, out_dir, stem, latest_name=None))
+    try:
+        if args.compare:
+            print(compare.compare(load_results(args.compare[0]), load_results(args.compare[1])))
+            return 0
+        results = load_results(args.results)
+        if args.benchmark_json is not None:
+            results = dataclasses.replace(results, benchmarks=load_benchmarks(args.benchmark_json))
+        run_folder = os.path.dirname(os.path.abspath(args.results))
+        out_dir = os.path.dirname(run_folder) if args.out_dir is None else args.out_dir
+        _check_out_dir(out_dir)
+        stem = args.name or os.path.basename(run_folder) + "-regenerated"
+        if os.path.basename(stem) != stem or stem in (".", ".."):
+            raise LabInputError(f"--name {stem} is not a file name: give a name without folders, e.g. --name my-run")
+        path = write_report(results, out_dir, stem, latest_name=None)
+    except LabInputError as error:
+        return _fail(parser, error, USAGE_ERROR)
+    except FileExistsError as error:
+        return _fail(parser, f"{error}: pass --name NAME or --out-dir DIR, or delete it", USAGE_ERROR)
+    except OSError as error:
+        return _fail(parser, error, WRITE_ERROR)
+    print(path)
     return 0
+
+
+def _load_json(path: str, what: str, fix: str):
+    if not path:
+        raise LabInputError(f"the {what} path is empty: give {fix}")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise LabInputError(f"cannot read {what} {path} ({getattr(error, 'strerror', None) or error}): give {fix}") from None
+    if not text.strip():
+        raise LabInputError(f"{what} {path} is empty: give {fix}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LabInputError(f"{what} {path} is not JSON ({error}): give {fix}") from None
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """A usage error, before anything is created, if `out_dir` cannot be a folder."""
+    if not out_dir:
+        raise LabInputError("--out-dir is empty: give a folder for the report")
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise LabInputError(f"--out-dir {out_dir}: {existing} is a file, not a folder: give a folder for the report")
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _remove(written: list[str], created_folders: list[str]) -> None:
+    """Removes what a failed `write_report` wrote, then the folders it created, if empty."""
+    for path in reversed(written):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    for folder in created_folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+def _fail(parser: argparse.ArgumentParser, message, status: int) -> int:
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import filelock
 import keras
@@ -30,18 +30,36 @@ def load_model(path: str) -> keras.Model:
     """Loads a `.keras` file with Keras's safe mode on: no code from the file runs.
 
     Raises:
-        LabInputError: the file is missing, truncated or not a Keras model file.
+        LabInputError: the file is missing, truncated, not a Keras model file, has a malformed
+            `config.json`, or holds code that safe mode refuses to run; each says which.
     """
     if not os.path.isfile(path):
         raise LabInputError(f"model file {path} does not exist: run the experiment that saves it first")
+    retrain = "delete it so that the experiment that saves it trains it again"
     try:
         return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, ValueError, KeyError) as error:
+    except (TypeError, json.JSONDecodeError) as error:
         raise LabInputError(
-            f"model file {path} is truncated or not a Keras model file "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}): "
-            "delete it so that the experiment that saves it trains it again"
+            f"model file {path} has a malformed config.json ({_first_line(error)}): {retrain}"
         ) from None
+    except ValueError as error:
+        # Keras's refusals all point at `safe_mode=False`, which the lab never passes.
+        if "safe_mode" in str(error):
+            raise LabInputError(
+                f"model file {path} holds Python code (a Lambda layer or a function) that Keras's safe mode "
+                f"refused to run ({_first_line(error)}): the lab loads only models it saved itself; {retrain}"
+            ) from None
+        raise _truncated(path, error, retrain) from None
+    except (OSError, KeyError) as error:
+        raise _truncated(path, error, retrain) from None
+
+
+def _truncated(path: str, error: Exception, retrain: str) -> LabInputError:
+    return LabInputError(f"model file {path} is truncated or not a Keras model file ({_first_line(error)}): {retrain}")
+
+
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
 
 
 def ensure_saved(path: str, create: Callable[[str], dict]) -> dict:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import statistics
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 from lab.data import ImageData
+from lab.results import Curves
 from lab.timing import EpochTimes
 
 
@@ -46,9 +50,9 @@ class FitResult:
             "s/epoch": self.steady_epoch_seconds,
         }
 
-    def curves(self) -> dict:
+    def curves(self) -> Curves:
         """Accuracy per epoch, for the report's learning-curve plots."""
-        return {"train_accuracy": self.accuracy, "validation_accuracy": self.validation_accuracy}
+        return Curves(train_accuracy=self.accuracy, validation_accuracy=self.validation_accuracy)
 
 
 def fit(
@@ -57,11 +61,15 @@ def fit(
     epochs: int,
     validation: tf.data.Dataset | None = None,
     verbose: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
-    """Trains `model` (already compiled) and returns its per-epoch history and epoch times."""
+    """Trains `model` (already compiled) and returns its per-epoch history and epoch times.
+
+    `callbacks` run after the epoch timer, so that their work is not timed as training.
+    """
     timer = EpochTimes()
     history = model.fit(
-        train, validation_data=validation, epochs=epochs, callbacks=[timer], verbose=verbose
+        train, validation_data=validation, epochs=epochs, callbacks=[timer, *callbacks], verbose=verbose
     ).history
     return FitResult(
         loss=[float(value) for value in history["loss"]],
@@ -72,7 +80,13 @@ def fit(
 
 
 def fit_on(
-    model: keras.Model, data: ImageData, epochs: int, batch_size: int, seed: int, verbose: int = 0
+    model: keras.Model,
+    data: ImageData,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    verbose: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
     """Trains `model` on `data`'s training images (shuffled with `seed`), validating on the rest."""
     return fit(
@@ -81,7 +95,29 @@ def fit_on(
         epochs,
         validation=data.batches("validation", batch_size),
         verbose=verbose,
+        callbacks=callbacks,
     )
+
+
+def tensorboard_log_dir(root: str, names: Sequence[str], seed: int) -> str:
+    """Where one run's TensorBoard logs go: `root/<name>/.../seed<seed>`.
+
+    Each name (a test module, a test with its parameters) becomes a folder name that is safe
+    on any file system: `test_x[resnet50-none]` becomes `test_x-resnet50-none`.
+    """
+    folders = [re.sub(r"[^A-Za-z0-9._=-]+", "-", name).strip("-") for name in names]
+    return os.path.join(root, *folders, f"seed{seed}")
+
+
+def tensorboard_callbacks(log_dir: str | None, *subfolders: str) -> list[keras.callbacks.Callback]:
+    """A `keras.callbacks.TensorBoard` writing to `log_dir/subfolders...`; none without `log_dir`.
+
+    Give every fit of one test its own subfolder: a second fit into the same folder starts
+    again at step 0 and draws over the first fit's curves.
+    """
+    if log_dir is None:
+        return []
+    return [keras.callbacks.TensorBoard(os.path.join(log_dir, *subfolders))]
 
 
 # Validation images whose predictions are stored with a saved model, to check a reload.
@@ -96,6 +132,7 @@ def train_lab_cnn(
     seed: int,
     path: str,
     verbose: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict:
     """Experiment 1's training: the lab CNN on tf_flowers, saved atomically to `path`.
 
@@ -110,7 +147,7 @@ def train_lab_cnn(
     seed_everything(seed)
     model = lab_cnn(flowers.num_classes, flowers.image_size, filters)
     compile_for_classification(model)
-    result = fit_on(model, flowers, epochs, batch_size, seed, verbose)
+    result = fit_on(model, flowers, epochs, batch_size, seed, verbose, callbacks)
     atomic_save_model(model, path)
     probe = flowers.scaled("validation", limit=PROBE_IMAGES)
     return {

@@ -46,7 +46,7 @@ def test_stages_cover_every_layer_once_topmost_first(name, built):
     assert len({id(layer) for layer in covered}) == len(covered), "a layer is in two stages"
     # The input layer holds nothing to train; every other layer belongs to exactly one stage.
     uncovered = [layer for layer in base.layers if all(layer is not other for other in covered)]
-    assert all(isinstance(layer, keras.layers.InputLayer) for layer in uncovered), [l.name for l in uncovered]
+    assert all(isinstance(layer, keras.layers.InputLayer) for layer in uncovered), [layer.name for layer in uncovered]
     assert covered == [layer for layer in base.layers if layer not in uncovered]
 
 
@@ -67,7 +67,9 @@ def test_registry_counts_match_the_built_model(name, built):
 
 
 @pytest.mark.parametrize("name", MOBILENETS)
-def test_resolve_weights_finds_the_official_file_in_weights_dir(name, shared_weights_dir, no_network_calls, monkeypatch, tmp_path):
+def test_resolve_weights_finds_the_official_file_in_weights_dir(
+    name, shared_weights_dir, no_network_calls, monkeypatch, tmp_path
+):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     entry = backbones.get_backbone(name)
 
@@ -107,9 +109,9 @@ def test_weights_file_tensors_match_the_loaded_model(name, shared_weights_dir):
     from_file = backbones.weights_file_tensors(path)
 
     assert len(from_file) == len(loaded)
-    for file_tensors, model_tensors in zip(from_file, loaded):
+    for file_tensors, model_tensors in zip(from_file, loaded, strict=True):
         assert len(file_tensors) == len(model_tensors)
-        for from_disk, in_model in zip(file_tensors, model_tensors):
+        for from_disk, in_model in zip(file_tensors, model_tensors, strict=True):
             np.testing.assert_array_equal(from_disk, in_model)
     assert sum(tensor.size for layer in from_file for tensor in layer) == entry.parameter_count
 

@@ -1,9 +1,13 @@
 """Every input a user can get wrong: each one raises LabInputError (or makes pytest stop with
 a usage error) whose message names the way out."""
 
+import contextlib
 import io
+import json
 import os
+import pathlib
 import shutil
+import tempfile
 import time
 import zipfile
 
@@ -30,9 +34,16 @@ def _options(**changes):
 
 def test_good_options_pass():
     # The rejections below mean something only if the same call without the bad value passes.
-    run = config.build_config(**_options(backbone_names="mobilenet, resnet50", subset=3))
+    run = config.build_config(**_options(backbone_names="mobilenet, resnet50", subset=3, seed=config.MAX_SEED))
     assert run.backbones == ("mobilenet", "resnet50")
     assert run.subset == 3
+    assert run.seed == 2**32 - 1
+
+
+def test_repeated_backbones_run_once_with_a_warning():
+    with pytest.warns(UserWarning, match="--backbones names mobilenet more than once"):
+        run = config.build_config(**_options(backbone_names="mobilenet,resnet50,mobilenet"))
+    assert run.backbones == ("mobilenet", "resnet50")
 
 
 def test_unknown_backbone_in_the_registry():
@@ -56,10 +67,15 @@ def test_unknown_backbone_in_the_registry():
         ({"weights": "pretrained"}, ["--weights", "none"]),
         ({"weights_dir": "/nonexistent/lab-weights"}, ["--weights-dir", "/nonexistent/lab-weights"]),
         ({"strategy": "tpu"}, ["--strategy", "mirrored"]),
+        ({"seed": -1}, ["--seed", "0..4294967295", "-1"]),
+        ({"seed": 2**40}, ["--seed", "0..4294967295", str(2**40)]),
+        ({"backbone_names": ""}, ["--backbones", "names no backbone", "mobilenet_v2"]),
+        ({"backbone_names": " , "}, ["--backbones", "names no backbone", "mobilenet_v2"]),
     ],
     ids=[
         "unknown-backbone", "unknown-profile", "subset-zero", "subset-negative", "unknown-source",
         "folder-without-dir", "missing-data-dir", "unknown-weights", "missing-weights-dir", "unknown-strategy",
+        "seed-negative", "seed-too-large", "backbones-empty", "backbones-only-commas",
     ],
 )
 def test_build_config_rejects(changes, fragments):
@@ -232,7 +248,8 @@ def test_tfds_offline_without_prepared_data_fails_fast(dataset, offline):
 
 @pytest.mark.parametrize("with_dir", [True, False], ids=["empty-weights-dir", "no-weights-dir"])
 def test_imagenet_weights_offline_without_a_file(with_dir, offline, tmp_path):
-    backbone = backbones.get_backbone("mobilenet")
+    # The embedded sample holds the MobileNets' weights, not ResNet50's.
+    backbone = backbones.get_backbone("resnet50")
     weights_dir = str(tmp_path) if with_dir else None
 
     started = time.perf_counter()
@@ -278,3 +295,151 @@ def test_bad_option_is_a_usage_error(option, fragments, run_python):
     assert all(fragment in completed.stderr for fragment in fragments), completed.stderr
     # Seconds, not a training run or a download: the options are checked before anything else.
     assert seconds < 30
+
+
+@pytest.fixture
+def unprivileged():
+    """A context in which file permissions bind: root's euid is dropped to `nobody` within it.
+
+    Root reads any file whatever its mode, and CI runs as root. The switch is real (the kernel,
+    not a stub, refuses the reads), so the files used inside must be reachable by `nobody`:
+    `public_copy` gives a world-readable copy of a folder.
+    """
+    made = []
+
+    @contextlib.contextmanager
+    def as_nobody():
+        if os.geteuid() != 0:
+            yield
+            return
+        os.seteuid(NOBODY)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+
+    def public_copy(folder: str) -> pathlib.Path:
+        parent = tempfile.mkdtemp(prefix="lab-permissions-")
+        made.append(parent)
+        os.chmod(parent, 0o755)
+        return pathlib.Path(shutil.copytree(folder, os.path.join(parent, "data")))
+
+    yield as_nobody, public_copy
+    for parent in made:
+        for folder, _, _ in os.walk(parent):
+            os.chmod(folder, 0o755)
+        shutil.rmtree(parent)
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    "target", ["flower_photos", "flower_photos/roses", "flower_photos/daisy/daisy_1.jpg"],
+    ids=["dataset-folder", "class-folder", "image"],
+)
+def test_unreadable_data_names_the_path_and_the_permissions(target, unprivileged, make_image_folder):
+    as_nobody, public_copy = unprivileged
+    data_dir = public_copy(make_image_folder().data_dir)
+    # Once first as root: what the load imports lazily may lie where `nobody` cannot read.
+    data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir))
+    with as_nobody():
+        # The same load as `nobody`, before the damage: the folder itself is readable.
+        assert data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir)).train_count > 0
+    os.chmod(data_dir / target, 0)
+
+    with as_nobody(), pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir))
+    message = str(raised.value)
+    assert str(data_dir / target) in message
+    assert "permission denied" in message and "fix its permissions" in message
+    assert "delete or replace" not in message
+
+
+def test_image_name_that_is_not_utf8(make_image_folder):
+    folder = make_image_folder()
+    good = folder.root / "daisy" / "daisy_1.jpg"
+    bad = os.path.join(os.fsencode(good.parent), b"daisy_\xff.jpg")
+    shutil.copy(good, bad)
+
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+    message = str(raised.value)
+    assert repr(os.fsdecode(bad)) in message
+    assert "UTF-8" in message and "rename the file" in message
+
+
+def _rewritten_config(path, config_json: bytes) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, member in members.items():
+            archive.writestr(name, config_json if name == "config.json" else member)
+
+
+def test_malformed_config_json_in_a_keras_file(tmp_path):
+    path = tmp_path / "lab_cnn.keras"
+    storage.atomic_save_model(models.lab_cnn(5, 16, (2, 2, 2)), str(path))
+    with zipfile.ZipFile(path) as archive:
+        config_json = json.loads(archive.read("config.json"))
+    # A layer argument of the wrong type: Keras raises TypeError while rebuilding the layer.
+    config_json["config"]["layers"][1]["config"]["no_such_argument"] = 1
+    _rewritten_config(path, json.dumps(config_json).encode())
+
+    with pytest.raises(LabInputError) as raised:
+        storage.load_model(str(path))
+    message = str(raised.value)
+    assert str(path) in message and "malformed config.json" in message and "delete it" in message
+
+
+def test_code_refused_by_safe_mode_is_not_called_truncated(tmp_path):
+    import keras
+
+    path = tmp_path / "with_lambda.keras"
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(path)
+
+    with pytest.raises(LabInputError) as raised:
+        storage.load_model(str(path))
+    message = str(raised.value)
+    assert str(path) in message and "safe mode refused" in message
+    assert "truncated" not in message
+
+
+def test_tfds_offline_with_a_data_dir_says_it_is_ignored(offline, tmp_path):
+    with pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "tfds", 8, 4, 2, data_dir=str(tmp_path))
+    message = str(raised.value)
+    assert f"--data-dir {tmp_path} is ignored with --data-source tfds" in message
+    assert "--data-source folder" in message
+
+
+def test_path_options_default_to_their_environment_variables(monkeypatch):
+    monkeypatch.setenv("LAB_DATA_DIR", "/from/environment")
+    monkeypatch.setenv("LAB_REPORT_DIR", "")
+    monkeypatch.delenv("LAB_WEIGHTS_DIR", raising=False)
+    assert config.path_default("data_dir") == "/from/environment"
+    # An empty variable is an unset one: the fallback stands.
+    assert config.path_default("report_dir", "reports") == "reports"
+    assert config.path_default("weights_dir") is None
+
+
+def test_corrupt_cifar10_image_stops_the_run_before_any_test_trains(make_image_folder, run_python, monkeypatch):
+    flowers = make_image_folder("tf_flowers")
+    cifar = make_image_folder("cifar10", suffix=".png")
+    shutil.move(cifar.root, pathlib.Path(flowers.data_dir) / "cifar10")
+    bad = pathlib.Path(flowers.data_dir) / "cifar10" / "cat" / "cat_0.png"
+    bad.write_text("not an image")
+    # Through the environment, as `pytest` alone runs once LAB_DATA_DIR is set.
+    monkeypatch.setenv("LAB_DATA_DIR", flowers.data_dir)
+
+    completed, _ = run_python(
+        "-m", "pytest", "experiments/test_1_base_model.py", "experiments/test_2_transfer_to_cifar10.py",
+        "--no-report", "-p", "no:cacheprovider", "-q",
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert str(bad) in output and "delete or replace" in output
+    # Experiment 1 needs only the flowers, which are fine: it must not have run either.
+    assert "no tests ran" in output, output
+

@@ -49,7 +49,7 @@ def test_folder_labels_follow_tfds_order_by_name(dataset, counts, suffix, listin
     images = np.concatenate([loaded.train_images, loaded.validation_images])
     labels = np.concatenate([loaded.train_labels, loaded.validation_labels])
     assert len(labels) == len(folder.colours)
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=True):
         assert loaded.class_names[label] == folder.class_of(image)
     written = [name for name, _ in folder.colours.values()]
     expected_counts = [written.count(name) for name in loaded.class_names]
@@ -97,7 +97,7 @@ def test_batches_limit_and_shuffle_keep_the_pairs(make_image_folder):
     assert sum(len(labels) for _, labels in limited) == min(3, loaded.validation_count)
 
     shuffled = list(loaded.batches("train", batch_size=64, seed=1))[0]
-    for image, label in zip(shuffled[0].numpy(), shuffled[1].numpy()):
+    for image, label in zip(shuffled[0].numpy(), shuffled[1].numpy(), strict=True):
         # Shuffling must move an image together with its own label.
         assert loaded.class_names[label] == folder.class_of(image * 255.0)
     assert sorted(shuffled[1].numpy().tolist()) == sorted(loaded.train_labels.tolist())
@@ -215,7 +215,9 @@ class _SlicedSplits(dict):
     def __getitem__(self, split: str):
         name = split.partition("[")[0]
         sizes = {key: value.num_examples for key, value in self.items()}
-        return types.SimpleNamespace(num_examples=_slice(split, sizes)[1]) if split != name else super().__getitem__(split)
+        if split == name:
+            return super().__getitem__(split)
+        return types.SimpleNamespace(num_examples=_slice(split, sizes)[1])
 
 
 @pytest.fixture

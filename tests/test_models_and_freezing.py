@@ -1,6 +1,8 @@
 """lab/models.py and lab/freezing.py on small models: the lab CNN, its transfer, and a MobileNet
 classifier at 32 px with random weights (structure only, so no weights file is needed)."""
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -22,7 +24,8 @@ def test_lab_cnn_layers():
     model = models.lab_cnn(5)
 
     conv, pool = keras.layers.Conv2D, keras.layers.MaxPooling2D
-    assert [type(layer) for layer in model.layers] == [conv, pool] * 3 + [keras.layers.Flatten, keras.layers.Dense, keras.layers.Dense]
+    dense = keras.layers.Dense
+    assert [type(layer) for layer in model.layers] == [conv, pool] * 3 + [keras.layers.Flatten, dense, dense]
     convolutions = [layer for layer in model.layers if isinstance(layer, conv)]
     assert [layer.filters for layer in convolutions] == [32, 64, 128]
     assert all(layer.kernel_size == (5, 5) and layer.padding == "same" for layer in convolutions)
@@ -51,7 +54,7 @@ def test_transfer_model_shares_the_convolutions():
     assert transfer.output_shape == (None, 10)
     carried = models.feature_layers(transfer)
     assert [layer.name for layer in carried] == [layer.name for layer in models.feature_layers(base)]
-    assert all(a is b for a, b in zip(carried, models.feature_layers(base)))
+    assert all(a is b for a, b in zip(carried, models.feature_layers(base), strict=True))
     # Shared layers: a change to the base's kernel is a change to the transferred model's.
     kernel = base.get_layer("conv1").kernel
     kernel.assign(kernel + 1.0)
@@ -95,17 +98,17 @@ def test_frozen_base_leaves_two_trainable_tensors(classifier):
     assert freezing.trainable_base_layers(classifier) == []
 
 
-@pytest.mark.parametrize("batch_norm", [False, True], ids=["bn-frozen", "bn-trainable"])
-def test_thawed_base_trains_what_expected_trainable_tensors_counts(batch_norm, classifier):
+@pytest.mark.parametrize("train_bn", [False, True], ids=["bn-frozen", "bn-trainable"])
+def test_thawed_base_trains_what_expected_trainable_tensors_counts(train_bn, classifier):
     freezing.freeze_base(classifier)
-    freezing.unfreeze_base(classifier, batch_norm=batch_norm)
+    freezing.unfreeze_base(classifier, train_bn=train_bn)
 
     base = freezing.base_of(classifier)
     norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms, "MobileNet has BatchNormalization layers to check"
-    assert all(layer.trainable == batch_norm for layer in norms)
-    assert all(bool(layer.trainable_weights) == batch_norm for layer in norms)
-    expected = freezing.expected_trainable_tensors(base.layers, batch_norm=batch_norm)
+    assert all(layer.trainable == train_bn for layer in norms)
+    assert all(bool(layer.trainable_weights) == train_bn for layer in norms)
+    expected = freezing.expected_trainable_tensors(base.layers, train_bn=train_bn)
     assert expected == len(classifier.trainable_weights) - 2
     assert freezing.weighted_base_layers(classifier) == [
         layer.name for layer in base.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
@@ -118,8 +121,8 @@ def test_thawing_reaches_layers_frozen_one_by_one(classifier):
     base = freezing.base_of(classifier)
     for layer in base.layers:
         layer.trainable = False
-    freezing.unfreeze_base(classifier, batch_norm=False)
-    assert len(classifier.trainable_weights) - 2 == freezing.expected_trainable_tensors(base.layers, batch_norm=False)
+    freezing.unfreeze_base(classifier, train_bn=False)
+    assert len(classifier.trainable_weights) - 2 == freezing.expected_trainable_tensors(base.layers, train_bn=False)
 
 
 def _apply(classifier, stage):
@@ -140,9 +143,9 @@ def test_gradual_schedule_thaws_more_at_lower_rates(kind, classifier):
     assert schedule[0].name == "head" and schedule[0].trainable_layers == ()
     counts = [_apply(classifier, stage) for stage in schedule]
     assert counts[0] == 2
-    assert all(later > earlier for earlier, later in zip(counts, counts[1:])), counts
+    assert all(later > earlier for earlier, later in itertools.pairwise(counts)), counts
     rates = [stage.learning_rate for stage in schedule]
-    assert all(later < earlier for earlier, later in zip(rates, rates[1:])), rates
+    assert all(later < earlier for earlier, later in itertools.pairwise(rates)), rates
     for stage in schedule:
         freezing.set_base_trainable(classifier, set(stage.trainable_layers))
         trainable = freezing.trainable_base_layers(classifier)
@@ -156,7 +159,8 @@ def test_gradual_schedule_thaws_more_at_lower_rates(kind, classifier):
 def test_gradual_schedule_with_too_many_stages(kind, classifier):
     base = freezing.base_of(classifier)
     step = MOBILENET.layers_per_stage
-    groups = len(MOBILENET.stages_top_down(base)) if kind == "blocks" else -(-len(freezing.weighted_base_layers(classifier)) // step)
+    weighted = len(freezing.weighted_base_layers(classifier))
+    groups = len(MOBILENET.stages_top_down(base)) if kind == "blocks" else -(-weighted // step)
 
     assert len(freezing.gradual_schedule(MOBILENET, base, kind, groups, 1)) == groups + 1
     unit = "blocks" if kind == "blocks" else f"groups of {step} layers"
@@ -176,7 +180,9 @@ def test_strategies_share_one_budget_of_epochs(classifier):
     stages, epochs_per_stage = 2, 3
 
     totals = {
-        strategy: sum(stage.epochs for stage in freezing.strategy_stages(strategy, MOBILENET, base, stages, epochs_per_stage))
+        strategy: sum(
+            stage.epochs for stage in freezing.strategy_stages(strategy, MOBILENET, base, stages, epochs_per_stage)
+        )
         for strategy in freezing.STRATEGIES
     }
 
@@ -223,7 +229,9 @@ PROFILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("profile_name, backbone, strategy", PROFILE_CASES, ids=["-".join(case) for case in PROFILE_CASES])
+@pytest.mark.parametrize(
+    "profile_name, backbone, strategy", PROFILE_CASES, ids=["-".join(case) for case in PROFILE_CASES]
+)
 def test_every_profile_strategy_fits_its_backbones(profile_name, backbone, strategy, bases):
     # Experiment 5 runs every strategy on the profile's backbones with the profile's stages:
     # a schedule that cannot be built there fails the lab's own run.

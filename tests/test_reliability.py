@@ -7,8 +7,6 @@ import sys
 import textwrap
 import time
 
-
-
 from lab import storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,37 +1,252 @@
-"""The report a real pytest session writes, including one cut short by Ctrl-C."""
+"""The report a pytest session writes: what it selected, how it ended, where the report goes.
 
+Real sessions run in subprocesses on mock data and experiment 3's structure tests, which
+build backbones without data or training; the rest drive `LabSession` in this process.
+"""
+
+import dataclasses
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
 
-# Loaded with -p: presses Ctrl-C as soon as the first test has finished.
+from lab import atomic, environment
+from lab.results import Record, Table
+from pytest_lab.session import LabSession
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STRUCTURE = "experiments/test_3_pretrained_backbone.py::test_backbone_matches_keras_structure"
+CHEAP = ("--data-source", "mock", "--weights", "none", "--subset", "16", "-p", "no:cacheprovider")
+
+# Loaded with -p: stops the session as soon as the first test has finished, in the process
+# that runs the session (the controller under xdist), the way the parameter says.
 INTERRUPTER = """
-def pytest_runtest_logfinish(nodeid, location):
-    raise KeyboardInterrupt
+import os, signal
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown" and "PYTEST_XDIST_WORKER" not in os.environ:
+        if os.environ["STOP_WITH"] == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            raise KeyboardInterrupt
 """
 
 
-def test_interrupted_session_writes_a_complete_report_marked_incomplete(tmp_path):
-    (tmp_path / "interrupter.py").write_text(INTERRUPTER)
-    report_dir = tmp_path / "reports"
-    process = subprocess.run(
-        [sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "-p", "interrupter",
-         "-p", "no:cacheprovider", "--data-source", "mock", "--subset", "32", "--report-dir", str(report_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+def run_pytest(tmp_path, *args, stop_with=None):
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    if stop_with:
+        (tmp_path / "interrupter.py").write_text(INTERRUPTER)
+        env["STOP_WITH"] = stop_with
+        args = ("-p", "interrupter", *args)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args, *CHEAP], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
     )
-    assert process.returncode == 2, process.stdout[-2000:] + process.stderr[-2000:]
+
+
+def saved_results(report_dir) -> dict:
+    (folder,) = [entry for entry in report_dir.iterdir() if entry.is_dir()]
+    return json.loads((folder / "results.json").read_text())
+
+
+def report_files(report_dir) -> list[str]:
+    return sorted(str(path.relative_to(report_dir)) for path in report_dir.rglob("*"))
+
+
+def test_a_selection_that_all_passed_is_complete(tmp_path):
+    """-m, -k and --deselect each leave tests out; none of those is a test that did not run.
+
+    The same run checks that no absolute path reaches the report and that mixed precision
+    on a CPU is warned about, so that CI pays for one session instead of three.
+    """
+    report_dir = tmp_path / "reports"
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    process = run_pytest(
+        tmp_path, "experiments/test_3_pretrained_backbone.py", "tests/test_reliability.py",
+        "-m", "experiment", "-k", "structure", "--deselect", f"{STRUCTURE}[mobilenet_v2]",
+        "--backbones", "mobilenet,mobilenet_v2", "--weights-dir", str(weights_dir), "--mixed-precision",
+        "--report-dir", str(report_dir),
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+
+    results = saved_results(report_dir)
+    assert results["run"]["complete"] is True, results["run"]["incomplete_reason"]
+    assert [(o["test"], o["outcome"]) for o in results["outcomes"]] == [(f"{STRUCTURE}[mobilenet]", "passed")]
+    markdown = (report_dir / "latest-smoke.md").read_text()
+    assert "Incomplete run" not in markdown
+
+    texts = [path.read_text() for path in report_dir.rglob("*") if path.suffix in (".md", ".json")]
+    for leak in (str(tmp_path), ROOT):
+        assert not [text for text in texts if leak in text], f"{leak} is in the report"
+    assert results["run"]["weights_description"].endswith(f"--weights-dir {tmp_path.name}/weights")
+
+    if not results["run"]["device"]["gpu_count"]:
+        assert any("--mixed-precision without a GPU" in w for w in results["run"]["warnings"])
+        assert "warning: --mixed-precision without a GPU" in process.stdout
+        assert "--mixed-precision without a GPU" in markdown
+
+
+def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run(tmp_path):
+    """SIGTERM (what `timeout` and CI cancellation send) ends a session as Ctrl-C does."""
+    report_dir = tmp_path / "reports"
+    process = run_pytest(
+        tmp_path, "experiments/test_3_pretrained_backbone.py", "-k", "structure",
+        "--backbones", "mobilenet,mobilenet_v2", "--report-dir", str(report_dir), stop_with="sigterm",
+    )
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, process.stdout[-3000:] + process.stderr[-3000:]
 
     markdown = (report_dir / "latest-smoke.md").read_text()
-    assert "**Incomplete run**: interrupted (Ctrl-C); 1 tests did not run" in markdown
+    assert "**Incomplete run**: terminated (SIGTERM); 1 tests did not run" in markdown
     assert "**Mock data**" in markdown
-    assert "| 32-64-128 " in markdown, "the finished test's results are missing"
-    assert "test_base_model[narrow] | not run" in markdown.replace("  ", "")
-    runs = [entry for entry in os.listdir(report_dir) if entry.startswith("smoke-cpu-") and not entry.endswith(".md")]
-    results = json.loads((report_dir / runs[0] / "results.json").read_text())
+    assert "| mobilenet " in markdown, "the finished test's results are missing"
+    assert "test_backbone_matches_keras_structure[mobilenet_v2] | not run" in markdown.replace("  ", "")
+    results = saved_results(report_dir)
     assert results["run"]["complete"] is False
-    assert [record["row"]["filters"] for record in results["records"]] == ["32-64-128"]
-    assert not [name for _, _, names in os.walk(report_dir) for name in names if ".partial" in name]
+    assert [record["row"]["backbone"] for record in results["records"]] == ["mobilenet"]
+    assert not [name for name in report_files(report_dir) if ".partial" in name]
+
+
+def test_a_run_cut_short_under_xdist_lists_the_selected_tests_that_did_not_run(tmp_path):
+    """Ctrl-C in the controller of `-n 2`, after the first test: the rest of the selection did not run."""
+    report_dir = tmp_path / "reports"
+    process = run_pytest(
+        tmp_path, "experiments/test_3_pretrained_backbone.py", "-n", "2", "-k", "structure",
+        "--deselect", f"{STRUCTURE}[vgg16]", "--backbones", "mobilenet,mobilenet_v2,vgg16",
+        "--report-dir", str(report_dir), stop_with="ctrl-c",
+    )
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, process.stdout[-3000:] + process.stderr[-3000:]
+
+    results = saved_results(report_dir)
+    outcomes = {outcome["test"]: outcome["outcome"] for outcome in results["outcomes"]}
+    # The controller collects nothing: what was selected comes from the workers' collections.
+    assert set(outcomes) == {f"{STRUCTURE}[mobilenet]", f"{STRUCTURE}[mobilenet_v2]"}
+    assert "not run" in outcomes.values()
+    assert results["run"]["complete"] is False
+    assert results["run"]["incomplete_reason"].startswith("interrupted (Ctrl-C);")
+    assert results["run"]["incomplete_reason"].endswith("tests did not run")
+
+
+def test_k_freeze_selects_experiments_4_and_5_only(tmp_path):
+    """Marker arguments (`backbones="freeze"`) must not make -k match other modules."""
+    process = run_pytest(tmp_path, "experiments", "-k", "freeze", "--collect-only", "-q")
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    modules = {line.split("::")[0] for line in process.stdout.splitlines() if "::" in line}
+    assert modules == {"experiments/test_4_freeze.py", "experiments/test_5_gradual_unfreeze.py"}
+
+
+# In-process: a LabSession driven by hand, with this session's config and settings.
+
+TABLE = Table("Backbones against Keras's published structure", keys=("backbone",))
+NODEID = f"{STRUCTURE}[mobilenet]"
+
+
+def lab_session(pytestconfig, run_config, report_dir) -> LabSession:
+    return LabSession(pytestconfig, run_config, str(report_dir))
+
+
+def passed(session: LabSession, nodeid: str = NODEID) -> None:
+    """Feeds `session` the reports of a test that passed and recorded one row."""
+    record = Record(3, TABLE.title, TABLE.keys, {"backbone": "mobilenet"}, test=nodeid, seed=0)
+    for when in ("setup", "call", "teardown"):
+        properties = [("lab_record", dataclasses.asdict(record))] if when == "call" else []
+        session.add_test_report(
+            pytest.TestReport(nodeid, ("experiments/x.py", 1, "x"), {}, "passed", None, when, user_properties=properties)
+        )
+
+
+def test_two_sessions_finishing_in_the_same_second_write_two_reports(pytestconfig, run_config, tmp_path):
+    first, second = (lab_session(pytestconfig, run_config, tmp_path) for _ in range(2))
+    for session in (first, second):
+        session.started = 1_800_000_000.0
+        session.select([NODEID])
+        passed(session)
+        assert session.finish(0) == 0
+
+    assert first.report_path != second.report_path
+    assert os.path.isfile(first.report_path) and os.path.isfile(second.report_path)
+    assert len([name for name in os.listdir(tmp_path) if name.endswith(".md") and name != "latest-smoke.md"]) == 2
+
+
+@pytest.mark.parametrize("selected", [[], [NODEID]], ids=["nothing selected", "none finished"])
+def test_a_session_in_which_no_experiment_ran_writes_no_report(pytestconfig, run_config, tmp_path, selected):
+    (tmp_path / "latest-smoke.md").write_text("an earlier report\n")
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    session.select(selected)
+    passed(session, "tests/test_data.py::test_something")
+
+    assert session.finish(pytest.ExitCode.NO_TESTS_COLLECTED) == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert report_files(tmp_path) == ["latest-smoke.md"]
+    assert (tmp_path / "latest-smoke.md").read_text() == "an earlier report\n"
+
+
+def test_a_report_that_cannot_be_written_fails_the_session_and_leaves_nothing(
+    pytestconfig, run_config, tmp_path, monkeypatch
+):
+    (tmp_path / "latest-smoke.md").write_text("an earlier report\n")
+    write_text = atomic.atomic_write_text
+
+    def disk_full_for_markdown(path, text):
+        # results.json and the figures are written; the disk fills up at the markdown.
+        if path.endswith(".md"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        write_text(path, text)
+
+    monkeypatch.setattr(atomic, "atomic_write_text", disk_full_for_markdown)
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    session.select([NODEID])
+    passed(session)
+
+    assert session.finish(0) != 0
+    assert session.report_path is None
+    assert str(tmp_path) in session.report_error and os.strerror(errno.ENOSPC) in session.report_error
+    assert report_files(tmp_path) == ["latest-smoke.md"]
+    assert (tmp_path / "latest-smoke.md").read_text() == "an earlier report\n"
+
+
+def test_sigterm_is_handled_during_the_session_only(pytestconfig, run_config, tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    session.handle_sigterm()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        assert session.stop_reason == "terminated (SIGTERM)"
+    finally:
+        session.restore_sigterm()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("{root}/reports/run/results.json", "reports/run/results.json"),
+        ("{root}", "."),
+        ("/home/someone/datasets/flowers", "datasets/flowers"),
+        ("{root}-other/data", "{root_name}-other/data"),
+    ],
+)
+def test_paths_inside_the_project_are_relative_and_others_keep_two_components(path, shown):
+    root = "/srv/lab"
+    assert environment.display_path(path.format(root=root), root) == shown.format(root_name="lab")
+
+
+def test_absolute_paths_in_messages_are_shortened_and_nothing_else_is():
+    root = "/srv/lab"
+    text = (
+        "weights file /home/someone/.keras/models/mobilenet.h5 not in /srv/lab/weights. "
+        "Pass --data-dir=/mnt/big/data, see https://storage.googleapis.com/x/y; 3/4 of 32-64-128"
+    )
+    assert environment.display_paths_in(text, root) == (
+        "weights file models/mobilenet.h5 not in weights. "
+        "Pass --data-dir=big/data, see https://storage.googleapis.com/x/y; 3/4 of 32-64-128"
+    )
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_mixed_precision_without_a_gpu_is_warned_about(gpus):
+    warnings = environment.run_warnings(mixed_precision=True, deterministic=False, device={"gpu_count": gpus})
+    assert bool(warnings) == (gpus == 0)

@@ -1,0 +1,83 @@
+"""A report's figures as PNG bytes: learning curves, seconds per epoch, accuracy by stage.
+
+Figures are built with matplotlib's object-oriented `Figure`, not pyplot: no global backend
+or figure registry, so rendering works headless and inside any process (pytest's included).
+"""
+
+from __future__ import annotations
+
+import io
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from lab.results import Record
+
+
+def learning_curves(records: list[Record]) -> bytes | None:
+    """Validation (solid) and training (dashed) accuracy per epoch; None if no record has curves."""
+    curved = [record for record in records if record.curves]
+    if not curved:
+        return None
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    for record in curved:
+        curves = record.curves
+        epochs = range(1, len(curves.validation_accuracy) + 1)
+        (line,) = axes.plot(epochs, curves.validation_accuracy, marker="o", label=f"{record.label} (validation)")
+        if curves.train_accuracy:
+            axes.plot(epochs, curves.train_accuracy, linestyle="--", color=line.get_color(), label=f"{record.label} (train)")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("accuracy")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def epoch_seconds(rows: list[dict], modes: tuple[str, ...]) -> bytes | None:
+    """Bars of median seconds per epoch by backbone and mode (log scale); None without rows.
+
+    Args:
+        rows: the epoch-time table's rows (`backbone`, `<mode> s/epoch`).
+        modes: the modes to draw, in bar order.
+    """
+    if not rows:
+        return None
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    width = 0.8 / len(modes)
+    for offset, mode in enumerate(modes):
+        values = [row.get(f"{mode} s/epoch") or 0.0 for row in rows]
+        positions = [index + offset * width for index in range(len(rows))]
+        axes.bar(positions, values, width=width, label=mode)
+    axes.set_xticks([index + width for index in range(len(rows))], [row["backbone"] for row in rows])
+    axes.set_ylabel("median seconds per epoch")
+    axes.set_yscale("log")
+    axes.legend()
+    axes.grid(alpha=0.3, axis="y")
+    return _png(figure)
+
+
+def accuracy_by_stage(records: list[Record]) -> bytes | None:
+    """Validation accuracy after each unfreezing stage; None if no record has a stage curve."""
+    staged = [record for record in records if record.stage_curve]
+    if not staged:
+        return None
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    for record in staged:
+        accuracy = record.stage_curve.accuracy
+        axes.plot(range(len(accuracy)), accuracy, marker="o", label=record.label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("stage (0: head only)")
+    axes.set_ylabel("validation accuracy")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()

@@ -1,0 +1,214 @@
+"""Results -> a report's markdown and figures: header, banners, tables (tabulate), plots, outcomes.
+
+Rendering writes nothing: `lab.report.write_report` puts the markdown and figures on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter, defaultdict
+
+from tabulate import tabulate
+
+from lab import plots
+from lab.results import (
+    EXPERIMENT_TITLES,
+    BenchmarkResult,
+    Outcome,
+    Record,
+    Results,
+    RunHeader,
+)
+
+MODES = ("unfrozen", "frozen", "frozen-cached")
+BENCHMARK_EXPERIMENT = 4
+# Two or more `/name` components not preceded by a path or word character: an absolute path.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(?:/[^\s/,;:()'\"\[\]<>|`]+){2,}")
+
+
+@dataclasses.dataclass
+class RenderedReport:
+    """A report before it is written.
+
+    Args:
+        markdown: the report's text; it links each figure as `<figures_link>/<name>`.
+        figures: file name -> PNG bytes.
+    """
+
+    markdown: str
+    figures: dict[str, bytes]
+
+
+def render(results: Results, figures_link: str) -> RenderedReport:
+    """The markdown of a report and its figures.
+
+    Args:
+        results: what the session saved.
+        figures_link: the folder the markdown refers to for its figures, relative to the report.
+    """
+    run = results.run
+    figures: dict[str, bytes] = {}
+    lines = [f"# Transfer-learning lab report: {run.profile} profile on {run.device_slug}", ""]
+    lines += _blockquotes(banners(run))
+    lines += [header_table(run), ""]
+    by_experiment = records_by_experiment(results.records)
+    rows = benchmark_rows(results.benchmarks)
+    for number, title in EXPERIMENT_TITLES.items():
+        records = by_experiment.get(number, [])
+        if not records and not (number == BENCHMARK_EXPERIMENT and rows):
+            continue
+        lines += [f"## {title}", ""]
+        for table_title, table_records in _by_table(records).items():
+            lines += [f"### {table_title}", "", table([record.row for record in table_records]), ""]
+        lines += _figure(figures, f"experiment{number}-learning-curves.png", plots.learning_curves(records),
+                         f"learning curves, experiment {number}", figures_link)
+        if number == BENCHMARK_EXPERIMENT:
+            lines += _benchmark_section(run, rows, figures, figures_link)
+        lines += _figure(figures, f"experiment{number}-accuracy-by-stage.png", plots.accuracy_by_stage(records),
+                         "validation accuracy by stage", figures_link)
+    lines += _outcomes_section(results.outcomes)
+    return RenderedReport("\n".join(lines).rstrip() + "\n", figures)
+
+
+def banners(run: RunHeader) -> list[str]:
+    """What a reader must know before trusting any figure: incomplete run, mock data, warnings."""
+    lines = []
+    if not run.complete:
+        lines.append(f"**Incomplete run**: {public_text(run.incomplete_reason or 'reason unknown')}. Tables show what finished.")
+    if run.data_source == "mock":
+        lines.append(
+            "**Mock data**: tensorflow-datasets' mock images are random noise, so every accuracy "
+            "below means nothing. Structure, shapes and timings are real."
+        )
+    lines += [f"**Warning**: {public_text(warning)}" for warning in run.warnings]
+    return lines
+
+
+def header_table(run: RunHeader) -> str:
+    """The run's date, settings and machine as a two-column table."""
+    device = run.device
+    gpus = ", ".join(device.get("gpus") or []) or "none"
+    settings = ", ".join(f"{key}={value}" for key, value in run.profile_settings.items())
+    rows = [
+        ("date (UTC)", run.finished or run.started),
+        ("profile", run.profile),
+        ("seed", run.seed),
+        ("git commit", run.commit),
+        ("versions", ", ".join(f"{name} {version}" for name, version in run.versions.items())),
+        ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
+        ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
+        ("replicas", run.replicas),
+        ("data source", run.data_source_description),
+        ("weights", run.weights_description),
+        ("options", run.options_description),
+        ("profile settings", settings),
+        ("wall time", f"{run.wall_seconds:.0f} s" if run.wall_seconds is not None else None),
+    ]
+    return tabulate([[key, cell(value)] for key, value in rows], headers=["", ""], tablefmt="github")
+
+
+def records_by_experiment(records: list[Record]) -> dict[int, list[Record]]:
+    """Records grouped by experiment number, each group in recording order."""
+    grouped: dict[int, list[Record]] = defaultdict(list)
+    for record in records:
+        grouped[record.experiment].append(record)
+    return grouped
+
+
+def benchmark_rows(benchmarks: list[BenchmarkResult]) -> list[dict]:
+    """The epoch-time table: median seconds per epoch by backbone and mode, with speedups over unfrozen."""
+    medians: dict[str, dict[str, float]] = defaultdict(dict)
+    first: dict[str, BenchmarkResult] = {}
+    for bench in benchmarks:
+        medians[bench.backbone][bench.mode] = bench.median
+        first.setdefault(bench.backbone, bench)
+    rows = []
+    for backbone, by_mode in sorted(medians.items()):
+        unfrozen = by_mode.get("unfrozen")
+        row = {
+            "backbone": backbone,
+            "input": f"{first[backbone].image_size}px",
+            "images/epoch": first[backbone].images_per_epoch,
+        }
+        for mode in MODES:
+            row[f"{mode} s/epoch"] = by_mode.get(mode)
+        for mode in MODES[1:]:
+            row[f"{mode} speedup"] = f"{unfrozen / by_mode[mode]:.1f}x" if unfrozen and by_mode.get(mode) else None
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A github-markdown table of `rows`; columns in first-seen order, missing cells as `-`."""
+    headers = list(dict.fromkeys(column for row in rows for column in row))
+    body = [[cell(row.get(column)) for column in headers] for row in rows]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def cell(value) -> str:
+    """One table cell: 3 decimals for small floats, thousands separators, no absolute paths."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return public_text(str(value))
+
+
+def public_text(text: str) -> str:
+    """`text` with every absolute path cut to its last two components.
+
+    Reports are committed and shared: they should not carry the folder names of the machine
+    they ran on, whichever machine wrote the results file.
+    """
+    return _ABSOLUTE_PATH.sub(lambda match: "/".join(match.group().split("/")[-2:]), text)
+
+
+def _blockquotes(paragraphs: list[str]) -> list[str]:
+    return [line for paragraph in paragraphs for line in (f"> {paragraph}", "")]
+
+
+def _by_table(records: list[Record]) -> dict[str, list[Record]]:
+    tables: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        tables[record.table].append(record)
+    return tables
+
+
+def _figure(figures: dict[str, bytes], name: str, png: bytes | None, caption: str, figures_link: str) -> list[str]:
+    if png is None:
+        return []
+    figures[name] = png
+    return [f"![{caption}]({figures_link}/{name})", ""]
+
+
+def _benchmark_section(run: RunHeader, rows: list[dict], figures: dict[str, bytes], figures_link: str) -> list[str]:
+    lines = ["### Seconds per epoch: unfrozen, frozen, frozen with cached features", ""]
+    if not rows:
+        reason = public_text(run.benchmarks_note or "no benchmark case ran")
+        return lines + [f"No epoch times: {reason}.", ""]
+    lines += [
+        (
+            "Median of timed epochs after an untimed warm-up epoch (graph tracing excluded), from "
+            "pytest-benchmark. frozen-cached trains the head on pooled features computed once; that "
+            "one-off extraction is not in its epoch time (see the cached-features table)."
+        ),
+        "",
+        table(rows),
+        "",
+    ]
+    return lines + _figure(figures, "epoch-seconds.png", plots.epoch_seconds(rows, MODES),
+                           "seconds per epoch by mode and backbone", figures_link)
+
+
+def _outcomes_section(outcomes: list[Outcome]) -> list[str]:
+    counts = Counter(outcome.outcome for outcome in outcomes)
+    tally = ", ".join(f"{counts[kind]} {kind}" for kind in ("passed", "failed", "skipped", "not run") if counts[kind])
+    lines = ["## Tests", "", f"{tally or 'no tests'}.", ""]
+    not_passed = [outcome for outcome in outcomes if outcome.outcome != "passed"]
+    if not_passed:
+        rows = [{"test": outcome.test, "outcome": outcome.outcome, "why": outcome.reason} for outcome in not_passed]
+        lines += [table(rows), ""]
+    return lines

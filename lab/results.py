@@ -1,0 +1,225 @@
+"""What a session measured, as typed records: the recorder, the session, the report and
+`--compare` all read and write these, and results.json is their plain-JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+EXPERIMENT_TITLES = {
+    1: "Experiment 1: the lab CNN on tf_flowers",
+    2: "Experiment 2: its convolutions reused on CIFAR-10",
+    3: "Experiment 3: a pretrained ImageNet backbone",
+    4: "Experiment 4: freezing the backbone",
+    5: "Experiment 5: gradual unfreezing",
+}
+
+
+class ResultsFormatError(ValueError):
+    """A results.json that is not what a session writes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A report table, declared once in the experiment that fills it.
+
+    Args:
+        title: the table's heading in the report.
+        keys: the columns that identify a row (backbone, strategy, stage...): `--compare`
+            pairs the rows of two runs by them, and repeated seeds group by them.
+    """
+
+    title: str
+    keys: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Curves:
+    """Accuracy per epoch of one fit."""
+
+    train_accuracy: list[float]
+    validation_accuracy: list[float]
+
+
+@dataclasses.dataclass
+class StageCurve:
+    """Validation accuracy after each stage of a gradual-unfreezing schedule."""
+
+    stages: list[str]
+    accuracy: list[float]
+
+
+@dataclasses.dataclass
+class Record:
+    """One row of one report table, as a test recorded it.
+
+    Args:
+        experiment: 1..5, from the test module's `experiment` marker.
+        table: the table's title.
+        keys: the table's key columns (see `Table`).
+        row: column -> value, in the table's column order.
+        label: names the case in plots ("" when it has no curve).
+        curves: accuracy per epoch, for the learning-curve plot.
+        stage_curve: accuracy per stage, for the stage plot.
+        test: the pytest node id that recorded it.
+        seed: the seed the test ran with.
+    """
+
+    experiment: int
+    table: str
+    keys: tuple[str, ...]
+    row: dict[str, Any]
+    label: str = ""
+    curves: Curves | None = None
+    stage_curve: StageCurve | None = None
+    test: str = ""
+    seed: int | None = None
+
+    def key(self) -> tuple[str, ...]:
+        """The values of the key columns, as text: the row's identity within its table."""
+        return tuple(str(self.row.get(column)) for column in self.keys)
+
+    @classmethod
+    def from_json(cls, item: dict) -> Record:
+        """Reads a record's plain-JSON form (`dataclasses.asdict`): results.json, or what an
+        xdist worker sent in its test report."""
+        curves = item.get("curves")
+        stage_curve = item.get("stage_curve")
+        return cls(
+            **{
+                **item,
+                "keys": tuple(item.get("keys", ())),
+                "curves": Curves(**curves) if curves else None,
+                "stage_curve": StageCurve(**stage_curve) if stage_curve else None,
+            }
+        )
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """pytest-benchmark's statistics for one epoch-time case of experiment 4.
+
+    Args:
+        test: the test's name.
+        backbone: the backbone timed.
+        mode: `unfrozen`, `frozen` or `frozen-cached`.
+        image_size: input side in pixels.
+        images_per_epoch: images in one timed epoch.
+        median, mean, min, max: seconds per epoch over the timed rounds.
+        rounds: timed epochs (after an untimed warm-up).
+        extra: anything else the test measured (`feature_extraction_seconds`, ...).
+    """
+
+    test: str
+    backbone: str
+    mode: str
+    image_size: int
+    images_per_epoch: int
+    median: float
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    rounds: int | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_pytest_benchmark(cls, name: str, extra_info: dict[str, Any], stats: dict[str, Any]) -> BenchmarkResult:
+        """One case from pytest-benchmark: a test's name, `extra_info` and statistics.
+
+        Args:
+            name: the test's name.
+            extra_info: what the test put in `benchmark.extra_info`; `backbone`, `mode`,
+                `image_size` and `images_per_epoch` are required, the rest goes to `extra`.
+            stats: pytest-benchmark's statistics (`median` required; `mean`, `min`, `max`,
+                `rounds` kept when present), as in a `--benchmark-json` file.
+
+        Raises:
+            KeyError: a required entry is missing.
+        """
+        extra = dict(extra_info)
+        return cls(
+            test=name,
+            backbone=extra.pop("backbone"),
+            mode=extra.pop("mode"),
+            image_size=extra.pop("image_size"),
+            images_per_epoch=extra.pop("images_per_epoch"),
+            median=stats["median"],
+            mean=stats.get("mean"),
+            min=stats.get("min"),
+            max=stats.get("max"),
+            rounds=stats.get("rounds"),
+            extra=extra,
+        )
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one selected test ended: passed, failed, skipped, or not run."""
+
+    test: str
+    outcome: str
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class RunHeader:
+    """The run's settings and machine: everything the report says above its tables."""
+
+    profile: str
+    seed: int
+    data_source: str
+    data_source_description: str
+    weights_description: str
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+    profile_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    wall_seconds: float | None = None
+    commit: str | None = None
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    device: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device_slug: str = "unknown"
+    replicas: int | None = None
+    benchmarks_note: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    complete: bool = True
+    incomplete_reason: str | None = None
+
+    @property
+    def options_description(self) -> str:
+        """The non-default options, as the user would type them."""
+        return ", ".join(f"{name} {value}".strip() for name, value in self.options.items()) or "defaults"
+
+
+@dataclasses.dataclass
+class Results:
+    """Everything a session saved: the run, its records, benchmarks and test outcomes."""
+
+    run: RunHeader
+    records: list[Record] = dataclasses.field(default_factory=list)
+    benchmarks: list[BenchmarkResult] = dataclasses.field(default_factory=list)
+    outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The plain-JSON form written as results.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Results:
+        """Reads what `to_json` wrote.
+
+        Raises:
+            ResultsFormatError: `data` is not a results.json of this suite.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+            raise ResultsFormatError("not a results.json of this suite: it has no 'run' object")
+        try:
+            return cls(
+                run=RunHeader(**data["run"]),
+                records=[Record.from_json(item) for item in data.get("records", [])],
+                benchmarks=[BenchmarkResult(**item) for item in data.get("benchmarks", [])],
+                outcomes=[Outcome(**item) for item in data.get("outcomes", [])],
+            )
+        except (TypeError, AttributeError) as error:
+            raise ResultsFormatError(f"not a results.json of this suite: {error}") from None
+

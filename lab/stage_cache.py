@@ -1,0 +1,286 @@
+"""A stage of gradual unfreezing on cached activations: run its frozen prefix once, train its top.
+
+At a stage of gradual unfreezing, every layer below the lowest trainable one computes the same
+activations every epoch. `cache_stage` cuts the classifier there into a prefix, from the images
+to every tensor that crosses the cut (several where a residual connection crosses it), and a
+top that takes all of those tensors. The prefix runs once over the training and validation
+images; the top trains on its activations.
+
+The top is built from the classifier's own layer objects (Keras builds a Functional model from
+intermediate tensors by sharing layers), not from clones: training the top trains the classifier,
+and there are no weights to copy back and no copy to get wrong. Frozen BatchNormalization layers
+in the top are the classifier's frozen layers, so they stay in inference mode as they do end to
+end.
+
+The cache is used only where it gives the same training as the end-to-end path: every layer
+of the prefix must compute the same thing in training as in the prefix pass (no trainable
+BatchNormalization, nothing that draws random numbers, such as dropout or augmentation), and
+the activations must fit a memory budget, counted before they are computed. Otherwise
+`cache_stage` says why, and the caller trains end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lab.data import ImageData, batched_pairs
+from lab.models import BASE_LAYER_NAME
+
+DEFAULT_CACHE_BUDGET = 2 * 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """Where a classifier splits into a frozen prefix and a trainable top, before any model is built.
+
+    Attributes:
+        cut_layer: the lowest layer with trainable weights, the first layer of the top.
+        inside_base: whether `cut_layer` is a layer of the nested base (else of the classifier).
+        prefix_layers: every layer below the cut, nested models flattened, inputs first.
+        crossing: the tensors that cross the cut, in the top's input order.
+    """
+
+    cut_layer: str
+    inside_base: bool
+    prefix_layers: tuple[keras.layers.Layer, ...]
+    crossing: tuple[keras.KerasTensor, ...]
+
+    @property
+    def crossing_names(self) -> tuple[str, ...]:
+        """The layers whose outputs cross the cut, in the top's input order."""
+        return tuple(tensor._keras_history.operation.name for tensor in self.crossing)
+
+    def cache_bytes(self, images: int) -> int:
+        """Bytes the activations of `images` images take, from the crossing tensors' shapes."""
+        per_image = sum(
+            int(np.prod(tensor.shape[1:])) * np.dtype(tensor.dtype).itemsize for tensor in self.crossing
+        )
+        return per_image * images
+
+
+@dataclasses.dataclass
+class CachedStage:
+    """One stage's frozen prefix, run once, and the top that trains on its activations.
+
+    Where the stage cannot be cached, `reason` says why, `top` is None and the activations are
+    empty: the caller trains the classifier end to end.
+
+    Attributes:
+        reason: why the stage is not cached, or None when it is.
+        cut_layer: the top's first layer (None when nothing in the classifier trains).
+        crossing: the layers whose outputs cross the cut, in the top's input order.
+        cache_bytes: the activations' size, counted before they were computed.
+        prefix_seconds: wall time of the prefix pass over training and validation images.
+        top: the crossing tensors -> class probabilities, on the classifier's own layers;
+            not compiled.
+        train_activations: per crossing tensor, its values for every training image, in order.
+        validation_activations: likewise for the validation images.
+        train_labels: the training labels, in the same order.
+        validation_labels: the validation labels, in the same order.
+    """
+
+    reason: str | None
+    cut_layer: str | None
+    crossing: tuple[str, ...] = ()
+    cache_bytes: int = 0
+    prefix_seconds: float = 0.0
+    top: keras.Model | None = None
+    train_activations: tuple[np.ndarray, ...] = ()
+    validation_activations: tuple[np.ndarray, ...] = ()
+    train_labels: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.reason is None
+
+    def train_batches(self, batch_size: int, seed: int | None) -> tf.data.Dataset:
+        """Batches of (activations, labels), shuffled each epoch with `seed` unless it is None.
+
+        The same seed shuffles the same way as `ImageData.batches` over the images, so the
+        cached and the end-to-end paths see the same batches.
+        """
+        return batched_pairs(_top_inputs(self.train_activations), self.train_labels, batch_size, seed)
+
+    def validation_batches(self, batch_size: int) -> tf.data.Dataset:
+        """Batches of validation (activations, labels), in the stored order."""
+        return batched_pairs(_top_inputs(self.validation_activations), self.validation_labels, batch_size, None)
+
+    def summary(self) -> dict:
+        """The report's columns for the cache of a stage."""
+        return {
+            "cached": self.cached,
+            "why not cached": self.reason,
+            "cut at": self.cut_layer,
+            "crossing tensors": len(self.crossing),
+            "cache MiB": self.cache_bytes / 2**20,
+            "prefix pass s": self.prefix_seconds,
+        }
+
+
+def _top_inputs(activations: tuple[np.ndarray, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
+    return activations[0] if len(activations) == 1 else activations
+
+
+def find_cut(classifier: keras.Model) -> Cut | None:
+    """Finds the lowest layer with trainable weights and the tensors that cross below it.
+
+    Args:
+        classifier: a Functional classifier with its base nested as the layer
+            `lab.models.BASE_LAYER_NAME`, as `lab.models.backbone_classifier` builds it.
+
+    Returns:
+        The cut, or None when no layer of the classifier has trainable weights.
+    """
+    outer = classifier.layers
+    outer_cut = _lowest_trainable(outer)
+    if outer_cut is None:
+        return None
+    layer = outer[outer_cut]
+    if layer.name != BASE_LAYER_NAME:
+        prefix = tuple(leaf for below in outer[:outer_cut] for leaf in _leaf_layers(below))
+        return Cut(layer.name, False, prefix, _crossing(classifier, outer_cut))
+    base_cut = _lowest_trainable(layer.layers)
+    below_base = tuple(leaf for below in outer[:outer_cut] for leaf in _leaf_layers(below))
+    prefix = below_base + tuple(leaf for below in layer.layers[:base_cut] for leaf in _leaf_layers(below))
+    return Cut(layer.layers[base_cut].name, True, prefix, _crossing(layer, base_cut))
+
+
+def _lowest_trainable(layers: list[keras.layers.Layer]) -> int | None:
+    return next((index for index, layer in enumerate(layers) if layer.trainable_weights), None)
+
+
+def _leaf_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    if isinstance(layer, keras.Model):
+        return [leaf for inner in layer.layers for leaf in _leaf_layers(inner)]
+    return [layer]
+
+
+def _graph_nodes(model: keras.Model) -> list:
+    # A Functional model's own nodes: its layers may also have nodes in other models (the
+    # prefixes and tops built here), so `layer._inbound_nodes` alone would not tell them apart.
+    return [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
+
+
+def _crossing(model: keras.Model, cut: int) -> tuple[keras.KerasTensor, ...]:
+    """The tensors made below layer `cut` of `model` and used at or above it.
+
+    `model.layers` is in topological order (Keras sorts it by depth), so every layer below the
+    cut depends only on layers below it.
+    """
+    above = {id(layer) for layer in model.layers[cut:]}
+    order = {id(layer): index for index, layer in enumerate(model.layers)}
+    crossing = {}
+    for node in _graph_nodes(model):
+        if id(node.operation) not in above or node.is_input:
+            continue
+        for tensor in node.input_tensors:
+            if id(tensor._keras_history.operation) not in above:
+                crossing[id(tensor)] = tensor
+    history = lambda tensor: (order[id(tensor._keras_history.operation)], tensor._keras_history.tensor_index)
+    return tuple(sorted(crossing.values(), key=history))
+
+
+def prefix_problems(cut: Cut) -> list[str]:
+    """Why the prefix below `cut` would compute other activations in training than once; [] if none."""
+    problems = []
+    for layer in cut.prefix_layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            problems.append(
+                f"BatchNormalization {layer.name} below the cut is trainable: it would normalise "
+                "with batch statistics and update them"
+            )
+        weights = {id(weight) for weight in layer.weights}
+        # Keras counts seed generators' states in `variables`, not in `weights`.
+        if any(id(variable) not in weights for variable in layer.variables):
+            problems.append(
+                f"{type(layer).__name__} {layer.name} below the cut draws random numbers in training"
+            )
+    if not any(layer.weights for layer in cut.prefix_layers):
+        problems.append(f"no weights below {cut.cut_layer}: nothing frozen to cache")
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class StageModels:
+    """The two models of a cut: the frozen prefix and the trainable top, sharing the classifier's layers."""
+
+    prefix: keras.Model
+    top: keras.Model
+
+
+def split_models(classifier: keras.Model, cut: Cut) -> StageModels:
+    """Builds the prefix (images -> crossing tensors) and the top (crossing tensors -> outputs)."""
+    if not cut.inside_base:
+        return StageModels(
+            keras.Model(classifier.inputs, list(cut.crossing), name="frozen_prefix"),
+            keras.Model(list(cut.crossing), classifier.outputs, name="trainable_top"),
+        )
+    base = classifier.get_layer(BASE_LAYER_NAME)
+    (base_node,) = [node for node in _graph_nodes(classifier) if node.operation is base]
+    around = _crossing(classifier, classifier.layers.index(base))
+    if {id(tensor) for tensor in around} != {id(tensor) for tensor in base_node.input_tensors}:
+        raise ValueError(f"{classifier.name} passes tensors around its base; cut it outside the base")
+    base_prefix = keras.Model(base.inputs, list(cut.crossing), name="base_prefix")
+    base_top = keras.Model(list(cut.crossing), base.outputs, name="base_top")
+    tail = keras.Model(base_node.output_tensors, classifier.outputs, name="tail")
+    prefix_outputs = base_prefix(base_node.arguments.args[0])
+    prefix = keras.Model(classifier.inputs, _as_list(prefix_outputs), name="frozen_prefix")
+    top_inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=f"cut_{name}")
+        for tensor, name in zip(cut.crossing, cut.crossing_names)
+    ]
+    top = keras.Model(top_inputs, tail(base_top(top_inputs)), name="trainable_top")
+    return StageModels(prefix, top)
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def cache_stage(
+    classifier: keras.Model, data: ImageData, batch_size: int, budget_bytes: int = DEFAULT_CACHE_BUDGET
+) -> CachedStage:
+    """Runs the frozen prefix of `classifier`'s current stage once, or says why it cannot.
+
+    Set the stage's trainable layers first (`lab.freezing.set_base_trainable`). Compile and
+    fit `top` as the classifier would be: its trainable weights are the classifier's.
+
+    Args:
+        classifier: a classifier as `lab.models.backbone_classifier` builds it.
+        data: the images; the prefix runs over all training and validation images, in order.
+        batch_size: images per batch of the prefix pass.
+        budget_bytes: the most memory the activations may take.
+    """
+    cut = find_cut(classifier)
+    if cut is None:
+        return CachedStage("nothing in the classifier is trainable", None)
+    size = cut.cache_bytes(data.train_count + data.validation_count)
+    stage = CachedStage(None, cut.cut_layer, cut.crossing_names, size)
+    problems = prefix_problems(cut)
+    if problems:
+        return dataclasses.replace(stage, reason="; ".join(problems))
+    if size > budget_bytes:
+        return dataclasses.replace(
+            stage,
+            reason=f"activations below {cut.cut_layer} would take {size / 2**20:.1f} MiB, "
+            f"over the cache budget of {budget_bytes / 2**20:.1f} MiB",
+        )
+    split = split_models(classifier, cut)
+    started = time.perf_counter()
+    train = _as_list(split.prefix.predict(data.batches("train", batch_size), verbose=0))
+    validation = _as_list(split.prefix.predict(data.batches("validation", batch_size), verbose=0))
+    return dataclasses.replace(
+        stage,
+        prefix_seconds=time.perf_counter() - started,
+        top=split.top,
+        train_activations=tuple(train),
+        validation_activations=tuple(validation),
+        train_labels=data.train_labels,
+        validation_labels=data.validation_labels,
+    )

@@ -1,0 +1,292 @@
+"""The session plugin: collects what the selected tests recorded and writes the report.
+
+conftest.py registers one `LabSession` in `pytest_configure`, in the controller process only:
+under xdist the workers' records and outcomes arrive in their test reports. As in
+pytest-benchmark's BenchmarkSession, each hook hands off to a method in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from lab import distribution, environment, report
+from lab.config import RunConfig
+from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader
+
+# Node ids of the lab's experiments start with this; a session that ran none writes no report.
+EXPERIMENTS_PREFIX = "experiments/"
+# Names tried for one session's report (`stem`, `stem-2`...) before giving up.
+NAME_ATTEMPTS = 100
+
+
+class LabSession:
+    """What one pytest session selected, recorded and how each test ended; the report at the end.
+
+    Args:
+        config: the session's pytest config.
+        run: the run's checked settings.
+        report_dir: where the report goes, or None for `--no-report`.
+    """
+
+    def __init__(self, config: pytest.Config, run: RunConfig, report_dir: str | None):
+        self.config = config
+        self.run = run
+        self.report_dir = report_dir
+        self.root = str(config.rootpath)
+        self.started = time.time()
+        # Node ids in selection order; a dict keeps the order and drops the repeats that
+        # each xdist worker's own copy of the collection brings.
+        self.selected: dict[str, None] = {}
+        self.records: list[Record] = []
+        self.benchmarks: list[BenchmarkResult] = []
+        self.outcomes: dict[str, Outcome] = {}
+        self.results: Results | None = None
+        self.report_path: str | None = None
+        self.report_error: str | None = None
+        self.stop_reason: str | None = None
+        self._previous_sigterm_handler = None
+
+    # Hooks: each hands off to a method below.
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.handle_sigterm()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.select(item.nodeid for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        self.select(ids)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.add_test_report(report)
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
+        self.interrupted(excinfo.value)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        session.exitstatus = self.finish(session.exitstatus)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        self.summarize(terminalreporter)
+
+    def pytest_unconfigure(self) -> None:
+        self.restore_sigterm()
+
+    # What the hooks hand off to.
+
+    def handle_sigterm(self) -> None:
+        """Makes SIGTERM (what `timeout` and CI cancellation send) stop the session as Ctrl-C
+        does, so that the report says what finished."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm_handler = signal.signal(signal.SIGTERM, self._terminated)
+
+    def _terminated(self, signum, frame) -> None:
+        self.stop_reason = "terminated (SIGTERM)"
+        raise KeyboardInterrupt
+
+    def restore_sigterm(self) -> None:
+        """Puts back the SIGTERM handler the session found."""
+        if self._previous_sigterm_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
+            self._previous_sigterm_handler = None
+
+    def select(self, nodeids) -> None:
+        """Adds tests that the session selected (after `-k`, `-m` and `--deselect`) to run."""
+        self.selected.update(dict.fromkeys(nodeids))
+
+    def add_test_report(self, report: pytest.TestReport) -> None:
+        """Takes a test's records and benchmark from its call, and its outcome."""
+        if report.when == "call":
+            for kind, value in report.user_properties:
+                if kind == "lab_record":
+                    self.records.append(Record.from_json(value))
+                elif kind == "lab_benchmark":
+                    self.benchmarks.append(BenchmarkResult(**value))
+        # A failed setup or teardown decides the outcome; a passed one does not.
+        decisive = report.when == "call" or not report.passed
+        previous = self.outcomes.get(report.nodeid)
+        if decisive and (previous is None or previous.outcome == "passed"):
+            self.outcomes[report.nodeid] = Outcome(report.nodeid, report.outcome, _reason(report))
+
+    def interrupted(self, error: BaseException) -> None:
+        """Ctrl-C, SIGTERM or a `pytest.exit` stopped the session: the report says which."""
+        message = getattr(error, "msg", "") or "interrupted (Ctrl-C)"
+        self.stop_reason = self.stop_reason or message.splitlines()[0]
+
+    def experiment_ran(self) -> bool:
+        """Whether any experiment test ended (passed, failed or skipped)."""
+        return any(nodeid.startswith(EXPERIMENTS_PREFIX) for nodeid in self.outcomes)
+
+    def finish(self, exitstatus: int) -> int:
+        """Writes the report, if an experiment ran; returns the session's exit status.
+
+        A report that cannot be written fails the session: the report is what a run is for.
+        """
+        self.restore_sigterm()
+        if not self.experiment_ran():
+            return exitstatus
+        self.results = self.collect_results(exitstatus)
+        # Under --strategy multiworker every worker runs the whole session; one report is enough.
+        if self.report_dir is None or not distribution.is_chief():
+            return exitstatus
+        self.report_path, self.report_error = write_report_once(
+            self.results, self.report_dir, report_stem(self.results.run, self.started),
+            f"latest-{self.run.profile.name}.md",
+        )
+        if self.report_error:
+            return exitstatus or pytest.ExitCode.TESTS_FAILED
+        return exitstatus
+
+    def collect_results(self, exitstatus: int) -> Results:
+        """Everything the report shows: the run's settings and machine, records, outcomes."""
+        run = self.run
+        finished = time.time()
+        not_run = [
+            Outcome(nodeid, "not run", "the session ended before it ran")
+            for nodeid in self.selected
+            if nodeid not in self.outcomes
+        ]
+        complete = exitstatus == 0 and not not_run
+        reason = None
+        if not complete:
+            reason = self.stop_reason or {1: "some tests failed"}.get(int(exitstatus), f"pytest exit status {int(exitstatus)}")
+            if not_run:
+                reason += f"; {len(not_run)} tests did not run"
+        device = environment.device_summary()
+        header = RunHeader(
+            profile=run.profile.name,
+            seed=run.seed,
+            data_source=run.data_source,
+            data_source_description=self.displayed(run.describe_data()),
+            weights_description=f"--weights {run.weights}"
+            + (f", --weights-dir {self.displayed(run.weights_dir)}" if run.weights_dir else ""),
+            options={name: self.displayed(value) for name, value in self.options().items()},
+            profile_settings={
+                key: value for key, value in vars(run.profile).items() if key not in ("name", "default_backbones")
+            },
+            started=_iso(self.started),
+            finished=_iso(finished),
+            wall_seconds=finished - self.started,
+            commit=environment.git_commit(self.root),
+            versions=environment.versions(),
+            device=device,
+            device_slug=environment.device_slug(device),
+            replicas=distribution.replicas(),
+            benchmarks_note=benchmarks_note(self.config),
+            warnings=environment.run_warnings(run.mixed_precision, run.deterministic, device),
+            complete=complete,
+            incomplete_reason=reason,
+        )
+        return Results(
+            run=header,
+            records=[self.displayed_record(record) for record in self.records],
+            benchmarks=self.benchmarks,
+            outcomes=[
+                dataclasses.replace(outcome, reason=self.displayed(outcome.reason))
+                for outcome in [*self.outcomes.values(), *not_run]
+            ],
+        )
+
+    def options(self) -> dict[str, str]:
+        """The options of this run that are not defaults, as the user typed them."""
+        run = self.run
+        workers = self.config.getoption("numprocesses", None)
+        options = {
+            "--subset": str(run.subset) if run.subset else None,
+            "--backbones": ",".join(run.backbones) if run.backbones else None,
+            "--deterministic": "" if run.deterministic else None,
+            "--strategy": run.strategy if run.strategy != "default" else None,
+            "--mixed-precision": "" if run.mixed_precision else None,
+            "-n": str(workers) if workers else None,
+        }
+        return {name: value for name, value in options.items() if value is not None}
+
+    def displayed(self, text: str) -> str:
+        """`text` with the machine's absolute paths shortened (see `environment.display_path`)."""
+        return environment.display_paths_in(text, self.root)
+
+    def displayed_record(self, record: Record) -> Record:
+        row = {column: self.displayed(value) if isinstance(value, str) else value for column, value in record.row.items()}
+        return dataclasses.replace(record, row=row, label=self.displayed(record.label))
+
+    def summarize(self, terminalreporter) -> None:
+        """The lab's section of pytest's terminal summary: results, warnings, the report's path."""
+        lines = []
+        if self.results:
+            lines += report.summary_lines(self.results)
+            lines += [f"warning: {warning}" for warning in self.results.run.warnings]
+            note = self.results.run.benchmarks_note
+            if note and any(benchmark_case(nodeid) for nodeid in self.outcomes):
+                lines.append(f"epoch-time benchmarks: {note}")
+        if self.report_path:
+            lines.append(f"report: {os.path.relpath(self.report_path)}")
+        if self.report_error:
+            lines.append(self.report_error)
+        if lines:
+            terminalreporter.section("transfer-learning lab")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+
+def benchmark_case(nodeid: str) -> bool:
+    """Whether a test is one of experiment 4's epoch-time cases."""
+    return nodeid.startswith(f"{EXPERIMENTS_PREFIX}test_4") and "::test_epoch_time" in nodeid
+
+
+def benchmarks_note(config: pytest.Config) -> str | None:
+    """Why this run has no epoch times, if it has none by its options."""
+    if config.pluginmanager.hasplugin("xdist") and (config.getoption("numprocesses", None) or 0):
+        return "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
+    if config.getoption("benchmark_disable", False):
+        return "benchmarks disabled with --benchmark-disable"
+    return None
+
+
+def report_stem(run: RunHeader, started: float) -> str:
+    """The report's name without `.md`: profile, device, the session's start (UTC) and process id.
+
+    The process id keeps apart two sessions that start in the same second.
+    """
+    moment = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{run.profile}-{run.device_slug}-{moment}-{os.getpid()}"
+
+
+def write_report_once(results: Results, report_dir: str, stem: str, latest_name: str) -> tuple[str | None, str | None]:
+    """Writes the report under `stem`, or `stem-2`, `stem-3`... if that name is taken.
+
+    `report.write_report` writes all of a report or nothing, so a failure (a full disk)
+    leaves no part of it behind.
+
+    Returns:
+        (the markdown report's path, None), or (None, the error message naming that path).
+    """
+    # Taken only by this process's own earlier sessions: the stem holds the process id.
+    names = [stem, *(f"{stem}-{number}" for number in range(2, NAME_ATTEMPTS + 1))]
+    for name in names:
+        try:
+            return report.write_report(results, report_dir, name, latest_name), None
+        except FileExistsError:
+            continue
+        except OSError as error:
+            return None, f"report not written: {error}"
+    return None, f"report not written: {stem} and {NAME_ATTEMPTS - 1} more names are taken in {report_dir}"
+
+
+def _reason(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return report.longrepr[2]
+    if report.failed and report.longreprtext:
+        return report.longreprtext.strip().splitlines()[-1][:300]
+    return ""
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")

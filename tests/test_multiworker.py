@@ -1,0 +1,161 @@
+"""`--strategy multiworker`: TF_CONFIG read and checked, and two workers that train as one.
+
+The two-worker test starts two processes on this machine, each a worker of one
+tf.distribute.MultiWorkerMirroredStrategy cluster on localhost ports, as two machines would
+run the same command. Run as a script, this file is one such worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from lab import data, distribution, storage
+from lab.config import build_config
+from lab.errors import LabInputError
+from lab.models import compile_for_classification, lab_cnn
+from lab.reproducibility import seed_everything
+from lab.training import fit_on
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Each worker trains the lab CNN for one epoch on this many mock images at 32 px.
+WORKER_IMAGES = 64
+WORKER_TIMEOUT_SECONDS = 180
+
+
+def tf_config(workers: list[str], task_type: str = "worker", index: int = 0, chief: str | None = None) -> str:
+    cluster = {"worker": workers, **({"chief": [chief]} if chief else {})}
+    return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
+
+
+@pytest.mark.parametrize(
+    ("settings", "chief"),
+    [
+        (None, True),
+        (tf_config(["a:1", "b:1"], index=0), True),
+        (tf_config(["a:1", "b:1"], index=1), False),
+        (tf_config(["a:1"], chief="c:1", index=0), False),
+        (tf_config(["a:1"], chief="c:1", task_type="chief"), True),
+    ],
+    ids=["no-cluster", "worker-0", "worker-1", "worker-0-beside-a-chief", "chief"],
+)
+def test_only_the_chief_writes(monkeypatch, settings, chief):
+    if settings is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", settings)
+    assert distribution.is_chief() is chief
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "{not json",
+        "[]",
+        json.dumps({"cluster": {"worker": ["a:1"]}}),
+        tf_config(["a:1", "b:1"], index=2),
+        tf_config(["a:1"], task_type="chief"),
+        json.dumps({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}),
+    ],
+    ids=["not-json", "not-an-object", "no-task", "index-outside", "job-not-in-cluster", "no-addresses"],
+)
+def test_malformed_tf_config_is_named(monkeypatch, settings):
+    monkeypatch.setenv("TF_CONFIG", settings)
+    with pytest.raises(LabInputError, match="TF_CONFIG.*set it as in"):
+        distribution.cluster_task()
+
+
+def test_multiworker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(LabInputError, match="--strategy multiworker needs the TF_CONFIG"):
+        distribution.check_multiworker_config()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now, held open together so that they differ."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for held in sockets:
+            held.bind(("localhost", 0))
+        return [held.getsockname()[1] for held in sockets]
+    finally:
+        for held in sockets:
+            held.close()
+
+
+def test_two_workers_train_to_identical_weights(tmp_path):
+    addresses = [f"localhost:{port}" for port in free_ports(2)]
+    outputs = [tmp_path / f"worker{index}.json" for index in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(output)],
+            cwd=REPO_ROOT,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+                "TF_CONFIG": tf_config(addresses, index=index),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index, output in enumerate(outputs)
+    ]
+    try:
+        logs = [worker.communicate(timeout=WORKER_TIMEOUT_SECONDS)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, log in zip(workers, logs):
+        assert worker.returncode == 0, log[-3000:]
+    first, second = (json.loads(output.read_text()) for output in outputs)
+
+    assert first["replicas"] == second["replicas"] == 2
+    assert (first["chief"], second["chief"]) == (True, False)
+    assert first["trained_digest"] != first["initial_digest"], "training did not change the weights"
+    assert first["trained_digest"] == second["trained_digest"], "the workers' weights differ after training"
+    assert first["predictions_digest"] == second["predictions_digest"]
+
+
+def run_worker(output_path: str) -> None:
+    """One worker of the two: the lab CNN under `--strategy multiworker`, one epoch on mock images.
+
+    Each worker shuffles its shard of the data with a seed of its own, so that only the
+    strategy's synchronisation can leave the two with the same weights.
+    """
+    run = build_config(
+        profile="smoke", data_source="mock", data_dir=None, seed=0, subset=WORKER_IMAGES,
+        backbone_names=None, weights="none", weights_dir=None, strategy="multiworker",
+    )
+    distribution.use_multiworker_strategy()
+    seed = run.seed + distribution.cluster_task().index
+    flowers = data.load("tf_flowers", run.data_source, 32, WORKER_IMAGES, WORKER_IMAGES // 4)
+    seed_everything(seed)
+    model = lab_cnn(flowers.num_classes, flowers.image_size)
+    compile_for_classification(model)
+    initial_digest = storage.weights_digest(model)
+    fit_on(model, flowers, 1, run.profile.batch_size, seed)
+    predictions = model.predict(flowers.scaled("validation"), verbose=0)
+    result = {
+        "replicas": distribution.replicas(),
+        "chief": distribution.is_chief(),
+        "initial_digest": initial_digest,
+        "trained_digest": storage.weights_digest(model),
+        "predictions_digest": hashlib.sha256(predictions.tobytes()).hexdigest(),
+    }
+    with open(output_path, "w", encoding="utf-8") as stream:
+        json.dump(result, stream)
+
+
+if __name__ == "__main__":
+    run_worker(sys.argv[1])

@@ -1,0 +1,203 @@
+"""lab/stage_cache.py: a stage of gradual unfreezing trained on its frozen prefix's cached activations."""
+
+import keras
+import numpy as np
+import pytest
+
+from lab import freezing, models, stage_cache
+from lab.backbones import get_backbone
+from lab.data import ImageData
+from lab.training import fit
+
+IMAGE_SIZE = 32
+BATCH_SIZE = 8
+LEARNING_RATE = 1e-3
+# The same training gives the same weights up to float round-off: relative difference of each
+# trained tensor, ||cached - end to end|| / ||end to end||.
+SAME_TRAINING = 1e-5
+
+
+@pytest.fixture
+def tiny_flowers():
+    """Thirty-two random 32 px 'flowers' in five classes, as an ImageData (train 24, validation 8)."""
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, (32, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, 32).astype(np.int64)
+    return ImageData(
+        name="tf_flowers", source="mock", num_classes=5, total_examples=32, image_size=IMAGE_SIZE,
+        train_images=images[:24], train_labels=labels[:24],
+        validation_images=images[24:], validation_labels=labels[24:],
+    )
+
+
+def pretrained_classifier(name: str, weights_dir) -> keras.Model:
+    # Real weights: a random MobileNet's activations are near-constant, which would let a
+    # top trained on the wrong tensors pass unnoticed.
+    backbone = get_backbone(name)
+    keras.utils.set_random_seed(0)
+    return models.backbone_classifier(backbone, IMAGE_SIZE, 5, str(weights_dir / backbone.weights_file))
+
+
+def thaw_from(classifier: keras.Model, first_layer: str) -> None:
+    """Makes `first_layer` and every base layer above it trainable (BatchNormalization frozen)."""
+    names = [layer.name for layer in freezing.base_of(classifier).layers]
+    freezing.set_base_trainable(classifier, set(names[names.index(first_layer):]))
+
+
+def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
+
+
+@pytest.mark.parametrize(
+    ("backbone_name", "first_thawed", "crossing"),
+    [
+        # Inside a residual block: its input (the previous block's sum) skips over the cut.
+        ("mobilenet_v2", "block_5_project", ("block_4_add", "block_5_depthwise_relu")),
+        ("mobilenet", "conv_pw_12", ("conv_dw_12_relu",)),
+    ],
+)
+def test_cached_stage_trains_like_the_whole_classifier(backbone_name, first_thawed, crossing, tiny_flowers, shared_weights_dir):
+    classifier = pretrained_classifier(backbone_name, shared_weights_dir)
+    thaw_from(classifier, first_thawed)
+    start = classifier.get_weights()
+    base = freezing.base_of(classifier)
+    frozen_layers = [layer for layer in base.layers if not layer.trainable_weights]
+    frozen_before = freezing.weight_bytes(frozen_layers)
+    statistics_before = freezing.batch_norm_statistics(classifier)
+
+    stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
+    assert stage.cached, stage.reason
+    assert (stage.cut_layer, stage.crossing) == (first_thawed, crossing)
+    assert [array.shape[1:] for array in stage.train_activations] == [
+        tuple(base.get_layer(name).output.shape[1:]) for name in crossing
+    ]
+    assert [id(weight) for weight in stage.top.trainable_weights] == [id(weight) for weight in classifier.trainable_weights]
+
+    models.compile_for_classification(stage.top, LEARNING_RATE)
+    fit(stage.top, stage.train_batches(BATCH_SIZE, seed=None), epochs=1)
+    cached_weights = [weight.numpy() for weight in classifier.trainable_weights]
+    top_predictions = stage.top.predict(stage.validation_activations, verbose=0)
+    classifier_predictions = classifier.predict(tiny_flowers.scaled("validation"), verbose=0)
+    assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []
+    assert freezing.batch_norm_statistics(classifier) == statistics_before
+
+    classifier.set_weights(start)
+    models.compile_for_classification(classifier, LEARNING_RATE)
+    fit(classifier, tiny_flowers.batches("train", BATCH_SIZE, seed=None), epochs=1)
+    end_to_end_weights = [weight.numpy() for weight in classifier.trainable_weights]
+    end_to_end_predictions = classifier.predict(tiny_flowers.scaled("validation"), verbose=0)
+
+    initial = dict(zip([weight.path for weight in classifier.weights], start))
+    start_of_trained = [initial[weight.path] for weight in classifier.trainable_weights]
+    assert not any(np.array_equal(*pair) for pair in zip(end_to_end_weights, start_of_trained))
+    moved = relative_difference(np.concatenate([w.ravel() for w in end_to_end_weights]), np.concatenate([w.ravel() for w in start_of_trained]))
+    assert moved > 100 * SAME_TRAINING, "an epoch barely moved the weights: the comparison would say nothing"
+    differences = [relative_difference(*pair) for pair in zip(cached_weights, end_to_end_weights)]
+    assert max(differences) <= SAME_TRAINING, [(w.path, d) for w, d in zip(classifier.trainable_weights, differences) if d > SAME_TRAINING]
+    np.testing.assert_allclose(top_predictions, end_to_end_predictions, atol=1e-5)
+    np.testing.assert_allclose(classifier_predictions, top_predictions, atol=1e-6)
+
+
+def test_head_stage_cuts_after_pooling(shared_weights_dir):
+    classifier = pretrained_classifier("mobilenet_v2", shared_weights_dir)
+    freezing.freeze_base(classifier)
+
+    cut = stage_cache.find_cut(classifier)
+
+    assert (cut.cut_layer, cut.inside_base, cut.crossing_names) == (models.HEAD_LAYER_NAME, False, ("pooling",))
+    assert cut.cache_bytes(10) == 10 * 4 * get_backbone("mobilenet_v2").feature_channels
+    split = stage_cache.split_models(classifier, cut)
+    assert [layer.name for layer in split.top.layers if layer.weights] == [models.HEAD_LAYER_NAME]
+
+
+def test_over_budget_is_refused_before_the_prefix_runs(tiny_flowers, shared_weights_dir, monkeypatch):
+    classifier = pretrained_classifier("mobilenet_v2", shared_weights_dir)
+    thaw_from(classifier, "block_5_project")
+    base = freezing.base_of(classifier)
+    per_image = sum(int(np.prod(base.get_layer(name).output.shape[1:])) * 4 for name in ("block_4_add", "block_5_depthwise_relu"))
+    size = per_image * (tiny_flowers.train_count + tiny_flowers.validation_count)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the prefix was built although the cache is over budget")
+
+    monkeypatch.setattr(stage_cache, "split_models", never)
+    stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, budget_bytes=size - 1)
+
+    assert not stage.cached
+    assert "over the cache budget" in stage.reason
+    assert (stage.cache_bytes, stage.top, stage.train_activations) == (size, None, ())
+
+
+def small_classifier(below_cut: keras.layers.Layer, above_cut: keras.layers.Layer | None = None) -> keras.Model:
+    """A classifier shaped like `backbone_classifier`'s, its nested base thawed from `below_cut` up.
+
+    The base is `low_conv`, `below_cut`, `high_conv`, then `above_cut` if given; `low_conv` is
+    frozen, every other layer trainable (BatchNormalization too).
+    """
+    images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    hidden = keras.layers.Conv2D(4, 3, padding="same", name="low_conv")(images)
+    hidden = keras.layers.Conv2D(4, 3, name="high_conv")(below_cut(hidden))
+    if above_cut is not None:
+        hidden = above_cut(hidden)
+    base = keras.Model(images, hidden, name=models.BASE_LAYER_NAME)
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(base(inputs))
+    classifier = keras.Model(inputs, keras.layers.Dense(3, name=models.HEAD_LAYER_NAME)(pooled))
+    thawed = {layer.name for layer in base.layers} - {"low_conv"}
+    freezing.set_base_trainable(classifier, thawed, train_bn=True)
+    return classifier
+
+
+@pytest.mark.parametrize(
+    ("below_cut", "problem"),
+    [
+        (keras.layers.Dropout(0.5, name="dropout"), "Dropout dropout below the cut draws random numbers"),
+        (keras.layers.GaussianNoise(0.1, name="noise"), "GaussianNoise noise below the cut draws random numbers"),
+        # No scale and no shift: a trainable BatchNormalization without trainable weights, so
+        # the cut passes above it.
+        (
+            keras.layers.BatchNormalization(center=False, scale=False, name="norm"),
+            "BatchNormalization norm below the cut is trainable",
+        ),
+    ],
+)
+def test_a_prefix_that_is_not_deterministic_is_refused(below_cut, problem, tiny_flowers, monkeypatch):
+    classifier = small_classifier(below_cut)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the prefix was built although it is not deterministic")
+
+    monkeypatch.setattr(stage_cache, "split_models", never)
+    stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
+
+    assert stage.cut_layer == "high_conv"
+    assert not stage.cached
+    assert problem in stage.reason
+
+
+@pytest.mark.parametrize(
+    ("below_cut", "above_cut", "cut_layer"),
+    [
+        # The contrast of the test above: the same kinds of layer, in the top.
+        (keras.layers.ReLU(name="relu"), keras.layers.Dropout(0.5, name="dropout"), "high_conv"),
+        (keras.layers.BatchNormalization(name="norm"), None, "norm"),
+    ],
+)
+def test_randomness_and_trainable_normalisation_in_the_top_are_cached(below_cut, above_cut, cut_layer):
+    cut = stage_cache.find_cut(small_classifier(below_cut, above_cut))
+
+    assert cut.cut_layer == cut_layer
+    assert stage_cache.prefix_problems(cut) == []
+
+
+def test_nothing_trainable_or_nothing_frozen_is_not_cached(tiny_flowers):
+    classifier = small_classifier(keras.layers.ReLU(name="relu"))
+    freezing.base_of(classifier).get_layer("low_conv").trainable = True
+    stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
+    assert (stage.cached, stage.cut_layer) == (False, "low_conv")
+    assert "nothing frozen to cache" in stage.reason
+
+    for layer in classifier.layers:
+        layer.trainable = False
+    stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
+    assert (stage.cached, stage.cut_layer, stage.reason) == (False, None, "nothing in the classifier is trainable")
