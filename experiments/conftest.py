@@ -31,7 +31,7 @@ class Experiment:
     backbones: str | None
 
 
-def experiment_of(node: pytest.Item | pytest.Function) -> Experiment:
+def experiment_of(node: pytest.Item) -> Experiment:
     """Reads the `experiment` marker of a test; an error naming the module if it is malformed."""
     marker = node.get_closest_marker("experiment")
     number = marker.args[0] if marker and marker.args else None

@@ -10,6 +10,7 @@ used is read from its sub-optimizer (`GroupLearningRates`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -19,9 +20,8 @@ from keras import ops
 
 from lab.backbones import Backbone
 from lab.errors import LabInputError
-from lab.models import BASE_LAYER_NAME
+from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 
-HEAD_GROUP = "head"
 DISCRIMINATIVE_FACTOR = 2.6
 LR_SCHEDULES = ("constant", "cosine", "triangular")
 # Cosine: the share of a stage's steps spent warming up linearly to the group's rate.
@@ -36,7 +36,7 @@ class ParameterGroup:
     """Weights that share one learning rate: the head, or one registry block of the base.
 
     Attributes:
-        name: `head`, or the registry's name of the block.
+        name: `head` (the head layer's name), or the registry's name of the block.
         depth: 0 for the head, 1 for the topmost block, 2 for the next one down, ...
         learning_rate: the group's rate (the peak rate under a schedule).
         variable_paths: `variable.path` of every weight of the group, trainable or not.
@@ -75,9 +75,9 @@ def parameter_groups(
     if not head_rate > 0:
         raise LabInputError(f"learning rate {head_rate} is not positive: use a rate above 0")
     paths = [weight.path for weight in model.weights]
-    repeated = sorted({path for path in paths if paths.count(path) > 1})
+    repeated = sorted(path for path, count in collections.Counter(paths).items() if count > 1)
     if repeated:
-        raise ValueError(f"{model.name} has weights sharing a path ({', '.join(repeated)}): they cannot be routed apart")
+        raise ValueError(f"{model.name} has weights sharing a path, so not routable apart: {', '.join(repeated)}")
     base = model.get_layer(BASE_LAYER_NAME)
     blocks = backbone.stages_top_down(base)
     in_blocks = {id(layer) for _, layers in blocks for layer in layers}
@@ -88,7 +88,7 @@ def parameter_groups(
             "registry block; the block_starts in lab/backbones.py miss them"
         )
     base_paths = {weight.path for weight in base.weights}
-    groups = [ParameterGroup(HEAD_GROUP, 0, head_rate, tuple(path for path in paths if path not in base_paths))]
+    groups = [ParameterGroup(HEAD_LAYER_NAME, 0, head_rate, tuple(path for path in paths if path not in base_paths))]
     for depth, (name, layers) in enumerate(blocks, start=1):
         block_paths = tuple(weight.path for layer in layers for weight in layer.weights)
         groups.append(ParameterGroup(name, depth, head_rate / factor**depth, block_paths))
@@ -115,13 +115,11 @@ def discriminative_optimizer(
         schedule: one of `LR_SCHEDULES`, applied to every group at its own rate.
         steps: training steps of the stage (epochs x batches), for `cosine` and `triangular`.
     """
-    routes = GroupRoutes(
-        [
-            optimizer_class(learning_rate=learning_rate_schedule(schedule, groups[0].learning_rate, steps), name=group.name)
-            for group in groups
-        ],
-        [list(group.variable_paths) for group in groups],
-    )
+    sub_optimizers = [
+        optimizer_class(learning_rate=learning_rate_schedule(schedule, group.learning_rate, steps), name=group.name)
+        for group in groups
+    ]
+    routes = GroupRoutes(sub_optimizers, [list(group.variable_paths) for group in groups])
     return keras.optimizers.MultiOptimizer(routes)
 
 
@@ -143,10 +141,10 @@ class GroupRoutes:
         self.optimizers = optimizers
         self.paths = paths
         self._by_path: dict[str, keras.optimizers.Optimizer] = {}
-        for optimizer, group_paths in zip(optimizers, paths):
+        for optimizer, group_paths in zip(optimizers, paths, strict=True):
             for path in group_paths:
                 if path in self._by_path:
-                    raise ValueError(f"variable {path} is in two groups ({self._by_path[path].name}, {optimizer.name})")
+                    raise ValueError(f"{path} is in two groups: {self._by_path[path].name} and {optimizer.name}")
                 self._by_path[path] = optimizer
 
     def values(self) -> list[keras.optimizers.Optimizer]:
@@ -186,7 +184,9 @@ def learning_rate_schedule(
         steps: training steps of the stage; needed by `cosine` and `triangular`.
     """
     if kind not in LR_SCHEDULES:
-        raise LabInputError(f"unknown learning-rate schedule {kind!r}: use --lr-schedule with one of {', '.join(LR_SCHEDULES)}")
+        raise LabInputError(
+            f"unknown learning-rate schedule {kind!r}: use --lr-schedule with one of {', '.join(LR_SCHEDULES)}"
+        )
     if kind == "constant":
         return learning_rate
     if steps is None or steps < 1:
@@ -287,14 +287,14 @@ class GroupLearningRates(keras.callbacks.Callback):
     can follow several stages: a stage's new groups are added as they appear.
 
     Attributes:
-        steps: group name -> the rate of every step it applied, in order.
-        epochs: group name -> the rate of the last step it applied in every epoch it trained in.
+        per_step: group name -> the rate of every step it applied, in order.
+        per_epoch: group name -> the rate of the last step it applied in each epoch it trained in.
     """
 
     def __init__(self):
         super().__init__()
-        self.steps: dict[str, list[float]] = {}
-        self.epochs: dict[str, list[float]] = {}
+        self.per_step: dict[str, list[float]] = {}
+        self.per_epoch: dict[str, list[float]] = {}
         self._pending: list[tuple[str, keras.optimizers.Optimizer, int, float]] = []
         self._latest: dict[str, float] = {}
 
@@ -309,16 +309,21 @@ class GroupLearningRates(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._pending = [
-            (name, optimizer, int(optimizer.iterations), float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+            (name, optimizer, _number(optimizer.iterations), _number(optimizer.learning_rate))
             for name, optimizer in group_optimizers(self.model.optimizer).items()
         ]
 
     def on_train_batch_end(self, batch, logs=None):
         for name, optimizer, count, rate in self._pending:
-            if int(optimizer.iterations) > count:
-                self.steps.setdefault(name, []).append(rate)
+            if _number(optimizer.iterations) > count:
+                self.per_step.setdefault(name, []).append(rate)
                 self._latest[name] = rate
 
     def on_epoch_end(self, epoch, logs=None):
         for name, rate in self._latest.items():
-            self.epochs.setdefault(name, []).append(rate)
+            self.per_epoch.setdefault(name, []).append(rate)
+
+
+def _number(value) -> float:
+    """A scalar variable or tensor as a Python number, mirrored variables included."""
+    return keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(value)).item()

@@ -40,7 +40,7 @@ class ReusableModel:
         Raises:
             ValueError: the model is not compiled, or its optimizer has already taken steps.
         """
-        optimizer = model.optimizer
+        optimizer = getattr(model, "optimizer", None)
         if optimizer is None:
             raise ValueError(f"compile {model.name} before making it reusable")
         if int(optimizer.iterations.numpy()) != 0:

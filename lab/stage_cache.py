@@ -182,8 +182,11 @@ def _crossing(model: keras.Model, cut: int) -> tuple[keras.KerasTensor, ...]:
         for tensor in node.input_tensors:
             if id(tensor._keras_history.operation) not in above:
                 crossing[id(tensor)] = tensor
-    history = lambda tensor: (order[id(tensor._keras_history.operation)], tensor._keras_history.tensor_index)
-    return tuple(sorted(crossing.values(), key=history))
+
+    def made_at(tensor: keras.KerasTensor) -> tuple[int, int]:
+        return order[id(tensor._keras_history.operation)], tensor._keras_history.tensor_index
+
+    return tuple(sorted(crossing.values(), key=made_at))
 
 
 def prefix_problems(cut: Cut) -> list[str]:
@@ -233,7 +236,7 @@ def split_models(classifier: keras.Model, cut: Cut) -> StageModels:
     prefix = keras.Model(classifier.inputs, _as_list(prefix_outputs), name="frozen_prefix")
     top_inputs = [
         keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=f"cut_{name}")
-        for tensor, name in zip(cut.crossing, cut.crossing_names)
+        for tensor, name in zip(cut.crossing, cut.crossing_names, strict=True)
     ]
     top = keras.Model(top_inputs, tail(base_top(top_inputs)), name="trainable_top")
     return StageModels(prefix, top)

@@ -157,7 +157,8 @@ class LabSession:
         complete = exitstatus == 0 and not not_run
         reason = None
         if not complete:
-            reason = self.stop_reason or {1: "some tests failed"}.get(int(exitstatus), f"pytest exit status {int(exitstatus)}")
+            status = int(exitstatus)
+            reason = self.stop_reason or ("some tests failed" if status == 1 else f"pytest exit status {status}")
             if not_run:
                 reason += f"; {len(not_run)} tests did not run"
         device = environment.device_summary()
@@ -183,7 +184,7 @@ class LabSession:
             benchmarks_note=benchmarks_note(self.config),
             warnings=environment.run_warnings(run.mixed_precision, run.deterministic, device),
             complete=complete,
-            incomplete_reason=reason,
+            incomplete_reason=self.displayed(reason) if reason else None,
         )
         return Results(
             run=header,
@@ -205,6 +206,7 @@ class LabSession:
             "--deterministic": "" if run.deterministic else None,
             "--strategy": run.strategy if run.strategy != "default" else None,
             "--mixed-precision": "" if run.mixed_precision else None,
+            "--tensorboard": run.tensorboard_dir,
             "-n": str(workers) if workers else None,
         }
         return {name: value for name, value in options.items() if value is not None}
@@ -214,7 +216,8 @@ class LabSession:
         return environment.display_paths_in(text, self.root)
 
     def displayed_record(self, record: Record) -> Record:
-        row = {column: self.displayed(value) if isinstance(value, str) else value for column, value in record.row.items()}
+        row = {column: self.displayed(value) if isinstance(value, str) else value
+               for column, value in record.row.items()}
         return dataclasses.replace(record, row=row, label=self.displayed(record.label))
 
     def summarize(self, terminalreporter) -> None:

@@ -39,7 +39,8 @@ def batch():
 
 def blocks_of(model):
     """Block name -> names of its base layers, as the registry splits the base."""
-    return {name: {layer.name for layer in layers} for name, layers in MOBILENET.stages_top_down(freezing.base_of(model))}
+    stages = MOBILENET.stages_top_down(freezing.base_of(model))
+    return {name: {layer.name for layer in layers} for name, layers in stages}
 
 
 def weight_bytes(model, paths):
@@ -99,7 +100,8 @@ def test_one_sgd_step_moves_each_block_at_its_rate_and_a_frozen_block_not_at_all
     frozen_paths = [path for path, block in block_of.items() if block == frozen]
     # Trainable BatchNormalization normalises with batch statistics, so that gradients reach
     # every block of a randomly initialised base (frozen, its zero/one statistics flatten them).
-    freezing.set_base_trainable(classifier, set().union(*(names for block, names in blocks.items() if block != frozen)), train_bn=True)
+    thawed = set().union(*(names for block, names in blocks.items() if block != frozen))
+    freezing.set_base_trainable(classifier, thawed, train_bn=True)
     groups = optimizers.parameter_groups(classifier, MOBILENET, PROOF_HEAD_RATE)
     # Eager, so that the step's gradients are bit for bit the ones computed here.
     classifier.compile(
@@ -110,7 +112,10 @@ def test_one_sgd_step_moves_each_block_at_its_rate_and_a_frozen_block_not_at_all
     with tf.GradientTape() as tape:
         loss = classifier.compute_loss(x=images, y=labels, y_pred=classifier(images, training=True), training=True)
     variables = classifier.trainable_variables
-    gradients = {variable.path: gradient.numpy().astype(np.float64) for variable, gradient in zip(variables, tape.gradient(loss, variables))}
+    gradients = {
+        variable.path: gradient.numpy().astype(np.float64)
+        for variable, gradient in zip(variables, tape.gradient(loss, variables), strict=True)
+    }
     before = {weight.path: weight.numpy() for weight in classifier.weights}
 
     classifier.train_on_batch(images, labels)
@@ -191,24 +196,28 @@ def test_stages_recompile_and_record_the_rate_each_group_used(classifier, batch)
     top = groups[1]
     recorder = optimizers.GroupLearningRates()
     epochs, steps_per_epoch = 2, 2
+    steps = epochs * steps_per_epoch
     for stage, thawed in enumerate([set(), blocks_of(classifier)[top.name]]):
         freezing.set_base_trainable(classifier, thawed, train_bn=True)
         classifier.compile(
-            optimizer=optimizers.discriminative_optimizer(groups, schedule="triangular", steps=epochs * steps_per_epoch),
+            optimizer=optimizers.discriminative_optimizer(groups, schedule="triangular", steps=steps),
             loss="sparse_categorical_crossentropy",
             jit_compile=False,
         )
         top_before = weight_bytes(classifier, top.variable_paths)
-        classifier.fit(images, labels, batch_size=len(labels) // steps_per_epoch, epochs=epochs, callbacks=[recorder], verbose=0)
+        batch_size = len(labels) // steps_per_epoch
+        classifier.fit(images, labels, batch_size=batch_size, epochs=epochs, callbacks=[recorder], verbose=0)
         assert (weight_bytes(classifier, top.variable_paths) != top_before) == (stage == 1)
 
-    triangle = [float(optimizers.SlantedTriangular(1.0, epochs * steps_per_epoch)(step)) for step in range(epochs * steps_per_epoch)]
-    assert set(recorder.steps) == {"head", top.name}
-    np.testing.assert_allclose(recorder.steps["head"], [groups[0].learning_rate * rate for rate in triangle * 2], rtol=1e-6)
-    np.testing.assert_allclose(recorder.steps[top.name], [top.learning_rate * rate for rate in triangle], rtol=1e-6)
+    triangle = np.array([float(optimizers.SlantedTriangular(1.0, steps)(step)) for step in range(steps)])
     last_of_each_epoch = triangle[steps_per_epoch - 1 :: steps_per_epoch]
-    np.testing.assert_allclose(recorder.epochs["head"], [groups[0].learning_rate * rate for rate in last_of_each_epoch * 2], rtol=1e-6)
-    np.testing.assert_allclose(recorder.epochs[top.name], [top.learning_rate * rate for rate in last_of_each_epoch], rtol=1e-6)
+    head_rate, top_rate = groups[0].learning_rate, top.learning_rate
+    assert set(recorder.per_step) == set(recorder.per_epoch) == {"head", top.name}
+    # The head trained in both stages, each restarting the schedule; the top block in the second.
+    np.testing.assert_allclose(recorder.per_step["head"], head_rate * np.tile(triangle, 2), rtol=1e-6)
+    np.testing.assert_allclose(recorder.per_step[top.name], top_rate * triangle, rtol=1e-6)
+    np.testing.assert_allclose(recorder.per_epoch["head"], head_rate * np.tile(last_of_each_epoch, 2), rtol=1e-6)
+    np.testing.assert_allclose(recorder.per_epoch[top.name], top_rate * last_of_each_epoch, rtol=1e-6)
 
 
 @pytest.fixture
@@ -223,33 +232,42 @@ def mixed_float16():
 def two_layer_model():
     """Dense(8) under Dense(3); the top one float32, as the classifier's head is."""
     return keras.Sequential(
-        [keras.Input((4,)), keras.layers.Dense(8, name="lower"), keras.layers.Dense(3, name="upper", activation="softmax", dtype="float32")]
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, name="lower"),
+            keras.layers.Dense(3, name="upper", activation="softmax", dtype="float32"),
+        ]
     )
 
 
 def group_of(model, layer_name, depth, rate):
     """A parameter group of exactly the weights of one layer."""
-    return optimizers.ParameterGroup(layer_name, depth, rate, tuple(weight.path for weight in model.get_layer(layer_name).weights))
+    paths = tuple(weight.path for weight in model.get_layer(layer_name).weights)
+    return optimizers.ParameterGroup(layer_name, depth, rate, paths)
 
 
 def test_mixed_precision_wraps_the_multi_optimizer_and_skipped_steps_are_not_recorded(mixed_float16):
     keras.utils.set_random_seed(0)
     model = two_layer_model()
     groups = [group_of(model, "upper", 0, 1e-3), group_of(model, "lower", 1, 1e-4)]
-    model.compile(optimizer=optimizers.discriminative_optimizer(groups, keras.optimizers.SGD), loss="sparse_categorical_crossentropy")
+    optimizer = optimizers.discriminative_optimizer(groups, keras.optimizers.SGD)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     recorder = optimizers.GroupLearningRates()
     before = [weight.numpy().copy() for weight in model.weights]
     # Inputs of 100 overflow float16 gradients at the initial loss scale of 2**15: the loss
     # scale optimizer skips those steps and halves the scale until they fit.
     steps = 8
+    images, labels = np.full((2 * steps, 4), 100, np.float32), np.arange(2 * steps) % 3
 
-    model.fit(np.full((2 * steps, 4), 100, np.float32), np.arange(2 * steps) % 3, batch_size=2, callbacks=[recorder], verbose=0)
+    model.fit(images, labels, batch_size=2, callbacks=[recorder], verbose=0)
 
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     applied = {sub.name: int(sub.iterations) for sub in model.optimizer.inner_optimizer.optimizers}
     assert 0 < applied["upper"] == applied["lower"] < steps
-    assert recorder.steps == {"upper": [pytest.approx(1e-3)] * applied["upper"], "lower": [pytest.approx(1e-4)] * applied["lower"]}
-    assert all(not np.array_equal(old, weight.numpy()) for old, weight in zip(before, model.weights))
+    assert set(recorder.per_step) == {"upper", "lower"}
+    assert recorder.per_step["upper"] == pytest.approx([1e-3] * applied["upper"])
+    assert recorder.per_step["lower"] == pytest.approx([1e-4] * applied["lower"])
+    assert all(not np.array_equal(old, weight.numpy()) for old, weight in zip(before, model.weights, strict=True))
 
 
 def test_a_variable_in_no_group_stops_training():

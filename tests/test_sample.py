@@ -37,7 +37,9 @@ def test_manifest_lists_exactly_the_sample_files_with_their_sha256():
     manifest = sample.read_manifest()
 
     assert _relative_files(sample.ROOT) == set(manifest)
-    mismatched = [path for path, digest in manifest.items() if sample.sha256_of(os.path.join(sample.ROOT, path)) != digest]
+    mismatched = [
+        path for path, digest in manifest.items() if sample.sha256_of(os.path.join(sample.ROOT, path)) != digest
+    ]
     assert mismatched == []
 
 
@@ -228,7 +230,7 @@ def test_build_is_deterministic_and_takes_the_first_images_by_index(shared_layou
     cat = os.path.join("cifar10", "cat", "train_00010.png")
     with open(shared_layout / cat, "rb") as original, open(os.path.join(first, cat), "rb") as copied:
         assert original.read() == copied.read()
-    sizes = {name: Image.open(os.path.join(first, "flower_photos", name, os.listdir(os.path.join(first, "flower_photos", name))[0])).size
-             for name in data.CLASS_NAMES["tf_flowers"]}
+    photos = {name: os.path.join(first, "flower_photos", name) for name in data.CLASS_NAMES["tf_flowers"]}
+    sizes = {name: Image.open(os.path.join(folder, *os.listdir(folder))).size for name, folder in photos.items()}
     assert sizes["daisy"] == (160, 100) and sizes["dandelion"] == (90, 120)
     assert sample.verified_root(first) == first

@@ -43,7 +43,8 @@ def run_pytest(tmp_path, *args, stop_with=None):
         env["STOP_WITH"] = stop_with
         args = ("-p", "interrupter", *args)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", *args, *CHEAP], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
+        [sys.executable, "-m", "pytest", *args, *CHEAP],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
     )
 
 
@@ -154,7 +155,8 @@ def passed(session: LabSession, nodeid: str = NODEID) -> None:
     for when in ("setup", "call", "teardown"):
         properties = [("lab_record", dataclasses.asdict(record))] if when == "call" else []
         session.add_test_report(
-            pytest.TestReport(nodeid, ("experiments/x.py", 1, "x"), {}, "passed", None, when, user_properties=properties)
+            pytest.TestReport(nodeid, ("experiments/x.py", 1, "x"), {}, "passed", None, when,
+                              user_properties=properties)
         )
 
 
@@ -181,6 +183,17 @@ def test_a_session_in_which_no_experiment_ran_writes_no_report(pytestconfig, run
     assert session.finish(pytest.ExitCode.NO_TESTS_COLLECTED) == pytest.ExitCode.NO_TESTS_COLLECTED
     assert report_files(tmp_path) == ["latest-smoke.md"]
     assert (tmp_path / "latest-smoke.md").read_text() == "an earlier report\n"
+
+
+def test_only_the_chief_of_a_multi_worker_cluster_writes_the_report(pytestconfig, run_config, tmp_path, monkeypatch):
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    session.select([NODEID])
+    passed(session)
+
+    assert session.finish(0) == 0
+    assert session.report_path is None and report_files(tmp_path) == []
 
 
 def test_a_report_that_cannot_be_written_fails_the_session_and_leaves_nothing(

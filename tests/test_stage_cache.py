@@ -56,10 +56,13 @@ def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
         ("mobilenet", "conv_pw_12", ("conv_dw_12_relu",)),
     ],
 )
-def test_cached_stage_trains_like_the_whole_classifier(backbone_name, first_thawed, crossing, tiny_flowers, shared_weights_dir):
+def test_cached_stage_trains_like_the_whole_classifier(
+    backbone_name, first_thawed, crossing, tiny_flowers, shared_weights_dir
+):
     classifier = pretrained_classifier(backbone_name, shared_weights_dir)
     thaw_from(classifier, first_thawed)
     start = classifier.get_weights()
+    trained_start = [weight.numpy() for weight in classifier.trainable_weights]
     base = freezing.base_of(classifier)
     frozen_layers = [layer for layer in base.layers if not layer.trainable_weights]
     frozen_before = freezing.weight_bytes(frozen_layers)
@@ -71,11 +74,16 @@ def test_cached_stage_trains_like_the_whole_classifier(backbone_name, first_thaw
     assert [array.shape[1:] for array in stage.train_activations] == [
         tuple(base.get_layer(name).output.shape[1:]) for name in crossing
     ]
-    assert [id(weight) for weight in stage.top.trainable_weights] == [id(weight) for weight in classifier.trainable_weights]
+    assert [id(weight) for weight in stage.top.trainable_weights] == [
+        id(weight) for weight in classifier.trainable_weights
+    ]
 
+    # A fixed batch order (no shuffle): a shuffled epoch batches the images otherwise than the
+    # prefix pass did, and the kernels' round-off depends on the batch; Adam amplifies it where
+    # a gradient is near zero (measured: 3e-5 on Conv_1/kernel with the same shuffle seed).
     models.compile_for_classification(stage.top, LEARNING_RATE)
     fit(stage.top, stage.train_batches(BATCH_SIZE, seed=None), epochs=1)
-    cached_weights = [weight.numpy() for weight in classifier.trainable_weights]
+    cached = [weight.numpy() for weight in classifier.trainable_weights]
     top_predictions = stage.top.predict(stage.validation_activations, verbose=0)
     classifier_predictions = classifier.predict(tiny_flowers.scaled("validation"), verbose=0)
     assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []
@@ -84,18 +92,23 @@ def test_cached_stage_trains_like_the_whole_classifier(backbone_name, first_thaw
     classifier.set_weights(start)
     models.compile_for_classification(classifier, LEARNING_RATE)
     fit(classifier, tiny_flowers.batches("train", BATCH_SIZE, seed=None), epochs=1)
-    end_to_end_weights = [weight.numpy() for weight in classifier.trainable_weights]
+    end_to_end = [weight.numpy() for weight in classifier.trainable_weights]
     end_to_end_predictions = classifier.predict(tiny_flowers.scaled("validation"), verbose=0)
 
-    initial = dict(zip([weight.path for weight in classifier.weights], start))
-    start_of_trained = [initial[weight.path] for weight in classifier.trainable_weights]
-    assert not any(np.array_equal(*pair) for pair in zip(end_to_end_weights, start_of_trained))
-    moved = relative_difference(np.concatenate([w.ravel() for w in end_to_end_weights]), np.concatenate([w.ravel() for w in start_of_trained]))
+    assert not any(np.array_equal(*pair) for pair in zip(end_to_end, trained_start, strict=True))
+    moved = relative_difference(flat(end_to_end), flat(trained_start))
     assert moved > 100 * SAME_TRAINING, "an epoch barely moved the weights: the comparison would say nothing"
-    differences = [relative_difference(*pair) for pair in zip(cached_weights, end_to_end_weights)]
-    assert max(differences) <= SAME_TRAINING, [(w.path, d) for w, d in zip(classifier.trainable_weights, differences) if d > SAME_TRAINING]
+    paths = [weight.path for weight in classifier.trainable_weights]
+    differences = {
+        path: relative_difference(*pair) for path, pair in zip(paths, zip(cached, end_to_end, strict=True), strict=True)
+    }
+    assert {path: value for path, value in differences.items() if value > SAME_TRAINING} == {}
     np.testing.assert_allclose(top_predictions, end_to_end_predictions, atol=1e-5)
     np.testing.assert_allclose(classifier_predictions, top_predictions, atol=1e-6)
+
+
+def flat(weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([weight.ravel() for weight in weights])
 
 
 def test_head_stage_cuts_after_pooling(shared_weights_dir):
@@ -114,7 +127,8 @@ def test_over_budget_is_refused_before_the_prefix_runs(tiny_flowers, shared_weig
     classifier = pretrained_classifier("mobilenet_v2", shared_weights_dir)
     thaw_from(classifier, "block_5_project")
     base = freezing.base_of(classifier)
-    per_image = sum(int(np.prod(base.get_layer(name).output.shape[1:])) * 4 for name in ("block_4_add", "block_5_depthwise_relu"))
+    crossing = ("block_4_add", "block_5_depthwise_relu")
+    per_image = sum(int(np.prod(base.get_layer(name).output.shape[1:])) * 4 for name in crossing)
     size = per_image * (tiny_flowers.train_count + tiny_flowers.validation_count)
 
     def never(*args, **kwargs):
