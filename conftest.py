@@ -19,6 +19,7 @@ from lab import data, distribution, reproducibility, storage
 from lab.backbones import get_backbone, resolve_weights
 from lab.config import DISTRIBUTION_STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config, path_default
 from lab.errors import LabInputError
+from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import PROFILES
 from lab.training import tensorboard_callbacks, tensorboard_log_dir, train_lab_cnn
 from pytest_lab import RUN_CONFIG
@@ -40,6 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data); "
                     "default: $LAB_DATA_DIR")
     group.addoption("--seed", type=int, default=0, help="seeds Python, NumPy and TensorFlow (default 0)")
+    group.addoption("--seeds", metavar="N|S,S...", default="1",
+                    help="run every training case once per seed: N seeds from --seed on (default 1), or the "
+                    "seeds listed (0,1,2); accuracies then carry their spread over seeds")
     group.addoption("--subset", type=int, default=None, metavar="N",
                     help="training images per dataset, overriding the profile")
     group.addoption("--backbones", metavar="NAME[,NAME...]", default=None,
@@ -64,6 +68,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="every epoch count of the profile (at least 2), for a quick structural run")
     group.addoption("--image-size", type=int, default=None, metavar="N",
                     help="input side of every backbone of experiments 3-5 (at least 32), overriding the profile's")
+    group.addoption("--run-eagerly", action="store_true",
+                    help="run Keras's training steps as plain Python, without tracing a graph: on a CPU much faster "
+                    "for a few steps of a large backbone, slower per step (timings are not comparable)")
+    group.addoption("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                    help="experiment 5's learning rate within each compile: constant (default), cosine (a linear "
+                    "warm-up over a tenth of the steps, then cosine decay) or triangular (ULMFiT's slanted triangle)")
+    group.addoption("--lr-factor", type=float, default=DISCRIMINATIVE_FACTOR, metavar="F",
+                    help="discriminative learning rates of experiment 5: each block down from the head learns F "
+                    f"times slower (default {DISCRIMINATIVE_FACTOR}, ULMFiT's; at least 1)")
+    group.addoption("--augment", action="store_true",
+                    help="random horizontal flips, rotations and zooms of 10%% in front of every backbone classifier "
+                    "(experiments 3-5; training only); cases that train on cached features are skipped")
+    group.addoption("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                    help="experiment 5: stop each fit after PATIENCE epochs without a better validation accuracy "
+                    "and keep its best epoch's weights (default: off, every strategy trains its whole budget)")
     group.addoption("--tensorboard", metavar="DIR", default=None,
                     help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>")
 
@@ -79,6 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 data_source=config.getoption("data_source"),
                 data_dir=config.getoption("data_dir"),
                 seed=config.getoption("seed"),
+                seeds=config.getoption("seeds"),
                 subset=config.getoption("subset"),
                 backbone_names=config.getoption("backbones"),
                 weights=config.getoption("weights"),
@@ -89,6 +109,11 @@ def pytest_configure(config: pytest.Config) -> None:
                 epochs=config.getoption("epochs"),
                 image_size=config.getoption("image_size"),
                 tensorboard_dir=config.getoption("tensorboard"),
+                run_eagerly=config.getoption("run_eagerly"),
+                lr_schedule=config.getoption("lr_schedule"),
+                lr_factor=config.getoption("lr_factor"),
+                augment=config.getoption("augment"),
+                early_stopping=config.getoption("early_stopping"),
             )
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
@@ -141,12 +166,16 @@ def _pin_worker_gpu(config: pytest.Config) -> None:
 
 def _apply_run_settings(run: RunConfig) -> None:
     import keras
+    import tensorflow as tf
 
     if run.strategy == "mirrored":
         distribution.use_mirrored_strategy()
     elif run.strategy == "multiworker":
         distribution.use_multiworker_strategy()
     reproducibility.seed_everything(run.seed)
+    if run.run_eagerly:
+        # Tracing ResNet50's training step takes about 20 s on two CPU cores, an eager step 1 s.
+        tf.config.run_functions_eagerly(True)
     if run.deterministic:
         reproducibility.enable_determinism()
     if run.mixed_precision:
@@ -166,9 +195,14 @@ def profile(run_config: RunConfig):
 
 
 @pytest.fixture(autouse=True)
-def seeded(run_config: RunConfig) -> None:
-    """Seeds every generator before each test, so a test's result does not depend on order."""
-    reproducibility.seed_everything(run_config.seed)
+def seeded(request: pytest.FixtureRequest, run_config: RunConfig) -> None:
+    """Seeds every generator with the test's seed before it runs, so a result does not depend on order."""
+    reproducibility.seed_everything(_seed_of(request, run_config))
+
+
+def _seed_of(request: pytest.FixtureRequest, run: RunConfig) -> int:
+    """A test's seed: its `seed` parameter (one of --seeds) if it trains, else the run's first seed."""
+    return request.getfixturevalue("seed") if "seed" in request.fixturenames else run.seed
 
 
 @pytest.fixture
@@ -180,7 +214,9 @@ def tensorboard_dir(request: pytest.FixtureRequest, run_config: RunConfig) -> st
     """
     if run_config.tensorboard_dir is None:
         return None
-    return tensorboard_log_dir(run_config.tensorboard_dir, [request.node.path.stem, request.node.name], run_config.seed)
+    return tensorboard_log_dir(
+        run_config.tensorboard_dir, [request.node.path.stem, request.node.name], _seed_of(request, run_config)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -334,23 +370,23 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
 
 @pytest.fixture(scope="session")
 def saved_base_model(shared_dir, flowers_small, profile, run_config, keras_verbose):
-    """Trains the lab CNN on tf_flowers and saves it, once per filter widths per session.
+    """Trains the lab CNN on tf_flowers and saves it, once per filter widths and seed per session.
 
-    `saved_base_model(filters)` returns the metadata of the saved `.keras` file: its `path`,
+    `saved_base_model(filters, seed)` returns the metadata of the saved `.keras` file: its `path`,
     the training history and epoch times. Under xdist one worker trains and saves while the
     others wait on a file lock and load the same file.
     """
 
-    def get(filters: tuple[int, int, int]) -> dict:
+    def get(filters: tuple[int, int, int], seed: int) -> dict:
         model_name = "lab_cnn-{}".format("-".join(map(str, filters)))
-        path = os.path.join(shared_dir, f"{model_name}-seed{run_config.seed}.keras")
+        path = os.path.join(shared_dir, f"{model_name}-seed{seed}.keras")
         log_dir = run_config.tensorboard_dir and tensorboard_log_dir(
-            run_config.tensorboard_dir, ["saved_base_model", model_name], run_config.seed
+            run_config.tensorboard_dir, ["saved_base_model", model_name], seed
         )
         return storage.ensure_saved(
             path,
             lambda target: train_lab_cnn(
-                flowers_small, filters, profile.cnn_epochs, profile.batch_size, run_config.seed, target, keras_verbose,
+                flowers_small, filters, profile.cnn_epochs, profile.batch_size, seed, target, keras_verbose,
                 tensorboard_callbacks(log_dir),
             ),
         )

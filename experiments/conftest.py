@@ -62,6 +62,7 @@ class BackboneCase:
     backbone: Backbone
     weights: WeightsSource
     flowers: ImageData
+    augment: bool = False
 
     @property
     def name(self) -> str:
@@ -72,12 +73,15 @@ class BackboneCase:
         return self.flowers.image_size
 
     def classifier(self) -> keras.Model:
-        """A new classifier: the backbone with these weights, pooled, under a softmax head."""
-        return models.backbone_classifier(self.backbone, self.image_size, self.flowers.num_classes, self.weights.path)
+        """A new classifier: the backbone with these weights, pooled, under a softmax head
+        (behind the augmentation layers with --augment)."""
+        return models.backbone_classifier(
+            self.backbone, self.image_size, self.flowers.num_classes, self.weights.path, self.augment
+        )
 
 
 @pytest.fixture
-def backbone_case(backbone_name, backbone_weights, backbone_flowers):
+def backbone_case(backbone_name, backbone_weights, backbone_flowers, run_config):
     """The setup experiments 3-5 share: `backbone_case(weights=None)` -> BackboneCase.
 
     `weights` is `imagenet` or `none`; None takes the run's --weights. Weights are resolved
@@ -87,7 +91,7 @@ def backbone_case(backbone_name, backbone_weights, backbone_flowers):
 
     def make(weights: str | None = None) -> BackboneCase:
         resolved = backbone_weights(backbone, weights)
-        return BackboneCase(backbone, resolved, backbone_flowers(backbone))
+        return BackboneCase(backbone, resolved, backbone_flowers(backbone), run_config.augment)
 
     return make
 
@@ -98,7 +102,8 @@ def record(request: pytest.FixtureRequest, run_config):
 
     Args of the returned function: `table` (the module's `lab.results.Table`), `row` (column
     -> value; holds the table's key columns), `label` (names the case in plots), `curves`
-    (accuracy per epoch), `stage_curve` (accuracy per unfreezing stage). The experiment's
+    (accuracy per epoch), `stage_curve` (accuracy per unfreezing stage), `rate_curves` (the
+    learning rate of each parameter group per epoch). The experiment's
     number comes from the module's `experiment` marker.
     """
     experiment = experiment_of(request.node).number
@@ -109,6 +114,7 @@ def record(request: pytest.FixtureRequest, run_config):
         label: str = "",
         curves: Curves | None = None,
         stage_curve: StageCurve | None = None,
+        rate_curves: dict[str, list[float | None]] | None = None,
     ) -> None:
         missing = [key for key in table.keys if key not in row]
         if missing:
@@ -121,6 +127,7 @@ def record(request: pytest.FixtureRequest, run_config):
             label=label,
             curves=curves,
             stage_curve=stage_curve,
+            rate_curves=rate_curves,
             test=request.node.nodeid,
             seed=run_config.seed,
         )

@@ -74,6 +74,9 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 def test_pretrained_features_classify_flowers(
     weights_kind, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
 ):
+    if run_config.augment:
+        pytest.skip("the head trains on features computed once from unaugmented images, which --augment "
+                    "would make wrong: run without --augment for this case")
     case = backbone_case(weights_kind)
     backbone, flowers = case.backbone, case.flowers
 

@@ -3,12 +3,15 @@
 Train a new head on a frozen pretrained base, then thaw the base from the top down, a block
 (or N layers) per stage, recompiling at a lower learning rate each time, so that gradients
 from a random head never reach the lower layers. The same epochs spent on the head alone, or
-on everything from the start, answer whether it is worth it.
+on everything from the start, answer whether it is worth it. ULMFiT's discriminative rates
+(each block down from the head learns --lr-factor times slower), gradually or from the start,
+are the strategies people use beyond the lab's. Every compile follows --lr-schedule, and
+the rate each parameter group actually used is recorded per epoch.
 """
 
 import pytest
 
-from lab import freezing, models
+from lab import fine_tuning, freezing, models, optimizers
 from lab.results import StageCurve, Table
 from lab.training import fit_on, tensorboard_callbacks
 
@@ -26,13 +29,20 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
     stages = freezing.strategy_stages(strategy, case.backbone, base, profile.unfreeze_stages, profile.stage_epochs)
     gradual = strategy.startswith("gradual-")
     weighted = freezing.weighted_base_layers(model)
+    compile_spans = freezing.compile_spans(stages)
+    steps_per_epoch = fine_tuning.steps_per_epoch(case.flowers.train_count, profile.batch_size)
+    rate_curves = fine_tuning.RateCurves()
 
-    compiled_for, previous_count, accuracies, total_seconds = None, -1, [], 0.0
+    previous_count, accuracies, total_seconds = -1, [], 0.0
     for number, stage in enumerate(stages):
         freezing.set_base_trainable(model, set(stage.trainable_layers))
-        if compiled_for != (stage.trainable_layers, stage.learning_rate):
-            models.compile_for_classification(model, stage.learning_rate)
-            compiled_for = (stage.trainable_layers, stage.learning_rate)
+        if compile_spans[number]:
+            optimizer = fine_tuning.stage_optimizer(
+                model, case.backbone, stage, run_config.lr_schedule, run_config.lr_factor,
+                steps=compile_spans[number] * steps_per_epoch,
+            )
+            models.compile_for_classification(model, optimizer=optimizer)
+        rates = fine_tuning.stage_rates(model, case.backbone, stage, run_config.lr_factor)
 
         trainable = freezing.trainable_base_layers(model)
         assert trainable == weighted[len(weighted) - len(trainable):], "trainable layers are not the topmost"
@@ -45,14 +55,23 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
         frozen_layers = [layer for layer in base.layers if not layer.trainable_weights]
         frozen_before = freezing.weight_bytes(frozen_layers)
         statistics_before = freezing.batch_norm_statistics(model)
+        rate_recorder = optimizers.GroupLearningRates()
         result = fit_on(
             model, case.flowers, stage.epochs, profile.batch_size, run_config.seed + number, keras_verbose,
-            tensorboard_callbacks(tensorboard_dir, f"stage{number}"),
+            [*tensorboard_callbacks(tensorboard_dir, f"stage{number}"), rate_recorder],
+            early_stopping_patience=run_config.early_stopping,
         )
         assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []
         assert freezing.batch_norm_statistics(model) == statistics_before
 
-        accuracies.append(result.validation_accuracy[-1])
+        # Exactly the groups with trainable weights stepped, each at its own configured rate.
+        assert set(rate_recorder.per_epoch) == set(rates)
+        if run_config.lr_schedule == "constant":
+            assert rate_recorder.per_epoch == {name: pytest.approx([rate] * len(result.loss), rel=1e-6)
+                                               for name, rate in rates.items()}
+        rate_curves.add_fit(rate_recorder.per_epoch, len(result.loss))
+
+        accuracies.append(result.final_validation_accuracy)
         total_seconds += sum(result.epoch_seconds)
         record(
             STAGES,
@@ -61,11 +80,12 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
                 "strategy": strategy,
                 "stage": number,
                 "thawed": stage.name,
-                "learning rate": f"{stage.learning_rate:g}",
+                "rates": fine_tuning.describe_rates(rates),
                 "trainable tensors": count,
                 "trainable parameters": freezing.trainable_parameter_count(model),
-                "validation accuracy": result.validation_accuracy[-1],
+                "validation accuracy": result.final_validation_accuracy,
                 "seconds": sum(result.epoch_seconds),
+                **result.early_stopping_summary(),
             },
         )
 
@@ -77,9 +97,11 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
             "weights": case.weights.kind,
             "train images": case.flowers.train_count,
             "epochs": sum(stage.epochs for stage in stages),
+            "rates (last stage)": fine_tuning.describe_rates(rates),
             "final validation accuracy": accuracies[-1],
             "training seconds": total_seconds,
         },
         label=f"{case.name} {strategy}",
         stage_curve=StageCurve(stages=[str(n) for n in range(len(stages))], accuracy=accuracies),
+        rate_curves=rate_curves.rates,
     )

@@ -9,6 +9,7 @@ import warnings
 
 from lab import backbones, data, distribution, sample
 from lab.errors import LabInputError
+from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import Profile, get_profile, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class RunConfig:
         profile: the profile's settings.
         data_source: `sample`, `tfds`, `folder` or `mock`.
         data_dir: the image folder for the folder source.
-        seed: seeds every generator.
+        seed: the first of `seeds`; seeds the tests that do not train (structure checks,
+            epoch timings), which run once whatever `--seeds` says.
         subset: training images per dataset, overriding the profile.
         backbones: the backbones named with --backbones, or None for the profile's defaults.
         weights: `imagenet` or `none`.
@@ -39,6 +41,14 @@ class RunConfig:
         strategy: `default`, `mirrored` or `multiworker`.
         mixed_precision: float16 compute where the device supports it.
         tensorboard_dir: where each fit writes its TensorBoard log, or None for no logs.
+        run_eagerly: every tf.function runs as plain Python, untraced (quick structural runs).
+        lr_schedule: experiment 5's learning-rate schedule within each compile
+            (`lab.optimizers.LR_SCHEDULES`).
+        lr_factor: the discriminative division of the learning rate per block going down.
+        augment: random flips, rotations and zooms in front of every backbone classifier.
+        early_stopping: experiment 5 stops a stage's fit after this many epochs without a
+            better validation accuracy, keeping its best weights; None trains every epoch.
+        seeds: every training case runs once with each of these (`--seeds`).
     """
 
     profile: Profile
@@ -53,6 +63,12 @@ class RunConfig:
     strategy: str = "default"
     mixed_precision: bool = False
     tensorboard_dir: str | None = None
+    run_eagerly: bool = False
+    seeds: tuple[int, ...] = (0,)
+    lr_schedule: str = "constant"
+    lr_factor: float = DISCRIMINATIVE_FACTOR
+    augment: bool = False
+    early_stopping: int | None = None
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
         """The backbones experiment `pretrained`, `freeze` or `unfreeze` covers."""
@@ -105,6 +121,37 @@ def parse_backbones(text: str) -> tuple[str, ...]:
     return unique
 
 
+def parse_seeds(text: str, first_seed: int) -> tuple[int, ...]:
+    """The seeds of `--seeds`: a count N (`first_seed`, `first_seed`+1, ...) or a list `0,1,2`.
+
+    Raises:
+        LabInputError: a count below 1, a seed that is not a whole number in 0..MAX_SEED, or a
+            seed listed twice.
+    """
+    fix = "give a count (--seeds 3: --seed, --seed+1, --seed+2) or a comma-separated list (--seeds 0,1,2)"
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise LabInputError(f"--seeds {text!r} is not a count or a list of seeds 0..{MAX_SEED}: {fix}")
+    if "," not in text:
+        count = int(parts[0])
+        if count < 1:
+            raise LabInputError(f"--seeds {text} runs no seed: {fix}")
+        if first_seed + count - 1 > MAX_SEED:
+            raise LabInputError(f"--seeds {text} from --seed {first_seed} goes past {MAX_SEED}, the largest seed: {fix}")
+        seeds = tuple(range(first_seed, first_seed + count))
+    else:
+        seeds = tuple(int(part) for part in parts)
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise LabInputError(
+                f"--seeds {text} lists {', '.join(map(str, repeated))} more than once: a seed gives the same "
+                "figures every time, so list each once"
+            )
+        if max(seeds) > MAX_SEED:
+            raise LabInputError(f"--seeds {text} goes past {MAX_SEED}, the largest seed: {fix}")
+    return seeds
+
+
 def build_config(
     profile: str,
     data_source: str | None,
@@ -120,6 +167,12 @@ def build_config(
     epochs: int | None = None,
     image_size: int | None = None,
     tensorboard_dir: str | None = None,
+    run_eagerly: bool = False,
+    lr_schedule: str = "constant",
+    lr_factor: float = DISCRIMINATIVE_FACTOR,
+    augment: bool = False,
+    early_stopping: int | None = None,
+    seeds: str = "1",
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
@@ -147,6 +200,7 @@ def build_config(
         raise LabInputError(
             f"--seed must be in 0..{MAX_SEED} (what Python, NumPy and TensorFlow seeding accept), got {seed}"
         )
+    seed_list = parse_seeds(seeds, seed)
     names = None if backbone_names is None else parse_backbones(backbone_names)
     if weights not in WEIGHTS_CHOICES:
         raise LabInputError(f"unknown --weights {weights!r}: use one of {', '.join(WEIGHTS_CHOICES)}")
@@ -158,6 +212,7 @@ def build_config(
         distribution.check_multiworker_config()
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
         raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
+    check_fine_tuning(lr_schedule, lr_factor, early_stopping)
     if data_source == "sample":
         # Hashes every sample file (once per process): a broken sample stops the run before it starts.
         sample.verified_root()
@@ -165,7 +220,7 @@ def build_config(
         profile=with_overrides(get_profile(profile), epochs, image_size),
         data_source=data_source,
         data_dir=os.path.abspath(data_dir) if data_dir else None,
-        seed=seed,
+        seed=seed_list[0],
         subset=subset,
         backbones=names,
         weights=weights,
@@ -173,5 +228,33 @@ def build_config(
         deterministic=deterministic,
         strategy=strategy,
         mixed_precision=mixed_precision,
-        tensorboard_dir=os.path.abspath(tensorboard_dir) if tensorboard_dir else None,
+        # Every worker of a multi-worker run has the same weights and all-reduced metrics: the
+        # chief's logs are the run's, as its report is.
+        tensorboard_dir=os.path.abspath(tensorboard_dir) if tensorboard_dir and distribution.is_chief() else None,
+        run_eagerly=run_eagerly,
+        seeds=seed_list,
+        lr_schedule=lr_schedule,
+        lr_factor=lr_factor,
+        augment=augment,
+        early_stopping=early_stopping,
     )
+
+
+def check_fine_tuning(lr_schedule: str, lr_factor: float, early_stopping: int | None) -> None:
+    """Checks the fine-tuning options of experiment 5.
+
+    Raises:
+        LabInputError: naming the option to fix.
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise LabInputError(f"unknown --lr-schedule {lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+    if not lr_factor >= 1:
+        raise LabInputError(
+            f"--lr-factor must be at least 1, got {lr_factor}: below 1 lower blocks would learn faster "
+            f"than the head (1 gives every block the head's rate; ULMFiT uses {DISCRIMINATIVE_FACTOR})"
+        )
+    if early_stopping is not None and early_stopping < 1:
+        raise LabInputError(
+            f"--early-stopping must be a patience of at least 1 epoch, got {early_stopping}: "
+            "leave the option out to train every epoch"
+        )

@@ -18,7 +18,7 @@ from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 
 SCHEDULE_KINDS = ("blocks", "layers")
-STRATEGIES = ("gradual-blocks", "gradual-layers", "head-only", "full")
+STRATEGIES = ("gradual-blocks", "gradual-layers", "head-only", "full", "gradual-discriminative", "full-discriminative")
 # Learning rates: a new head learns at the usual Adam rate; pretrained weights at a tenth of it.
 HEAD_LEARNING_RATE = 1e-3
 FINE_TUNING_LEARNING_RATE = 1e-4
@@ -105,14 +105,17 @@ class Stage:
     Attributes:
         name: `head` for stage 0, else the blocks thawed so far.
         trainable_layers: names of the base layers trainable in this stage.
-        learning_rate: the stage's learning rate.
+        learning_rate: the stage's learning rate; with `discriminative`, the head's.
         epochs: epochs the stage trains for.
+        discriminative: each block of the base trains at its own rate, the head's divided by
+            a factor per block going down (`lab.optimizers.parameter_groups`).
     """
 
     name: str
     trainable_layers: tuple[str, ...]
     learning_rate: float
     epochs: int
+    discriminative: bool = False
 
 
 def gradual_schedule(
@@ -123,6 +126,7 @@ def gradual_schedule(
     epochs_per_stage: int,
     learning_rate: float = HEAD_LEARNING_RATE,
     learning_rate_decay: float = 10.0,
+    discriminative: bool = False,
 ) -> list[Stage]:
     """Stage 0 trains the head; each later stage thaws the next part of the base, top down.
 
@@ -136,6 +140,9 @@ def gradual_schedule(
         learning_rate: the head stage's learning rate.
         learning_rate_decay: each later stage divides the rate by this, so that the
             pretrained weights move less as more of them thaw.
+        discriminative: every stage keeps `learning_rate` for the head and trains each thawed
+            block at its discriminative rate instead (ULMFiT's gradual unfreezing);
+            `learning_rate_decay` is then unused.
     """
     if kind not in SCHEDULE_KINDS:
         raise LabInputError(f"unknown schedule {kind!r}: use one of {', '.join(SCHEDULE_KINDS)}")
@@ -153,7 +160,7 @@ def gradual_schedule(
         raise LabInputError(
             f"{backbone.name} has {len(groups)} {unit} to unfreeze, fewer than the {stages} stages asked"
         )
-    schedule = [Stage("head", (), learning_rate, epochs_per_stage)]
+    schedule = [Stage("head", (), learning_rate, epochs_per_stage, discriminative)]
     thawed: list[str] = []
     for index, (name, layer_names) in enumerate(groups[:stages], start=1):
         thawed += layer_names
@@ -161,8 +168,9 @@ def gradual_schedule(
             Stage(
                 f"+{name}" if kind == "blocks" else name,
                 tuple(thawed),
-                learning_rate / learning_rate_decay**index,
+                learning_rate if discriminative else learning_rate / learning_rate_decay**index,
                 epochs_per_stage,
+                discriminative,
             )
         )
     return schedule
@@ -179,20 +187,59 @@ def strategy_stages(
 
     `gradual-blocks` and `gradual-layers` follow `gradual_schedule`; `head-only` keeps the base
     frozen throughout; `full` trains every base layer (BatchNormalization frozen) from the start
-    at the fine-tuning rate. Each has `stages + 1` stages of `epochs_per_stage` epochs.
+    at the fine-tuning rate. `gradual-discriminative` thaws a block per stage as
+    `gradual-blocks` does, and `full-discriminative` trains what `full` trains; both keep the
+    head at `HEAD_LEARNING_RATE` and train each block at its discriminative rate below it.
+    Each has `stages + 1` stages of `epochs_per_stage` epochs.
     """
     if strategy not in STRATEGIES:
         raise LabInputError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if strategy == "gradual-discriminative":
+        return gradual_schedule(backbone, base, "blocks", stages, epochs_per_stage, discriminative=True)
     if strategy.startswith("gradual-"):
         return gradual_schedule(backbone, base, strategy.removeprefix("gradual-"), stages, epochs_per_stage)
+    discriminative = strategy == "full-discriminative"
     if strategy == "head-only":
         layers, rate = (), HEAD_LEARNING_RATE
     else:
-        layers, rate = tuple(layer.name for layer in base.layers), FINE_TUNING_LEARNING_RATE
+        layers = tuple(layer.name for layer in base.layers)
+        rate = HEAD_LEARNING_RATE if discriminative else FINE_TUNING_LEARNING_RATE
     return [
-        Stage(f"epochs {i * epochs_per_stage + 1}-{(i + 1) * epochs_per_stage}", layers, rate, epochs_per_stage)
+        Stage(
+            f"epochs {i * epochs_per_stage + 1}-{(i + 1) * epochs_per_stage}",
+            layers,
+            rate,
+            epochs_per_stage,
+            discriminative,
+        )
         for i in range(stages + 1)
     ]
+
+
+def compile_spans(stages: list[Stage]) -> list[int]:
+    """For each stage, the epochs of the compile it starts, or 0 where it goes on with the last one.
+
+    A stage that trains what the previous one trained, at the same rates, keeps its compiled
+    model and optimizer state; a learning-rate schedule then spans every stage of that compile.
+    """
+    spans: list[int] = []
+    for number, stage in enumerate(stages):
+        previous = stages[number - 1] if number else None
+        if previous and _trains_alike(previous, stage):
+            start = max(index for index, span in enumerate(spans) if span)
+            spans[start] += stage.epochs
+            spans.append(0)
+        else:
+            spans.append(stage.epochs)
+    return spans
+
+
+def _trains_alike(first: Stage, second: Stage) -> bool:
+    return (first.trainable_layers, first.learning_rate, first.discriminative) == (
+        second.trainable_layers,
+        second.learning_rate,
+        second.discriminative,
+    )
 
 
 def trainable_base_layers(model: keras.Model) -> list[str]:

@@ -8,6 +8,7 @@ from lab.backbones import Backbone, get_backbone
 
 BASE_LAYER_NAME = "base"
 HEAD_LAYER_NAME = "head"
+AUGMENTATION_LAYER_NAME = "augmentation"
 
 
 def lab_cnn(
@@ -99,8 +100,24 @@ class BackbonePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
+def augmentation() -> keras.Sequential:
+    """The Keras transfer-learning guide's augmentation: horizontal flips, rotations and zooms of 10%.
+
+    Random layers transform only in training (`fit`); `predict` and `evaluate` pass images
+    through unchanged. Their seeds come from Keras's global seed (`keras.utils.set_random_seed`).
+    """
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", name="random_flip"),
+            keras.layers.RandomRotation(0.1, name="random_rotation"),
+            keras.layers.RandomZoom(0.1, name="random_zoom"),
+        ],
+        name=AUGMENTATION_LAYER_NAME,
+    )
+
+
 def backbone_classifier(
-    backbone: Backbone, image_size: int, num_classes: int, weights_path: str | None
+    backbone: Backbone, image_size: int, num_classes: int, weights_path: str | None, augment: bool = False
 ) -> keras.Model:
     """Backbone without its top, GlobalAveragePooling2D, and a Dense softmax head.
 
@@ -114,10 +131,13 @@ def backbone_classifier(
         image_size: side of the square RGB input.
         num_classes: width of the softmax head.
         weights_path: a weights file for the base, or None for a random initialisation.
+        augment: put `augmentation()` in front of the preprocessing. Features computed once
+            (lab/features.py, lab/stage_cache.py) are then no longer what training sees.
     """
     base = backbone.build(image_size, weights_path, name=BASE_LAYER_NAME)
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    scaled = BackbonePreprocessing(backbone.name, name="preprocessing")(inputs)
+    images = augmentation()(inputs) if augment else inputs
+    scaled = BackbonePreprocessing(backbone.name, name="preprocessing")(images)
     features = base(scaled)
     pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(features)
     # float32 softmax keeps the loss stable under a mixed_float16 policy (--mixed-precision).
@@ -125,13 +145,23 @@ def backbone_classifier(
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
 
 
-def compile_for_classification(model: keras.Model, learning_rate: float = 1e-3) -> None:
+def compile_for_classification(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> None:
     """Adam and sparse categorical cross-entropy, as the lab asks, tracking accuracy.
 
     XLA is off: on a CPU it triples tracing time and slows every step of these models.
+
+    Args:
+        model: the model to compile.
+        learning_rate: Adam's rate, constant or a schedule.
+        optimizer: a fresh optimizer to use instead of Adam at `learning_rate` (for instance
+            the discriminative rates of `lab.optimizers.discriminative_optimizer`).
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=False,

@@ -1,4 +1,4 @@
-"""A report's figures as PNG bytes: learning curves, seconds per epoch, accuracy by stage.
+"""A report's figures as PNG bytes: learning curves, seconds per epoch, accuracy by stage, learning rates.
 
 Figures are built with matplotlib's object-oriented `Figure`, not pyplot: no global backend
 or figure registry, so rendering works headless and inside any process (pytest's included).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from lab.results import Record
@@ -74,6 +75,47 @@ def accuracy_by_stage(records: list[Record]) -> bytes | None:
     axes.set_ylabel("validation accuracy")
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def learning_rates(records: list[Record]) -> bytes | None:
+    """The learning rate each parameter group used per epoch, one small panel per case.
+
+    Log scale; a group's line is absent where it did not train. One colour per group across
+    panels, one legend. Records of the same label (repeated seeds) share one schedule: the
+    first is drawn. None if no record has rate curves.
+    """
+    by_label: dict[str, Record] = {}
+    for record in records:
+        if record.rate_curves:
+            by_label.setdefault(record.label, record)
+    if not by_label:
+        return None
+    groups = list(dict.fromkeys(name for record in by_label.values() for name in record.rate_curves))
+    columns = min(3, len(by_label))
+    rows = -(-len(by_label) // columns)
+    figure = Figure(figsize=(2.6 * columns + 1.6, 2.0 * rows + 0.4))
+    panels = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    colours = {name: f"C{index % 10}" for index, name in enumerate(groups)}
+    for axes, (label, record) in zip(panels, by_label.items()):
+        for name, rates in record.rate_curves.items():
+            values = [float("nan") if rate is None else rate for rate in rates]
+            axes.plot(range(1, len(values) + 1), values, marker=".", color=colours[name], label=name)
+        axes.set_title(label, fontsize=8)
+        axes.set_yscale("log")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3)
+    for axes in panels[len(by_label):]:
+        axes.set_visible(False)
+    for axes in panels[::columns]:
+        axes.set_ylabel("learning rate", fontsize=8)
+    for axes in panels[-columns:]:
+        axes.set_xlabel("epoch", fontsize=8)
+    handles = [Line2D([], [], color=colours[name], marker=".", label=name) for name in groups]
+    figure.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="group",
+                  title_fontsize=7)
+    figure.tight_layout()
     return _png(figure)
 
 

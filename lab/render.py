@@ -67,6 +67,8 @@ def render(results: Results, figures_link: str) -> RenderedReport:
             lines += _benchmark_section(run, rows, figures, figures_link)
         lines += _figure(figures, f"experiment{number}-accuracy-by-stage.png", plots.accuracy_by_stage(records),
                          "validation accuracy by stage", figures_link)
+        lines += _figure(figures, f"experiment{number}-learning-rates.png", plots.learning_rates(records),
+                         "learning rate of each parameter group per epoch", figures_link)
     lines += _outcomes_section(results.outcomes)
     return RenderedReport("\n".join(lines).rstrip() + "\n", figures)
 

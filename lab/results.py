@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lab.statistics import Comparison
+
 EXPERIMENT_TITLES = {
     1: "Experiment 1: the lab CNN on tf_flowers",
     2: "Experiment 2: its convolutions reused on CIFAR-10",
@@ -63,6 +65,12 @@ class Record:
         stage_curve: accuracy per stage, for the stage plot.
         test: the pytest node id that recorded it.
         seed: the seed the test ran with.
+        rate_curves: parameter group -> the learning rate it used in each epoch (None where
+            it did not train), for the learning-rate plot.
+        validation_set: the name of the `ValidationSet` its accuracy was measured on.
+        validation_images: how many validation images that accuracy counts (for its interval).
+        predictions: the class predicted for each of those images, in their order (for paired
+            comparisons of two arms on the same images).
     """
 
     experiment: int
@@ -74,6 +82,10 @@ class Record:
     stage_curve: StageCurve | None = None
     test: str = ""
     seed: int | None = None
+    rate_curves: dict[str, list[float | None]] | None = None
+    validation_set: str | None = None
+    validation_images: int | None = None
+    predictions: list[int] | None = None
 
     def key(self) -> tuple[str, ...]:
         """The values of the key columns, as text: the row's identity within its table."""
@@ -107,6 +119,7 @@ class BenchmarkResult:
         images_per_epoch: images in one timed epoch.
         median, mean, min, max: seconds per epoch over the timed rounds.
         rounds: timed epochs (after an untimed warm-up).
+        round_seconds: the seconds of each timed epoch (for the interval of a speedup).
         extra: anything else the test measured (`feature_extraction_seconds`, ...).
     """
 
@@ -121,6 +134,7 @@ class BenchmarkResult:
     max: float | None = None
     rounds: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    round_seconds: list[float] | None = None
 
     @classmethod
     def from_pytest_benchmark(cls, name: str, extra_info: dict[str, Any], stats: dict[str, Any]) -> BenchmarkResult:
@@ -148,8 +162,24 @@ class BenchmarkResult:
             min=stats.get("min"),
             max=stats.get("max"),
             rounds=stats.get("rounds"),
+            round_seconds=stats.get("data"),
             extra=extra,
         )
+
+
+@dataclasses.dataclass
+class ValidationSet:
+    """The validation images of one dataset at one size, which every seed and arm predicts.
+
+    Args:
+        name: what records name it by (`tf_flowers (sample), 32px, 100 images`).
+        num_classes: classes of the dataset (chance is one over this).
+        labels: the true class of each image, in the order predictions are recorded.
+    """
+
+    name: str
+    num_classes: int
+    labels: list[int]
 
 
 @dataclasses.dataclass
@@ -184,6 +214,7 @@ class RunHeader:
     warnings: list[str] = dataclasses.field(default_factory=list)
     complete: bool = True
     incomplete_reason: str | None = None
+    seeds: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def options_description(self) -> str:
@@ -193,12 +224,15 @@ class RunHeader:
 
 @dataclasses.dataclass
 class Results:
-    """Everything a session saved: the run, its records, benchmarks and test outcomes."""
+    """Everything a session saved: the run, its records, benchmarks and test outcomes, the
+    validation sets the records predicted, and the comparisons the findings come from."""
 
     run: RunHeader
     records: list[Record] = dataclasses.field(default_factory=list)
     benchmarks: list[BenchmarkResult] = dataclasses.field(default_factory=list)
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+    validation_sets: list[ValidationSet] = dataclasses.field(default_factory=list)
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         """The plain-JSON form written as results.json."""
@@ -219,6 +253,11 @@ class Results:
                 records=[Record.from_json(item) for item in data.get("records", [])],
                 benchmarks=[BenchmarkResult(**item) for item in data.get("benchmarks", [])],
                 outcomes=[Outcome(**item) for item in data.get("outcomes", [])],
+                validation_sets=[ValidationSet(**item) for item in data.get("validation_sets", [])],
+                comparisons=[
+                    Comparison(**{**item, "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None})
+                    for item in data.get("comparisons", [])
+                ],
             )
         except (TypeError, AttributeError) as error:
             raise ResultsFormatError(f"not a results.json of this suite: {error}") from None

@@ -53,12 +53,14 @@ class ReusableModel:
             tuple(variable.path for variable in model.trainable_variables),
         )
 
-    def restart(self, weights: list[np.ndarray], learning_rate: float | None = None) -> None:
+    def restart(self, weights: list[np.ndarray] | None, learning_rate: float | None = None) -> None:
         """Puts `weights` and the optimizer's starting state into the model, keeping its traced graph.
 
         Args:
             weights: every weight of the model, as `keras.Model.get_weights()` gives them (for
-                instance from the same architecture freshly built with another seed).
+                instance from the same architecture freshly built with another seed), or None
+                to keep the weights it has: for the top of a cached stage, whose layers are the
+                classifier's, put the weights into the classifier.
             learning_rate: a new learning rate, or None for the compiled one.
 
         Raises:
@@ -70,7 +72,8 @@ class ReusableModel:
                 f"the trainable variables of {self.model.name} changed since it was compiled: "
                 "compile it again rather than reusing it"
             )
-        self.model.set_weights(weights)
+        if weights is not None:
+            self.model.set_weights(weights)
         self.model.optimizer.set_weights(self.optimizer_start)
         if learning_rate is not None:
             self.model.optimizer.learning_rate = learning_rate

@@ -29,9 +29,30 @@ import numpy as np
 import tensorflow as tf
 
 from lab.data import ImageData, batched_pairs
+from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME
 
 DEFAULT_CACHE_BUDGET = 2 * 1024**3
+_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def parse_cache_budget(text: str) -> int:
+    """Bytes from a budget such as `512M`, `2G` or `1.5G` (binary units), for `--cache-budget`.
+
+    Raises:
+        LabInputError: the budget is unparsable, zero or negative.
+    """
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = cleaned[-1:] if cleaned[-1:] in _BYTE_UNITS else ""
+    try:
+        size = float(cleaned.removesuffix(unit)) * _BYTE_UNITS[unit]
+    except ValueError:
+        size = None
+    if size is None or not 1 <= size < float("inf"):
+        raise LabInputError(
+            f"--cache-budget {text!r} is not a positive size: give bytes or a size such as 512M or 2G"
+        )
+    return int(size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,13 +163,12 @@ def find_cut(classifier: keras.Model) -> Cut | None:
     if outer_cut is None:
         return None
     layer = outer[outer_cut]
+    below = tuple(leaf for lower in outer[:outer_cut] for leaf in _leaf_layers(lower))
     if layer.name != BASE_LAYER_NAME:
-        prefix = tuple(leaf for below in outer[:outer_cut] for leaf in _leaf_layers(below))
-        return Cut(layer.name, False, prefix, _crossing(classifier, outer_cut))
+        return Cut(layer.name, False, below, _crossing(classifier, outer_cut))
     base_cut = _lowest_trainable(layer.layers)
-    below_base = tuple(leaf for below in outer[:outer_cut] for leaf in _leaf_layers(below))
-    prefix = below_base + tuple(leaf for below in layer.layers[:base_cut] for leaf in _leaf_layers(below))
-    return Cut(layer.layers[base_cut].name, True, prefix, _crossing(layer, base_cut))
+    below += tuple(leaf for lower in layer.layers[:base_cut] for leaf in _leaf_layers(lower))
+    return Cut(layer.layers[base_cut].name, True, below, _crossing(layer, base_cut))
 
 
 def _lowest_trainable(layers: list[keras.layers.Layer]) -> int | None:
@@ -259,6 +279,10 @@ def cache_stage(
         data: the images; the prefix runs over all training and validation images, in order.
         batch_size: images per batch of the prefix pass.
         budget_bytes: the most memory the activations may take.
+
+    Raises:
+        ValueError: the classifier's graph passes tensors around its base (not a classifier
+            `backbone_classifier` builds).
     """
     cut = find_cut(classifier)
     if cut is None:

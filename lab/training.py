@@ -25,12 +25,27 @@ class FitResult:
         accuracy: training accuracy per epoch.
         validation_accuracy: validation accuracy per epoch (empty without validation data).
         epoch_seconds: wall time per epoch; the first includes graph tracing.
+        stopped_epoch: with early stopping, the last epoch that ran (1-based); None without.
+        best_epoch: with early stopping, the epoch of best validation accuracy (1-based), whose
+            weights the model holds after the fit; None without.
     """
 
     loss: list[float]
     accuracy: list[float]
     validation_accuracy: list[float]
     epoch_seconds: list[float]
+    stopped_epoch: int | None = None
+    best_epoch: int | None = None
+
+    @property
+    def final_validation_accuracy(self) -> float | None:
+        """Validation accuracy of the weights the model holds after the fit.
+
+        The best epoch's when early stopping restored its weights, else the last epoch's.
+        """
+        if not self.validation_accuracy:
+            return None
+        return self.validation_accuracy[self.best_epoch - 1 if self.best_epoch else -1]
 
     @property
     def steady_epoch_seconds(self) -> float | None:
@@ -45,10 +60,17 @@ class FitResult:
         """The report's columns for a fit: final accuracies and epoch times."""
         return {
             "train accuracy": self.accuracy[-1],
-            "validation accuracy": self.validation_accuracy[-1] if self.validation_accuracy else None,
+            "validation accuracy": self.final_validation_accuracy,
             "first epoch s": self.epoch_seconds[0],
             "s/epoch": self.steady_epoch_seconds,
+            **self.early_stopping_summary(),
         }
+
+    def early_stopping_summary(self) -> dict:
+        """The epoch the fit stopped at and its best epoch; empty without early stopping."""
+        if self.stopped_epoch is None:
+            return {}
+        return {"stopped at epoch": self.stopped_epoch, "best epoch": self.best_epoch}
 
     def curves(self) -> Curves:
         """Accuracy per epoch, for the report's learning-curve plots."""
@@ -62,20 +84,39 @@ def fit(
     validation: tf.data.Dataset | None = None,
     verbose: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    early_stopping_patience: int | None = None,
 ) -> FitResult:
     """Trains `model` (already compiled) and returns its per-epoch history and epoch times.
 
     `callbacks` run after the epoch timer, so that their work is not timed as training.
+
+    Args:
+        early_stopping_patience: stop once validation accuracy has not improved for this
+            many epochs, and end with the weights of its best epoch
+            (`keras.callbacks.EarlyStopping`, `restore_best_weights=True`); None trains
+            every epoch. Needs `validation`.
     """
     timer = EpochTimes()
+    stopping = []
+    if early_stopping_patience is not None:
+        if validation is None:
+            raise ValueError("early stopping watches validation accuracy: pass validation data")
+        stopping = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=early_stopping_patience, restore_best_weights=True
+            )
+        ]
     history = model.fit(
-        train, validation_data=validation, epochs=epochs, callbacks=[timer, *callbacks], verbose=verbose
+        train, validation_data=validation, epochs=epochs, callbacks=[timer, *callbacks, *stopping], verbose=verbose
     ).history
+    loss = [float(value) for value in history["loss"]]
     return FitResult(
-        loss=[float(value) for value in history["loss"]],
+        loss=loss,
         accuracy=[float(value) for value in history.get("accuracy", [])],
         validation_accuracy=[float(value) for value in history.get("val_accuracy", [])],
         epoch_seconds=timer.seconds,
+        stopped_epoch=len(loss) if stopping else None,
+        best_epoch=stopping[0].best_epoch + 1 if stopping else None,
     )
 
 
@@ -87,8 +128,12 @@ def fit_on(
     seed: int,
     verbose: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    early_stopping_patience: int | None = None,
 ) -> FitResult:
-    """Trains `model` on `data`'s training images (shuffled with `seed`), validating on the rest."""
+    """Trains `model` on `data`'s training images (shuffled with `seed`), validating on the rest.
+
+    `early_stopping_patience` as in `fit`.
+    """
     return fit(
         model,
         data.batches("train", batch_size, seed=seed),
@@ -96,6 +141,7 @@ def fit_on(
         validation=data.batches("validation", batch_size),
         verbose=verbose,
         callbacks=callbacks,
+        early_stopping_patience=early_stopping_patience,
     )
 
 

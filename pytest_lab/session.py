@@ -18,6 +18,7 @@ import pytest
 
 from lab import distribution, environment, report
 from lab.config import RunConfig
+from lab.optimizers import DISCRIMINATIVE_FACTOR
 from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader
 
 # Node ids of the lab's experiments start with this; a session that ran none writes no report.
@@ -207,6 +208,10 @@ class LabSession:
             "--strategy": run.strategy if run.strategy != "default" else None,
             "--mixed-precision": "" if run.mixed_precision else None,
             "--tensorboard": run.tensorboard_dir,
+            "--lr-schedule": run.lr_schedule if run.lr_schedule != "constant" else None,
+            "--lr-factor": f"{run.lr_factor:g}" if run.lr_factor != DISCRIMINATIVE_FACTOR else None,
+            "--augment": "" if run.augment else None,
+            "--early-stopping": str(run.early_stopping) if run.early_stopping is not None else None,
             "-n": str(workers) if workers else None,
         }
         return {name: value for name, value in options.items() if value is not None}

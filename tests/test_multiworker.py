@@ -73,6 +73,15 @@ def test_malformed_tf_config_is_named(monkeypatch, settings):
         distribution.cluster_task()
 
 
+@pytest.mark.parametrize(("index", "writes_logs"), [(0, True), (1, False)])
+def test_only_the_chief_writes_tensorboard_logs(monkeypatch, tmp_path, index, writes_logs):
+    monkeypatch.setenv("TF_CONFIG", tf_config(["a:1", "b:1"], index=index))
+    run = build_config(
+        "smoke", "mock", None, 0, None, None, "none", None, strategy="multiworker", tensorboard_dir=str(tmp_path)
+    )
+    assert run.tensorboard_dir == (str(tmp_path) if writes_logs else None)
+
+
 def test_multiworker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(LabInputError, match="--strategy multiworker needs the TF_CONFIG"):
@@ -116,7 +125,7 @@ def test_two_workers_train_to_identical_weights(tmp_path):
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-    for worker, log in zip(workers, logs):
+    for worker, log in zip(workers, logs, strict=True):
         assert worker.returncode == 0, log[-3000:]
     first, second = (json.loads(output.read_text()) for output in outputs)
 

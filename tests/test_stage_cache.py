@@ -7,6 +7,7 @@ import pytest
 from lab import freezing, models, stage_cache
 from lab.backbones import get_backbone
 from lab.data import ImageData
+from lab.errors import LabInputError
 from lab.training import fit
 
 IMAGE_SIZE = 32
@@ -215,3 +216,16 @@ def test_nothing_trainable_or_nothing_frozen_is_not_cached(tiny_flowers):
         layer.trainable = False
     stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
     assert (stage.cached, stage.cut_layer, stage.reason) == (False, None, "nothing in the classifier is trainable")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("4096", 4096)]
+)
+def test_cache_budget_reads_sizes(text, size):
+    assert stage_cache.parse_cache_budget(text) == size
+
+
+@pytest.mark.parametrize("text", ["0", "-1G", "two gigabytes", "", "nan", "inf", "G"])
+def test_bad_cache_budget_names_the_option(text):
+    with pytest.raises(LabInputError, match="--cache-budget"):
+        stage_cache.parse_cache_budget(text)

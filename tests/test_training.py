@@ -42,7 +42,8 @@ def test_test_names_become_safe_folders(tmp_path):
     log_dir = training.tensorboard_log_dir(
         str(tmp_path), ["test_5_gradual_unfreeze", "test_unfreeze_strategy[vgg16-gradual blocks/3]"], 7
     )
-    assert log_dir == str(tmp_path / "test_5_gradual_unfreeze" / "test_unfreeze_strategy-vgg16-gradual-blocks-3" / "seed7")
+    expected = tmp_path / "test_5_gradual_unfreeze" / "test_unfreeze_strategy-vgg16-gradual-blocks-3" / "seed7"
+    assert log_dir == str(expected)
 
 
 def test_each_fit_writes_its_learning_curves_in_its_own_folder(tmp_path):
