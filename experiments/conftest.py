@@ -6,7 +6,8 @@ Each experiment module declares itself with a marker, read here:
 
 `4` is its number (titles in `lab.results.EXPERIMENT_TITLES`); `backbones` names the profile's
 backbone list (`pretrained`, `freeze`, `unfreeze`) that parametrizes `backbone_name`, unless
---backbones names others.
+--backbones names others. A test that takes `seed` (every test that trains) runs once per seed
+of --seeds; one that does not (structure checks, epoch timings) runs once.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 import pytest
 
 from lab import models
 from lab.backbones import Backbone, WeightsSource, get_backbone
 from lab.data import ImageData
-from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table
+from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table, ValidationSet
 from pytest_lab import RUN_CONFIG
 
 
@@ -44,6 +46,9 @@ def experiment_of(node: pytest.Item) -> Experiment:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seed" in metafunc.fixturenames:
+        seeds = metafunc.config.stash[RUN_CONFIG].seeds
+        metafunc.parametrize("seed", seeds, ids=[f"seed{seed}" for seed in seeds], indirect=True)
     if "backbone_name" not in metafunc.fixturenames:
         return
     backbones = experiment_of(metafunc.definition).backbones
@@ -53,6 +58,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "backbones=\"pretrained\", \"freeze\" or \"unfreeze\""
         )
     metafunc.parametrize("backbone_name", metafunc.config.stash[RUN_CONFIG].backbones_for(backbones))
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """This test's seed, one of --seeds: a test that takes it runs once per seed, and the
+    autouse `seeded` fixture seeds every generator with it. Use it for every shuffle and fit."""
+    return request.param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +115,15 @@ def record(request: pytest.FixtureRequest, run_config):
     Args of the returned function: `table` (the module's `lab.results.Table`), `row` (column
     -> value; holds the table's key columns), `label` (names the case in plots), `curves`
     (accuracy per epoch), `stage_curve` (accuracy per unfreezing stage), `rate_curves` (the
-    learning rate of each parameter group per epoch). The experiment's
-    number comes from the module's `experiment` marker.
+    learning rate of each parameter group per epoch), `validation` (the `ImageData` whose
+    validation images the row's accuracy counts: its interval needs their number) and
+    `predictions` (the class predicted for each of those images: paired comparisons need them;
+    their accuracy must be the row's). The experiment's number comes from the module's
+    `experiment` marker; the seed is the test's (`seed`), or the run's first for a test that
+    does not train.
     """
     experiment = experiment_of(request.node).number
+    seed = request.getfixturevalue("seed") if "seed" in request.fixturenames else run_config.seed
 
     def add(
         table: Table,
@@ -115,10 +132,16 @@ def record(request: pytest.FixtureRequest, run_config):
         curves: Curves | None = None,
         stage_curve: StageCurve | None = None,
         rate_curves: dict[str, list[float | None]] | None = None,
+        validation: ImageData | None = None,
+        predictions: np.ndarray | None = None,
     ) -> None:
         missing = [key for key in table.keys if key not in row]
         if missing:
             raise KeyError(f"a row of {table.title!r} lacks its key columns {missing}")
+        validation_set = None if validation is None else _validation_set(validation)
+        if predictions is not None:
+            predictions = _checked_predictions(table, row, validation_set, predictions)
+            request.node.user_properties.append(("lab_validation_set", dataclasses.asdict(validation_set)))
         entry = Record(
             experiment=experiment,
             table=table.title,
@@ -129,12 +152,37 @@ def record(request: pytest.FixtureRequest, run_config):
             stage_curve=stage_curve,
             rate_curves=rate_curves,
             test=request.node.nodeid,
-            seed=run_config.seed,
+            seed=seed,
+            validation_set=validation_set and validation_set.name,
+            validation_images=validation_set and len(validation_set.labels),
+            predictions=predictions,
         )
         # Plain types: under xdist, user properties travel to the controller in test reports.
         request.node.user_properties.append(("lab_record", dataclasses.asdict(entry)))
 
     return add
+
+
+def _validation_set(data: ImageData) -> ValidationSet:
+    name = f"{data.name} ({data.source}), {data.image_size}px, {data.validation_count} images"
+    return ValidationSet(name, data.num_classes, [int(label) for label in data.validation_labels])
+
+
+def _checked_predictions(table: Table, row: dict, validation_set: ValidationSet | None, predictions) -> list[int]:
+    """The predictions as plain ints, after checking they are the row's accuracy on its validation set."""
+    if validation_set is None:
+        raise TypeError(f"a row of {table.title!r} has predictions but no validation=: name the ImageData they predict")
+    predictions = np.asarray(predictions)
+    labels = np.asarray(validation_set.labels)
+    assert predictions.shape == labels.shape, (
+        f"{table.title}: {predictions.shape} predictions for the {labels.size} images of {validation_set.name}"
+    )
+    accuracy = Record(0, table.title, table.keys, row).accuracy()
+    if accuracy is not None:
+        assert float(np.mean(predictions == labels)) == pytest.approx(accuracy, abs=1e-6), (
+            f"{table.title}: the predictions' accuracy is not the recorded {accuracy}"
+        )
+    return [int(value) for value in predictions]
 
 
 @pytest.fixture
@@ -163,6 +211,7 @@ def record_benchmark(request: pytest.FixtureRequest):
             max=stats.max,
             rounds=stats.rounds,
             extra=extra,
+            round_seconds=list(stats.data),
         )
         request.node.user_properties.append(("lab_benchmark", dataclasses.asdict(result)))
 

@@ -13,7 +13,7 @@ import pytest
 from lab import models, storage
 from lab.freezing import trainable_parameter_count
 from lab.results import Table
-from lab.training import FitResult
+from lab.training import FitResult, predicted_classes
 
 pytestmark = pytest.mark.experiment(1)
 
@@ -22,8 +22,8 @@ LAB_CNN = Table("The lab CNN on tf_flowers", keys=("filters",))
 
 
 @pytest.mark.parametrize("filters", FILTER_WIDTHS.values(), ids=FILTER_WIDTHS.keys())
-def test_base_model(filters, flowers_small, saved_base_model, record):
-    saved = saved_base_model(filters)
+def test_base_model(filters, seed, flowers_small, saved_base_model, profile, record):
+    saved = saved_base_model(filters, seed)
     model = storage.load_model(saved["path"])
 
     conv, pool = keras.layers.Conv2D, keras.layers.MaxPooling2D
@@ -46,6 +46,7 @@ def test_base_model(filters, flowers_small, saved_base_model, record):
     np.testing.assert_allclose(model.predict(probe, verbose=0), saved["probe_predictions"], rtol=1e-5, atol=1e-6)
 
     result = FitResult(**history)
+    predictions = predicted_classes(model, flowers_small.batches("validation", profile.batch_size))
     record(
         LAB_CNN,
         {
@@ -61,4 +62,6 @@ def test_base_model(filters, flowers_small, saved_base_model, record):
         },
         label=f"filters {'-'.join(map(str, filters))}",
         curves=result.curves(),
+        validation=flowers_small,
+        predictions=predictions,
     )

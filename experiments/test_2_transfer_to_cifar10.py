@@ -12,7 +12,7 @@ import pytest
 from lab import models, storage
 from lab.freezing import trainable_parameter_count
 from lab.results import Table
-from lab.training import fit_on, tensorboard_callbacks
+from lab.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(2)
 
@@ -22,9 +22,9 @@ TRANSFER = Table("Transferred against scratch on CIFAR-10", keys=("initialisatio
 
 @pytest.mark.parametrize("initialisation", ["transferred", "scratch"])
 def test_transfer_to_cifar10(
-    initialisation, saved_base_model, cifar10, profile, run_config, keras_verbose, tensorboard_dir, record
+    initialisation, seed, saved_base_model, cifar10, profile, keras_verbose, tensorboard_dir, record
 ):
-    saved = saved_base_model(LAB_FILTERS)
+    saved = saved_base_model(LAB_FILTERS, seed)
     saved_file_digest = storage.file_digest(saved["path"])
     saved_model = storage.load_model(saved["path"])
     saved_feature_weights = [layer.get_weights() for layer in models.feature_layers(saved_model)]
@@ -52,7 +52,7 @@ def test_transfer_to_cifar10(
     assert len(model.trainable_weights) == 10
 
     result = fit_on(
-        model, cifar10, profile.cnn_epochs, profile.batch_size, run_config.seed, keras_verbose,
+        model, cifar10, profile.cnn_epochs, profile.batch_size, seed, keras_verbose,
         tensorboard_callbacks(tensorboard_dir),
     )
 
@@ -72,4 +72,6 @@ def test_transfer_to_cifar10(
         },
         label=initialisation,
         curves=result.curves(),
+        validation=cifar10,
+        predictions=predicted_classes(model, cifar10.batches("validation", profile.batch_size)),
     )

@@ -13,7 +13,7 @@ import pytest
 from lab import features, models
 from lab.backbones import get_backbone, weights_file_tensors
 from lab.results import Table
-from lab.training import fit, tensorboard_callbacks
+from lab.training import fit, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(3, backbones="pretrained")
 
@@ -72,7 +72,7 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_pretrained_features_classify_flowers(
-    weights_kind, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
+    weights_kind, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
 ):
     if run_config.augment:
         pytest.skip("the head trains on features computed once from unaugmented images, which --augment "
@@ -90,12 +90,13 @@ def test_pretrained_features_classify_flowers(
     head = features.standalone_head(classifier)
     result = fit(
         head,
-        features.features_dataset(train_features, flowers.train_labels, profile.batch_size, run_config.seed),
+        features.features_dataset(train_features, flowers.train_labels, profile.batch_size, seed),
         profile.cached_head_epochs,
         validation=features.features_dataset(validation_features, flowers.validation_labels, profile.batch_size, None),
         verbose=keras_verbose,
         callbacks=tensorboard_callbacks(tensorboard_dir),
     )
+    predictions = predicted_classes(head, validation_features, profile.batch_size)
     features.put_head_back(classifier, head)
 
     record(
@@ -111,4 +112,6 @@ def test_pretrained_features_classify_flowers(
         },
         label=f"{case.name} {weights_kind}",
         curves=result.curves(),
+        validation=flowers,
+        predictions=predictions,
     )

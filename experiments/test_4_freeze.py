@@ -19,7 +19,7 @@ import tensorflow as tf
 from lab import features, freezing, models
 from lab.data import ImageData
 from lab.results import Table
-from lab.training import fit_on, tensorboard_callbacks
+from lab.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(4, backbones="freeze")
 
@@ -29,7 +29,7 @@ CACHED_FEATURES = Table("Cached features: one extraction, then head-only epochs"
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_frozen_base_trains_only_the_head(
-    weights_kind, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
+    weights_kind, seed, backbone_case, profile, keras_verbose, tensorboard_dir, record
 ):
     case = backbone_case(weights_kind)
     model = case.classifier()
@@ -45,7 +45,7 @@ def test_frozen_base_trains_only_the_head(
     base_before = freezing.weight_bytes(base.layers)
     head_before = freezing.weight_bytes([head])
     result = fit_on(
-        model, case.flowers, profile.backbone_epochs, profile.batch_size, run_config.seed, keras_verbose,
+        model, case.flowers, profile.backbone_epochs, profile.batch_size, seed, keras_verbose,
         tensorboard_callbacks(tensorboard_dir),
     )
 
@@ -69,6 +69,8 @@ def test_frozen_base_trains_only_the_head(
         },
         label=f"{case.name} {weights_kind}",
         curves=result.curves(),
+        validation=case.flowers,
+        predictions=predicted_classes(model, case.flowers.batches("validation", profile.batch_size)),
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from lab import fine_tuning, freezing, models, optimizers
 from lab.results import StageCurve, Table
-from lab.training import fit_on, tensorboard_callbacks
+from lab.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(5, backbones="unfreeze")
 
@@ -22,7 +22,9 @@ ON_ONE_BUDGET = Table("Strategies on one budget", keys=("backbone", "strategy", 
 
 
 @pytest.mark.parametrize("strategy", freezing.STRATEGIES)
-def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record):
+def test_unfreeze_strategy(
+    strategy, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
+):
     case = backbone_case()
     model = case.classifier()
     base = freezing.base_of(model)
@@ -57,7 +59,7 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
         statistics_before = freezing.batch_norm_statistics(model)
         rate_recorder = optimizers.GroupLearningRates()
         result = fit_on(
-            model, case.flowers, stage.epochs, profile.batch_size, run_config.seed + number, keras_verbose,
+            model, case.flowers, stage.epochs, profile.batch_size, seed + number, keras_verbose,
             [*tensorboard_callbacks(tensorboard_dir, f"stage{number}"), rate_recorder],
             early_stopping_patience=run_config.early_stopping,
         )
@@ -87,6 +89,7 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
                 "seconds": sum(result.epoch_seconds),
                 **result.early_stopping_summary(),
             },
+            validation=case.flowers,
         )
 
     record(
@@ -104,4 +107,6 @@ def test_unfreeze_strategy(strategy, backbone_case, profile, run_config, keras_v
         label=f"{case.name} {strategy}",
         stage_curve=StageCurve(stages=[str(n) for n in range(len(stages))], accuracy=accuracies),
         rate_curves=rate_curves.rates,
+        validation=case.flowers,
+        predictions=predicted_classes(model, case.flowers.batches("validation", profile.batch_size)),
     )

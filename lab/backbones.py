@@ -1,21 +1,33 @@
 """The keras.applications backbones the lab supports, and how to build each one.
 
-Each entry knows its constructor, its own input preprocessing, the official file name of its
-ImageNet no-top weights, its input size per profile, and where its blocks start, so that
-gradual unfreezing can thaw it stage by stage from the top.
+`--backbones` takes every keras.applications constructor by Keras's own name (`ResNet50`,
+`EfficientNetB0`, `ConvNeXtTiny`...), whose entry is derived from Keras itself, and the lab's
+four hand-written entries (`resnet50`, `vgg16`, `mobilenet`, `mobilenet_v2`), which keep their
+published figures and named blocks. Each entry knows its constructor, its own input
+preprocessing, its ImageNet no-top weights file, its input size per profile, and the stages in
+which gradual unfreezing thaws it from the top.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import importlib
+import itertools
 import logging
+import math
 import os
+import re
+import types
 from collections.abc import Callable
+from unittest import mock
 
 import h5py
 import keras
 import numpy as np
+from keras.src.applications import imagenet_utils
+from keras.src.utils import file_utils
 
 from lab import network, sample
 from lab.errors import LabInputError
@@ -23,19 +35,39 @@ from lab.errors import LabInputError
 logger = logging.getLogger(__name__)
 
 _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+# The input side of a derived entry in the smoke profile, as the hand-written entries mostly
+# have it, unless the network's minimum is larger.
+SMOKE_IMAGE_SIZE = 96
+# MobileNetV3 declares no default input size: Keras loads its 224 px ImageNet weights at any size.
+IMAGENET_IMAGE_SIZE = 224
+# Stages of similar weight count a derived entry's base is split into for gradual unfreezing;
+# the hand-written entries have four or five named blocks.
+DERIVED_STAGES = 5
+# Stage cuts may cross this many tensors where a network has too few single-tensor cuts (NASNet).
+MAX_CUT_WIDTH = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class Backbone:
-    """One supported keras.applications network, without its classification top.
+class WeightsFile:
+    """Keras's ImageNet no-top weights file of a backbone.
 
     Args:
-        name: the name used on the command line and in reports.
-        constructor: builds the network given `input_shape` and `weights`.
-        preprocess_input: the network's own scaling, applied to images in 0..255.
-        weights_file: Keras's official file name of the ImageNet no-top weights.
-        weights_subdir: the folder of that file under Keras's download address.
-        image_size: input side per profile name.
+        name: Keras's official file name, as its cache and --weights-dir hold it.
+        url: where Keras downloads it from.
+        file_hash: the hash Keras checks a download against, where Keras has one.
+    """
+
+    name: str
+    url: str
+    file_hash: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedFigures:
+    """What a hand-written entry states, from Keras's documentation and the lab's choice of blocks.
+
+    Args:
+        weights: Keras's ImageNet no-top weights file.
         block_starts: (stage name, first layer of the stage), bottom up.
         layer_count: layers of the no-top network, its input layer included.
         parameter_count: parameters of the no-top network.
@@ -43,22 +75,112 @@ class Backbone:
         layers_per_stage: weighted layers one stage thaws in the `layers` unfreezing schedule.
     """
 
-    name: str
-    constructor: Callable[..., keras.Model]
-    preprocess_input: Callable
-    weights_file: str
-    weights_subdir: str
-    image_size: dict[str, int]
+    weights: WeightsFile
     block_starts: tuple[tuple[str, str], ...]
     layer_count: int
     parameter_count: int
     feature_channels: int
     layers_per_stage: int
 
+
+@dataclasses.dataclass(frozen=True)
+class DerivedFigures:
+    """A backbone's figures counted on the no-top network Keras builds (random weights)."""
+
+    layer_count: int
+    parameter_count: int
+    feature_channels: int
+    weighted_layer_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """One keras.applications network, without its classification top.
+
+    A hand-written entry carries `published` figures; a derived one counts them on the built
+    network the first time they are asked for, and asks Keras for its weights file the first
+    time ImageNet weights are.
+
+    Args:
+        name: the name in reports: Keras's constructor name, or the hand-written entry's.
+        constructor: builds the network given `input_shape`, `include_top` and `weights`.
+        preprocess_input: the network's own scaling, applied to images in 0..255.
+        minimum_image_size: the smallest input side Keras accepts for it.
+        image_size: input side per profile name.
+        published: the hand-written entry's figures; None for an entry derived from Keras.
+    """
+
+    name: str
+    constructor: Callable[..., keras.Model]
+    preprocess_input: Callable
+    minimum_image_size: int
+    image_size: dict[str, int]
+    published: PublishedFigures | None = None
+
+    @functools.cached_property
+    def derived(self) -> DerivedFigures:
+        """The figures of the network Keras builds now, at its minimum input size."""
+        base = self.build(self.minimum_image_size, None)
+        return DerivedFigures(
+            layer_count=len(base.layers),
+            parameter_count=base.count_params(),
+            feature_channels=base.output_shape[-1],
+            weighted_layer_count=sum(_has_weights_to_train(layer) for layer in base.layers),
+        )
+
+    @functools.cached_property
+    def weights(self) -> WeightsFile:
+        """Keras's ImageNet no-top weights file: published, or the one Keras's own loader asks for."""
+        if self.published:
+            return self.published.weights
+        return keras_weights_file(self.constructor, self.image_size["full"])
+
+    @property
+    def weights_file(self) -> str:
+        """Keras's official file name of the ImageNet no-top weights."""
+        return self.weights.name
+
     @property
     def weights_url(self) -> str:
         """Where Keras publishes the ImageNet weights file."""
-        return _WEIGHTS_URL + self.weights_subdir + "/" + self.weights_file
+        return self.weights.url
+
+    @property
+    def layer_count(self) -> int:
+        """Layers of the no-top network, its input layer included."""
+        return self.published.layer_count if self.published else self.derived.layer_count
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the no-top network."""
+        return self.published.parameter_count if self.published else self.derived.parameter_count
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the network's last feature map."""
+        return self.published.feature_channels if self.published else self.derived.feature_channels
+
+    @property
+    def layers_per_stage(self) -> int:
+        """Weighted layers one stage thaws in the `layers` schedule; a derived entry's split in
+        `DERIVED_STAGES` groups."""
+        if self.published:
+            return self.published.layers_per_stage
+        return math.ceil(self.derived.weighted_layer_count / DERIVED_STAGES)
+
+    @property
+    def block_starts(self) -> tuple[tuple[str, str], ...]:
+        """A hand-written entry's named blocks, bottom up; () for a derived entry, whose stages
+        come from its graph (`graph_stages`)."""
+        return self.published.block_starts if self.published else ()
+
+    def check_image_size(self, image_size: int) -> None:
+        """Raises LabInputError naming the minimum if `image_size` is below it."""
+        if image_size < self.minimum_image_size:
+            raise LabInputError(
+                f"{self.name} takes images of at least {self.minimum_image_size}x{self.minimum_image_size} "
+                f"pixels, not {image_size}: use --image-size {self.minimum_image_size} or more"
+            )
 
     def build(self, image_size: int, weights: str | None, name: str | None = None) -> keras.Model:
         """Builds the no-top network for square RGB images of side `image_size`.
@@ -68,6 +190,7 @@ class Backbone:
             weights: a weights file path, or None for a random initialisation.
             name: the model's name; Keras's own when None.
         """
+        self.check_image_size(image_size)
         naming = {"name": name} if name else {}
         try:
             return self.constructor(
@@ -83,7 +206,13 @@ class Backbone:
             ) from None
 
     def stages_top_down(self, base: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
-        """Splits the layers of `base` (built by `build`) into named stages, topmost first."""
+        """Splits the layers of `base` (built by `build`) into named stages, topmost first.
+
+        A hand-written entry's stages are its named blocks; a derived entry's are
+        `DERIVED_STAGES` groups of its graph's cut points (`graph_stages`).
+        """
+        if not self.published:
+            return graph_stages(base, DERIVED_STAGES)
         names = [layer.name for layer in base.layers]
         starts = []
         for stage, first_layer in self.block_starts:
@@ -100,6 +229,11 @@ class Backbone:
         return stages[::-1]
 
 
+def _has_weights_to_train(layer: keras.layers.Layer) -> bool:
+    # What a gradual schedule thaws: BatchNormalization stays frozen (lab/freezing.py).
+    return bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+
+
 REGISTRY: dict[str, Backbone] = {
     backbone.name: backbone
     for backbone in (
@@ -107,73 +241,299 @@ REGISTRY: dict[str, Backbone] = {
             name="resnet50",
             constructor=keras.applications.ResNet50,
             preprocess_input=keras.applications.resnet50.preprocess_input,
-            weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            weights_subdir="resnet",
+            minimum_image_size=32,
             image_size={"smoke": 96, "full": 224},
-            block_starts=(
-                ("stem", "conv1_pad"),
-                ("conv2", "conv2_block1_1_conv"),
-                ("conv3", "conv3_block1_1_conv"),
-                ("conv4", "conv4_block1_1_conv"),
-                ("conv5", "conv5_block1_1_conv"),
+            published=PublishedFigures(
+                weights=WeightsFile(
+                    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                    _WEIGHTS_URL + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                ),
+                block_starts=(
+                    ("stem", "conv1_pad"),
+                    ("conv2", "conv2_block1_1_conv"),
+                    ("conv3", "conv3_block1_1_conv"),
+                    ("conv4", "conv4_block1_1_conv"),
+                    ("conv5", "conv5_block1_1_conv"),
+                ),
+                layer_count=175,
+                parameter_count=23_587_712,
+                feature_channels=2048,
+                layers_per_stage=16,
             ),
-            layer_count=175,
-            parameter_count=23_587_712,
-            feature_channels=2048,
-            layers_per_stage=16,
         ),
         Backbone(
             name="vgg16",
             constructor=keras.applications.VGG16,
             preprocess_input=keras.applications.vgg16.preprocess_input,
-            weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            weights_subdir="vgg16",
+            minimum_image_size=32,
             image_size={"smoke": 64, "full": 224},
-            block_starts=tuple((f"block{i}", f"block{i}_conv1") for i in range(1, 6)),
-            layer_count=19,
-            parameter_count=14_714_688,
-            feature_channels=512,
-            layers_per_stage=3,
+            published=PublishedFigures(
+                weights=WeightsFile(
+                    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                    _WEIGHTS_URL + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                ),
+                block_starts=tuple((f"block{i}", f"block{i}_conv1") for i in range(1, 6)),
+                layer_count=19,
+                parameter_count=14_714_688,
+                feature_channels=512,
+                layers_per_stage=3,
+            ),
         ),
         Backbone(
             name="mobilenet",
             constructor=functools.partial(keras.applications.MobileNet, alpha=0.25),
             preprocess_input=keras.applications.mobilenet.preprocess_input,
-            weights_file="mobilenet_2_5_224_tf_no_top.h5",
-            weights_subdir="mobilenet",
+            minimum_image_size=32,
             image_size={"smoke": 96, "full": 224},
-            block_starts=(
-                ("stem", "conv1"),
-                ("blocks_1-5", "conv_dw_1"),
-                ("blocks_6-11", "conv_pad_6"),
-                ("blocks_12-13", "conv_pad_12"),
+            published=PublishedFigures(
+                weights=WeightsFile(
+                    "mobilenet_2_5_224_tf_no_top.h5", _WEIGHTS_URL + "mobilenet/mobilenet_2_5_224_tf_no_top.h5"
+                ),
+                block_starts=(
+                    ("stem", "conv1"),
+                    ("blocks_1-5", "conv_dw_1"),
+                    ("blocks_6-11", "conv_pad_6"),
+                    ("blocks_12-13", "conv_pad_12"),
+                ),
+                layer_count=86,
+                parameter_count=218_544,
+                feature_channels=256,
+                layers_per_stage=8,
             ),
-            layer_count=86,
-            parameter_count=218_544,
-            feature_channels=256,
-            layers_per_stage=8,
         ),
         Backbone(
             name="mobilenet_v2",
             constructor=functools.partial(keras.applications.MobileNetV2, alpha=0.35),
             preprocess_input=keras.applications.mobilenet_v2.preprocess_input,
-            weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
-            weights_subdir="mobilenet_v2",
+            minimum_image_size=32,
             image_size={"smoke": 96, "full": 224},
-            block_starts=(
-                ("stem", "Conv1"),
-                ("blocks_1-5", "block_1_expand"),
-                ("blocks_6-12", "block_6_expand"),
-                ("blocks_13-16", "block_13_expand"),
-                ("top_conv", "Conv_1"),
+            published=PublishedFigures(
+                weights=WeightsFile(
+                    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+                    _WEIGHTS_URL + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+                ),
+                block_starts=(
+                    ("stem", "Conv1"),
+                    ("blocks_1-5", "block_1_expand"),
+                    ("blocks_6-12", "block_6_expand"),
+                    ("blocks_13-16", "block_13_expand"),
+                    ("top_conv", "Conv_1"),
+                ),
+                layer_count=154,
+                parameter_count=410_208,
+                feature_channels=1280,
+                layers_per_stage=20,
             ),
-            layer_count=154,
-            parameter_count=410_208,
-            feature_channels=1280,
-            layers_per_stage=20,
         ),
     )
 }
+
+
+def keras_application_names() -> list[str]:
+    """Every network constructor of keras.applications, by Keras's own name."""
+    return sorted(name for name in dir(keras.applications) if name[:1].isupper())
+
+
+def application_module(constructor: Callable) -> types.ModuleType:
+    """The keras.applications module a constructor is defined in, which holds its `preprocess_input`.
+
+    The defining module, not the public alias: `keras.applications.mobilenet_v3` has no public
+    module, and its `preprocess_input` (the network scales its own input) is there.
+    """
+    return importlib.import_module(getattr(constructor, "func", constructor).__module__)
+
+
+def family_of(constructor: Callable) -> str:
+    """The Keras source module a constructor comes from: one family of networks (`resnet`, `convnext`)."""
+    return getattr(constructor, "func", constructor).__module__.rsplit(".", 1)[-1]
+
+
+def input_sizes(constructor: Callable) -> tuple[int, int]:
+    """The (minimum, default) input side Keras states for a constructor, without building it.
+
+    Asks the constructor for a 1x1 input: Keras's own check refuses it, naming the minimum,
+    before any layer is made; its shape helper is called with the default size.
+    """
+    declared: dict[str, int] = {}
+    obtain_input_shape = imagenet_utils.obtain_input_shape
+
+    def recording(*args, **kwargs):
+        declared.update(default=kwargs["default_size"], minimum=kwargs["min_size"])
+        return obtain_input_shape(*args, **kwargs)
+
+    with mock.patch.object(imagenet_utils, "obtain_input_shape", recording):
+        try:
+            constructor(input_shape=(1, 1, 3), include_top=False, weights=None)
+        except ValueError as error:
+            stated = re.search(r"at least (\d+)x\1", str(error))
+            if stated:
+                declared.setdefault("minimum", int(stated.group(1)))
+    if "minimum" not in declared:
+        raise LookupError(f"{family_of(constructor)}: Keras states no minimum input size")
+    return declared["minimum"], declared.get("default", IMAGENET_IMAGE_SIZE)
+
+
+class _WeightsRequest(Exception):
+    """Stops a constructor at the moment it asks for its ImageNet weights file."""
+
+    def __init__(self, weights: WeightsFile):
+        super().__init__(weights.name)
+        self.weights = weights
+
+
+def keras_weights_file(constructor: Callable, image_size: int) -> WeightsFile:
+    """The ImageNet no-top weights file Keras's `weights="imagenet"` loads for `constructor`.
+
+    Keras names these files in each application's code (a constant in some modules, a name put
+    together from the model's options in others), so the name is taken from Keras's own
+    request: the network is built with `weights="imagenet"` and stopped when it asks for the
+    file, before anything is downloaded.
+    """
+
+    def requesting(fname, origin=None, *args, file_hash=None, **kwargs):
+        raise _WeightsRequest(WeightsFile(fname, origin, file_hash))
+
+    with mock.patch.object(file_utils, "get_file", requesting):
+        try:
+            constructor(input_shape=(image_size, image_size, 3), include_top=False, weights="imagenet")
+        except _WeightsRequest as request:
+            return request.weights
+    raise LookupError(f"{family_of(constructor)}: Keras loaded ImageNet weights without asking for a file")
+
+
+@functools.cache
+def derived_backbone(name: str) -> Backbone:
+    """The entry of keras.applications' `name`, derived from Keras itself."""
+    constructor = getattr(keras.applications, name)
+    minimum, default = input_sizes(constructor)
+    return Backbone(
+        name=name,
+        constructor=constructor,
+        preprocess_input=application_module(constructor).preprocess_input,
+        minimum_image_size=minimum,
+        image_size={"smoke": max(SMOKE_IMAGE_SIZE, minimum), "full": default},
+    )
+
+
+def get_backbone(name: str) -> Backbone:
+    """The hand-written entry `name`, or the entry derived from keras.applications' `name`.
+
+    Raises:
+        LabInputError: `name` is neither, listing the close matches.
+    """
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name in keras_application_names():
+        return derived_backbone(name)
+    known = [*REGISTRY, *keras_application_names()]
+    by_lower = {known_name.lower(): known_name for known_name in known}
+    close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=4, cutoff=0.6)]
+    suggestion = f"did you mean {' or '.join(close)}? " if close else ""
+    raise LabInputError(
+        f"unknown backbone {name!r}: {suggestion}--backbones takes any keras.applications network by "
+        f"Keras's name ({', '.join(keras_application_names())}) or the lab's {', '.join(REGISTRY)}"
+    )
+
+
+def cut_points(base: keras.Model, width: int = 1) -> list[int]:
+    """The layer indices `i` of `base` where at most `width` tensors connect `base.layers[:i]` to the rest.
+
+    With `width=1`, the places where exactly one tensor does: the block boundaries of a
+    network, below which nothing but that tensor is needed above. Counted on `base.operations`
+    (in topological order), which also holds the plain operations (`x + 3.0`) some applications
+    use between layers.
+
+    Returns:
+        Sorted indices, each above the input layer.
+    """
+    widths = boundary_widths(base)
+    return [index for index in range(1, len(base.layers)) if widths[index] <= width]
+
+
+def boundary_widths(base: keras.Model) -> list[int]:
+    """For each layer index `i` of `base`, the fewest tensors connecting `base.layers[:i]` to the rest.
+
+    Between two layers may lie plain operations, which go with either side: the narrowest place
+    among them counts. Index 0 (nothing below) is 0.
+    """
+    operations = base.operations
+    position = {id(operation): index for index, operation in enumerate(operations)}
+    spans: dict[int, list[int]] = {}
+    for node in _own_nodes(base):
+        if node.is_input:
+            continue
+        used_at = position[id(node.operation)]
+        for tensor in node.input_tensors:
+            made_at = position[id(tensor._keras_history.operation)]
+            span = spans.setdefault(id(tensor), [made_at, used_at])
+            span[1] = max(span[1], used_at)
+    for tensor in base.outputs:
+        spans[id(tensor)] = [position[id(tensor._keras_history.operation)], len(operations)]
+    # A tensor made by operation m and last used by operation u crosses every cut before p, m < p <= u.
+    changes = np.zeros(len(operations) + 2, dtype=np.int64)
+    for made_at, used_at in spans.values():
+        changes[made_at + 1] += 1
+        changes[used_at + 1] -= 1
+    crossing = np.cumsum(changes)
+    widths = [0]
+    for lower, upper in itertools.pairwise(base.layers):
+        widths.append(int(crossing[position[id(lower)] + 1 : position[id(upper)] + 1].min()))
+    return widths
+
+
+def _own_nodes(model: keras.Model) -> list:
+    # A Functional model's own nodes: its layers may also have nodes in other models (a
+    # classifier's stage-cache prefix), so `layer._inbound_nodes` alone would not tell them apart.
+    return [node for nodes in model._nodes_by_depth.values() for node in nodes]
+
+
+def graph_stages(base: keras.Model, count: int) -> list[tuple[str, list[keras.layers.Layer]]]:
+    """Up to `count` stages of similar weight count, cut at `cut_points`, topmost first.
+
+    Single-tensor cuts where the graph has enough of them; else cuts of up to
+    `MAX_CUT_WIDTH` tensors (a NASNet cell takes the outputs of the two cells below it, so
+    NASNet has no single-tensor cut between its cells). Each stage is named by its first and
+    last layer and holds weights to train; fewer than `count` come back only where even the
+    wider cuts are too few.
+    """
+    layers = base.layers
+    sizes = [
+        sum(int(np.prod(weight.shape)) for weight in layer.weights) if _has_weights_to_train(layer) else 0
+        for layer in layers
+    ]
+    below = np.concatenate([[0], np.cumsum(sizes)])
+    first = next(index for index, layer in enumerate(layers) if not isinstance(layer, keras.layers.InputLayer))
+    widths = boundary_widths(base)
+    for width in range(1, MAX_CUT_WIDTH + 1):
+        cuts = [index for index in range(first + 1, len(layers)) if widths[index] <= width]
+        boundaries = _balanced_boundaries(below, first, cuts, count)
+        if len(boundaries) == count:
+            break
+    ends = [*boundaries[1:], len(layers)]
+    stages = [
+        (f"{layers[start].name}..{layers[end - 1].name}", layers[start:end])
+        for start, end in zip(boundaries, ends, strict=True)
+    ]
+    return stages[::-1]
+
+
+def _balanced_boundaries(below: np.ndarray, first: int, cuts: list[int], count: int) -> list[int]:
+    """The first layer of each of up to `count` stages, chosen among `cuts` to split the weights
+    (`below[i]`: weights of the layers under `i`) evenly; every stage has some."""
+    total = below[-1]
+    usable = [cut for cut in cuts if below[first] < below[cut] < total]
+    boundaries = [first]
+    for stage in range(1, count):
+        options = [
+            cut
+            for position, cut in enumerate(usable)
+            if below[cut] > below[boundaries[-1]] and len(usable) - position > count - 1 - stage
+        ]
+        if not options:
+            break
+        target = total * stage / count
+        boundaries.append(min(options, key=lambda cut: abs(below[cut] - target)))
+    return boundaries
 
 
 def weights_file_tensors(path: str) -> list[list[np.ndarray]]:
@@ -191,16 +551,6 @@ def weights_file_tensors(path: str) -> list[list[np.ndarray]]:
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def get_backbone(name: str) -> Backbone:
-    """Returns the registry entry called `name`, or an error that lists the supported ones."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise LabInputError(
-            f"unknown backbone {name!r}: use --backbones with any of {', '.join(REGISTRY)}"
-        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +599,9 @@ def resolve_weights(backbone: Backbone, weights: str, weights_dir: str | None) -
             "--weights-dir with a folder holding that file, or --weights none"
         )
     logger.info("%s: downloading ImageNet weights %s into Keras's cache", backbone.name, backbone.weights_url)
-    path = keras.utils.get_file(backbone.weights_file, backbone.weights_url, cache_subdir="models")
+    path = keras.utils.get_file(
+        backbone.weights_file, backbone.weights_url, cache_subdir="models", file_hash=backbone.weights.file_hash
+    )
     return WeightsSource("imagenet", path, f"downloaded {backbone.weights_url}")
 
 

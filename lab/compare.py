@@ -1,6 +1,9 @@
 """Two runs side by side: their settings, with a warning where they differ, then every measured
 figure of each table row, paired by the table's key columns.
 
+Each validation accuracy both runs measured is then set against its 95% interval in each run:
+the runs differ beyond their intervals when the two intervals do not overlap.
+
 Rows pair by what identifies them (backbone, strategy, weights...), never by settings such as
 input size or number of images: a CPU smoke run and a GPU full run of the same backbone pair
 up, and the settings that differ are listed under the table. Rows only one run has are listed
@@ -14,8 +17,11 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from lab.render import BENCHMARK_EXPERIMENT, banners, benchmark_rows, cell, public_text
-from lab.results import Results, RunHeader
+from lab import statistics
+from lab.errors import LabInputError
+from lab.render import BENCHMARK_EXPERIMENT, banners, benchmark_rows, cell, is_measurement, public_text
+from lab.results import ACCURACY_COLUMNS, Results, RunHeader
+from lab.statistics import Estimate
 
 EPOCH_TIME_TABLE = "Seconds per epoch"
 EPOCH_TIME_KEYS = ("backbone",)
@@ -76,14 +82,66 @@ def compare(first: Results, second: Results) -> str:
     lines += [table, "", f"{counts['both']} figures in both runs; {counts['A']} only in A, {counts['B']} only in B."]
     if setting_notes:
         lines += ["", "Paired rows measured under different settings (A / B):", "", *setting_notes]
+    lines += _interval_section(accuracy_estimates(first), accuracy_estimates(second), a)
     return "\n".join(lines) + "\n"
+
+
+def accuracy_estimates(results: Results) -> dict[tuple, dict[str, Estimate]]:
+    """Every validation accuracy of a run with its 95% interval, by (experiment, table, key values)
+    as `cases` identifies rows: one seed's Wilson interval, or several seeds' t-interval."""
+    grouped: dict[tuple, list] = defaultdict(list)
+    for record in results.records:
+        if record.accuracy() is not None and record.validation_images:
+            grouped[(record.experiment, record.table, record.key())].append(record)
+    estimates: dict[tuple, dict[str, Estimate]] = defaultdict(dict)
+    for identity, records in grouped.items():
+        records.sort(key=lambda record: record.seed or 0)
+        for column in ACCURACY_COLUMNS:
+            values = [record.row.get(column) for record in records]
+            if all(isinstance(value, float) for value in values):
+                try:
+                    estimates[identity][column] = statistics.estimate_accuracy(values, records[0].validation_images)
+                except LabInputError:
+                    continue
+    return estimates
+
+
+def differ_beyond_intervals(a: Estimate, b: Estimate) -> str:
+    """Whether two runs' estimates of one accuracy differ beyond their 95% intervals, in words."""
+    if a.low > b.high:
+        return "yes: A higher"
+    if b.low > a.high:
+        return "yes: B higher"
+    return "no: the intervals overlap"
+
+
+def _interval_section(estimates_a: dict, estimates_b: dict, cases_a: dict[tuple, Case]) -> list[str]:
+    rows = [
+        [f"Experiment {identity[0]}", identity[1], cases_a[identity].name, column,
+         estimate.text(), estimates_b[identity][column].text(),
+         differ_beyond_intervals(estimate, estimates_b[identity][column])]
+        for identity, by_column in estimates_a.items()
+        if identity in estimates_b and identity in cases_a
+        for column, estimate in by_column.items()
+        if column in estimates_b[identity]
+    ]
+    if not rows:
+        return []
+    return [
+        "", "## Accuracies against their 95% intervals", "",
+        "Each cell is `value (low..high)`: one seed's binomial interval over its validation images, or the "
+        "t-interval of the mean over several seeds. Runs differ beyond their intervals where these do not overlap.",
+        "",
+        tabulate(rows, headers=["experiment", "table", "case", "figure", "A", "B", "differ beyond intervals?"],
+                 tablefmt="github", disable_numparse=True),
+    ]
 
 
 def cases(results: Results) -> dict[tuple, Case]:
     """Every table row of a run, by (experiment, table, key values); repeated keys averaged."""
     grouped: dict[tuple, list[tuple[dict, tuple[str, ...]]]] = defaultdict(list)
     for record in results.records:
-        keys = record.keys or tuple(column for column in record.row if not _is_measurement(column))
+        keys = record.keys or tuple(column for column in record.row if not is_measurement(column))
         grouped[(record.experiment, record.table, tuple(str(record.row.get(column)) for column in keys))].append(
             (record.row, keys)
         )
@@ -153,11 +211,11 @@ def _case(identity: tuple, rows: list[tuple[dict, tuple[str, ...]]]) -> Case:
     for row, _ in rows:
         for column, value in row.items():
             number = _numeric(value)
-            if number is not None and _is_measurement(column):
+            if number is not None and is_measurement(column):
                 values[column].append(number)
     first_row, keys = rows[0]
     settings = {
-        column: cell(value) for column, value in first_row.items() if column not in keys and not _is_measurement(column)
+        column: cell(value) for column, value in first_row.items() if column not in keys and not is_measurement(column)
     }
     return Case(
         experiment=experiment,
@@ -189,9 +247,3 @@ def _numeric(value) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def _is_measurement(column: str) -> bool:
-    """Accuracies, seconds and speedups: what a run measured, not what it was configured with."""
-    seconds = column in ("s/epoch", "seconds") or column.endswith((" s", " s/epoch", " seconds")) or " s (" in column
-    return seconds or "accuracy" in column or "speedup" in column

@@ -137,7 +137,7 @@ def parse_seeds(text: str, first_seed: int) -> tuple[int, ...]:
         if count < 1:
             raise LabInputError(f"--seeds {text} runs no seed: {fix}")
         if first_seed + count - 1 > MAX_SEED:
-            raise LabInputError(f"--seeds {text} from --seed {first_seed} goes past {MAX_SEED}, the largest seed: {fix}")
+            raise LabInputError(f"--seeds {text} from --seed {first_seed} goes past {MAX_SEED}: {fix}")
         seeds = tuple(range(first_seed, first_seed + count))
     else:
         seeds = tuple(int(part) for part in parts)

@@ -1,4 +1,4 @@
-"""A report's figures as PNG bytes: learning curves, seconds per epoch, accuracy by stage, learning rates.
+"""A report's figures as PNG bytes: learning curves, epoch times, accuracy and learning rates by stage.
 
 Figures are built with matplotlib's object-oriented `Figure`, not pyplot: no global backend
 or figure registry, so rendering works headless and inside any process (pytest's included).
@@ -97,7 +97,7 @@ def learning_rates(records: list[Record]) -> bytes | None:
     figure = Figure(figsize=(2.6 * columns + 1.6, 2.0 * rows + 0.4))
     panels = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
     colours = {name: f"C{index % 10}" for index, name in enumerate(groups)}
-    for axes, (label, record) in zip(panels, by_label.items()):
+    for axes, (label, record) in zip(panels[: len(by_label)], by_label.items(), strict=True):
         for name, rates in record.rate_curves.items():
             values = [float("nan") if rate is None else rate for rate in rates]
             axes.plot(range(1, len(values) + 1), values, marker=".", color=colours[name], label=name)

@@ -11,8 +11,10 @@ from collections import Counter, defaultdict
 
 from tabulate import tabulate
 
-from lab import plots
+from lab import plots, statistics
+from lab.errors import LabInputError
 from lab.results import (
+    ACCURACY_COLUMNS,
     EXPERIMENT_TITLES,
     BenchmarkResult,
     Outcome,
@@ -52,6 +54,7 @@ def render(results: Results, figures_link: str) -> RenderedReport:
     lines = [f"# Transfer-learning lab report: {run.profile} profile on {run.device_slug}", ""]
     lines += _blockquotes(banners(run))
     lines += [header_table(run), ""]
+    lines += _findings_section(results)
     by_experiment = records_by_experiment(results.records)
     rows = benchmark_rows(results.benchmarks)
     for number, title in EXPERIMENT_TITLES.items():
@@ -60,15 +63,17 @@ def render(results: Results, figures_link: str) -> RenderedReport:
             continue
         lines += [f"## {title}", ""]
         for table_title, table_records in _by_table(records).items():
-            lines += [f"### {table_title}", "", table([record.row for record in table_records]), ""]
-        lines += _figure(figures, f"experiment{number}-learning-curves.png", plots.learning_curves(records),
-                         f"learning curves, experiment {number}", figures_link)
+            lines += [f"### {table_title}", "", table(table_rows(table_records)), ""]
+        plotted, seed_note = _one_seed(records)
+        lines += _figure(figures, f"experiment{number}-learning-curves.png", plots.learning_curves(plotted),
+                         f"learning curves, experiment {number}{seed_note}", figures_link)
         if number == BENCHMARK_EXPERIMENT:
             lines += _benchmark_section(run, rows, figures, figures_link)
-        lines += _figure(figures, f"experiment{number}-accuracy-by-stage.png", plots.accuracy_by_stage(records),
-                         "validation accuracy by stage", figures_link)
-        lines += _figure(figures, f"experiment{number}-learning-rates.png", plots.learning_rates(records),
-                         "learning rate of each parameter group per epoch", figures_link)
+        lines += _figure(figures, f"experiment{number}-accuracy-by-stage.png", plots.accuracy_by_stage(plotted),
+                         f"validation accuracy by stage{seed_note}", figures_link)
+        lines += _figure(figures, f"experiment{number}-learning-rates.png", plots.learning_rates(plotted),
+                         f"learning rate of each parameter group at the last step of each epoch{seed_note}",
+                         figures_link)
     lines += _outcomes_section(results.outcomes)
     return RenderedReport("\n".join(lines).rstrip() + "\n", figures)
 
@@ -95,7 +100,7 @@ def header_table(run: RunHeader) -> str:
     rows = [
         ("date (UTC)", run.finished or run.started),
         ("profile", run.profile),
-        ("seed", run.seed),
+        ("seeds" if len(run.seeds) > 1 else "seed", ", ".join(map(str, run.seeds)) if run.seeds else run.seed),
         ("git commit", run.commit),
         ("versions", ", ".join(f"{name} {version}" for name, version in run.versions.items())),
         ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
@@ -116,6 +121,44 @@ def records_by_experiment(records: list[Record]) -> dict[int, list[Record]]:
     for record in records:
         grouped[record.experiment].append(record)
     return grouped
+
+
+def table_rows(records: list[Record]) -> list[dict]:
+    """One row per table key, with every validation accuracy as `value (low..high)`, its 95% interval.
+
+    One seed: the record's row, with the Wilson interval over its validation images. Several
+    seeds of a key: the mean of each measured column, the t-interval of the mean accuracy,
+    the per-seed accuracies next to it, and a `seeds` column; settings that differ between
+    seeds are listed per seed.
+    """
+    groups: dict[tuple[str, ...], list[Record]] = defaultdict(list)
+    for record in records:
+        groups[record.key()].append(record)
+    rows = []
+    for group in groups.values():
+        group.sort(key=lambda record: record.seed or 0)
+        row: dict = {}
+        for column in dict.fromkeys(column for record in group for column in record.row):
+            values = [record.row.get(column) for record in group]
+            numbers = [value for value in values if _is_number(value)]
+            if column in ACCURACY_COLUMNS and len(numbers) == len(values):
+                row.update(_accuracy_cells(column, numbers, group[0].validation_images))
+            elif len(group) > 1 and is_measurement(column) and len(numbers) == len(values):
+                row[column] = sum(numbers) / len(numbers)
+            elif len({cell(value) for value in values}) > 1:
+                row[column] = " / ".join(cell(value) for value in values)
+            else:
+                row[column] = values[0]
+        if len(group) > 1:
+            row["seeds"] = ", ".join(str(record.seed) for record in group)
+        rows.append(row)
+    return rows
+
+
+def is_measurement(column: str) -> bool:
+    """Accuracies, seconds and speedups: what a run measured, not what it was configured with."""
+    seconds = column in ("s/epoch", "seconds") or column.endswith((" s", " s/epoch", " seconds")) or " s (" in column
+    return seconds or "accuracy" in column or "speedup" in column
 
 
 def benchmark_rows(benchmarks: list[BenchmarkResult]) -> list[dict]:
@@ -168,6 +211,55 @@ def public_text(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda match: "/".join(match.group().split("/")[-2:]), text)
 
 
+def _accuracy_cells(column: str, per_seed: list[float], n_images: int | None) -> dict:
+    """A validation accuracy with its interval, and with several seeds each seed's value."""
+    if not n_images:
+        return {column: sum(per_seed) / len(per_seed)}
+    try:
+        estimate = statistics.estimate_accuracy(per_seed, n_images)
+    except LabInputError:
+        return {column: sum(per_seed) / len(per_seed)}
+    cells = {column: estimate.text()}
+    if estimate.n_seeds > 1:
+        cells[f"{column} per seed"] = ", ".join(f"{value:.3f}" for value in estimate.per_seed)
+    return cells
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _one_seed(records: list[Record]) -> tuple[list[Record], str]:
+    """The records of the first seed, for plots (one curve per case), and a caption note naming it."""
+    seeds = sorted({record.seed for record in records if record.seed is not None})
+    if len(seeds) < 2:
+        return records, ""
+    return [record for record in records if record.seed in (seeds[0], None)], f" (seed {seeds[0]} of {len(seeds)})"
+
+
+def _findings_section(results: Results) -> list[str]:
+    """The lab's questions answered: one line per comparison, generated from `results.comparisons`."""
+    if not results.comparisons:
+        return []
+    seeds = results.run.seeds or [results.run.seed]
+    spread = (
+        "the binomial (Wilson) interval over its validation images" if len(seeds) == 1
+        else f"the t-interval of the mean over {len(seeds)} seeds (per-seed values in the tables and results.json)"
+    )
+    lines = ["## Findings", ""]
+    lines += [f"- {public_text(line)}" for line in statistics.findings(results.comparisons)]
+    lines += [
+        "",
+        (
+            f"Both arms of a comparison predicted the same validation images; a verdict names a winner only "
+            f"where its two-sided test gives p < {statistics.ALPHA:.2f}, else it says no difference is detectable "
+            f"at this budget. Every validation accuracy below reads `value (low..high)`: {spread}."
+        ),
+        "",
+    ]
+    return lines
+
+
 def _blockquotes(paragraphs: list[str]) -> list[str]:
     return [line for paragraph in paragraphs for line in (f"> {paragraph}", "")]
 
@@ -196,6 +288,11 @@ def _benchmark_section(run: RunHeader, rows: list[dict], figures: dict[str, byte
             "Median of timed epochs after an untimed warm-up epoch (graph tracing excluded), from "
             "pytest-benchmark. frozen-cached trains the head on pooled features computed once; that "
             "one-off extraction is not in its epoch time (see the cached-features table)."
+            + (
+                f" Epoch times are measured once, with seed {run.seed}, not once per seed: an epoch's time "
+                "does not depend on the seed."
+                if len(run.seeds) > 1 else ""
+            )
         ),
         "",
         table(rows),

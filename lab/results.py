@@ -17,6 +17,10 @@ EXPERIMENT_TITLES = {
 }
 
 
+# The columns that hold a row's validation accuracy, most final first.
+ACCURACY_COLUMNS = ("final validation accuracy", "validation accuracy")
+
+
 class ResultsFormatError(ValueError):
     """A results.json that is not what a session writes."""
 
@@ -90,6 +94,14 @@ class Record:
     def key(self) -> tuple[str, ...]:
         """The values of the key columns, as text: the row's identity within its table."""
         return tuple(str(self.row.get(column)) for column in self.keys)
+
+    def accuracy(self) -> float | None:
+        """The row's accuracy on its validation images (its last, for a schedule of stages), if any."""
+        for column in ACCURACY_COLUMNS:
+            value = self.row.get(column)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        return None
 
     @classmethod
     def from_json(cls, item: dict) -> Record:

@@ -99,7 +99,11 @@ class Comparison:
             figures = f"{self.effect:+.3f}, 95% CI {self.low:+.3f}..{self.high:+.3f}"
             seeds = "1 seed" if self.n_seeds == 1 else f"{self.n_seeds} seeds"
             budget = f"{seeds}, {self.n_images} validation images"
-        return f"{self.verdict} ({figures}, {_p_text(self.p_value)}; {budget}; {self.method})"
+        # A verdict that names no winner names the arms it could not tell apart.
+        verdict = self.verdict
+        if verdict == NO_DIFFERENCE:
+            verdict = f"{self.a_name} against {self.b_name}: {verdict}"
+        return f"{verdict} ({figures}, {_p_text(self.p_value)}; {budget}; {self.method})"
 
 
 def estimate_accuracy(per_seed_accuracy: Sequence[float], n_images: int) -> Estimate:

@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from lab.data import ImageData
@@ -143,6 +144,11 @@ def fit_on(
         callbacks=callbacks,
         early_stopping_patience=early_stopping_patience,
     )
+
+
+def predicted_classes(model: keras.Model, inputs, batch_size: int | None = None) -> np.ndarray:
+    """The class `model` predicts for each input (a dataset of batches, or an array batched by `batch_size`)."""
+    return np.argmax(model.predict(inputs, batch_size=batch_size, verbose=0), axis=-1)
 
 
 def tensorboard_log_dir(root: str, names: Sequence[str], seed: int) -> str:

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from lab import distribution, environment, report
+from lab import distribution, environment, findings, report, statistics
 from lab.config import RunConfig
 from lab.optimizers import DISCRIMINATIVE_FACTOR
-from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader
+from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
 
 # Node ids of the lab's experiments start with this; a session that ran none writes no report.
 EXPERIMENTS_PREFIX = "experiments/"
@@ -47,6 +47,8 @@ class LabSession:
         self.selected: dict[str, None] = {}
         self.records: list[Record] = []
         self.benchmarks: list[BenchmarkResult] = []
+        # Validation sets by name: every record that predicts one brings its labels along.
+        self.validation_sets: dict[str, ValidationSet] = {}
         self.outcomes: dict[str, Outcome] = {}
         self.results: Results | None = None
         self.report_path: str | None = None
@@ -111,6 +113,8 @@ class LabSession:
                     self.records.append(Record.from_json(value))
                 elif kind == "lab_benchmark":
                     self.benchmarks.append(BenchmarkResult(**value))
+                elif kind == "lab_validation_set":
+                    self.validation_sets.setdefault(value["name"], ValidationSet(**value))
         # A failed setup or teardown decides the outcome; a passed one does not.
         decisive = report.when == "call" or not report.passed
         previous = self.outcomes.get(report.nodeid)
@@ -147,7 +151,8 @@ class LabSession:
         return exitstatus
 
     def collect_results(self, exitstatus: int) -> Results:
-        """Everything the report shows: the run's settings and machine, records, outcomes."""
+        """Everything the report shows: the run's settings and machine, records, outcomes, and
+        the comparisons that answer the lab's questions."""
         run = self.run
         finished = time.time()
         not_run = [
@@ -186,8 +191,9 @@ class LabSession:
             warnings=environment.run_warnings(run.mixed_precision, run.deterministic, device),
             complete=complete,
             incomplete_reason=self.displayed(reason) if reason else None,
+            seeds=list(run.seeds),
         )
-        return Results(
+        results = Results(
             run=header,
             records=[self.displayed_record(record) for record in self.records],
             benchmarks=self.benchmarks,
@@ -195,13 +201,17 @@ class LabSession:
                 dataclasses.replace(outcome, reason=self.displayed(outcome.reason))
                 for outcome in [*self.outcomes.values(), *not_run]
             ],
+            validation_sets=list(self.validation_sets.values()),
         )
+        results.comparisons = findings.comparisons(results)
+        return results
 
     def options(self) -> dict[str, str]:
         """The options of this run that are not defaults, as the user typed them."""
         run = self.run
         workers = self.config.getoption("numprocesses", None)
         options = {
+            "--seeds": ",".join(map(str, run.seeds)) if len(run.seeds) > 1 else None,
             "--subset": str(run.subset) if run.subset else None,
             "--backbones": ",".join(run.backbones) if run.backbones else None,
             "--deterministic": "" if run.deterministic else None,
@@ -226,10 +236,11 @@ class LabSession:
         return dataclasses.replace(record, row=row, label=self.displayed(record.label))
 
     def summarize(self, terminalreporter) -> None:
-        """The lab's section of pytest's terminal summary: results, warnings, the report's path."""
+        """The lab's section of pytest's terminal summary: results, findings, warnings, the report's path."""
         lines = []
         if self.results:
             lines += report.summary_lines(self.results)
+            lines += [f"finding: {line}" for line in statistics.findings(self.results.comparisons)]
             lines += [f"warning: {warning}" for warning in self.results.run.warnings]
             note = self.results.run.benchmarks_note
             if note and any(benchmark_case(nodeid) for nodeid in self.outcomes):

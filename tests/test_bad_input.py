@@ -40,6 +40,14 @@ def test_good_options_pass():
     assert run.seed == 2**32 - 1
 
 
+def test_seeds_are_a_count_from_seed_or_a_list():
+    assert config.build_config(**_options()).seeds == (0,)
+    counted = config.build_config(**_options(seed=5, seeds="3"))
+    assert (counted.seeds, counted.seed) == ((5, 6, 7), 5)
+    listed = config.build_config(**_options(seed=5, seeds=" 2, 0"))
+    assert (listed.seeds, listed.seed) == ((2, 0), 2)
+
+
 def test_repeated_backbones_run_once_with_a_warning():
     with pytest.warns(UserWarning, match="--backbones names mobilenet more than once"):
         run = config.build_config(**_options(backbone_names="mobilenet,resnet50,mobilenet"))
@@ -71,11 +79,20 @@ def test_unknown_backbone_in_the_registry():
         ({"seed": 2**40}, ["--seed", "0..4294967295", str(2**40)]),
         ({"backbone_names": ""}, ["--backbones", "names no backbone", "mobilenet_v2"]),
         ({"backbone_names": " , "}, ["--backbones", "names no backbone", "mobilenet_v2"]),
+        ({"seeds": "0"}, ["--seeds 0", "runs no seed", "--seeds 0,1,2"]),
+        ({"seeds": "-1"}, ["--seeds '-1'", "not a count or a list"]),
+        ({"seeds": "0,-2"}, ["--seeds '0,-2'", "not a count or a list"]),
+        ({"seeds": "two"}, ["--seeds 'two'", "not a count or a list"]),
+        ({"seeds": "0,1,1"}, ["--seeds 0,1,1", "lists 1 more than once"]),
+        ({"seeds": f"1,{2**32}"}, ["--seeds", "4294967295"]),
+        ({"seeds": "2", "seed": 2**32 - 1}, ["--seeds 2", "4294967295"]),
     ],
     ids=[
         "unknown-backbone", "unknown-profile", "subset-zero", "subset-negative", "unknown-source",
         "folder-without-dir", "missing-data-dir", "unknown-weights", "missing-weights-dir", "unknown-strategy",
         "seed-negative", "seed-too-large", "backbones-empty", "backbones-only-commas",
+        "seeds-zero", "seeds-negative", "seeds-negative-in-list", "seeds-not-numeric", "seeds-repeated",
+        "seeds-too-large", "seeds-count-past-the-largest",
     ],
 )
 def test_build_config_rejects(changes, fragments):

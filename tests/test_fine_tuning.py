@@ -2,14 +2,19 @@
 rates, the rate record across stages, augmentation, early stopping and their options; on a
 MobileNet 0.25 classifier at 32 px with random weights and tiny synthetic data."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import config, fine_tuning, freezing, models, optimizers, training
+from lab import config, fine_tuning, freezing, models, optimizers, plots, render, training
 from lab.backbones import get_backbone
 from lab.errors import LabInputError
+from lab.results import Record, Results, RunHeader
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 MOBILENET = get_backbone("mobilenet")
 CLASSES = 5
@@ -25,13 +30,6 @@ def classifier():
 
 def stages_of(strategy, model):
     return freezing.strategy_stages(strategy, MOBILENET, freezing.base_of(model), STAGES, EPOCHS_PER_STAGE)
-
-
-def test_every_strategy_has_the_same_budget(classifier):
-    budgets = {strategy: [stage.epochs for stage in stages_of(strategy, classifier)] for strategy in freezing.STRATEGIES}
-
-    assert {"gradual-discriminative", "full-discriminative"} <= set(budgets)
-    assert set(map(tuple, budgets.values())) == {(EPOCHS_PER_STAGE,) * (STAGES + 1)}
 
 
 def test_gradual_discriminative_thaws_as_gradual_blocks_at_the_head_rate(classifier):
@@ -159,7 +157,8 @@ def test_early_stopping_ends_with_the_best_epochs_weights():
     assert result.final_validation_accuracy == max(result.validation_accuracy)
     _, accuracy = model.evaluate(_batches(inputs, 1 - labels), verbose=0)
     assert accuracy == pytest.approx(result.final_validation_accuracy)
-    assert result.early_stopping_summary() == {"stopped at epoch": result.stopped_epoch, "best epoch": result.best_epoch}
+    summary = result.early_stopping_summary()
+    assert summary == {"stopped at epoch": result.stopped_epoch, "best epoch": result.best_epoch}
 
 
 def test_without_early_stopping_every_epoch_runs_and_the_last_counts():
@@ -205,3 +204,28 @@ def test_fine_tuning_options_reach_the_run_config():
     )
 
     assert (run.lr_schedule, run.lr_factor, run.augment, run.early_stopping) == ("triangular", 1.0, True, 1)
+
+
+def _rate_record(strategy, rate_curves, seed=0):
+    return Record(
+        experiment=5, table="Strategies on one budget", keys=("backbone", "strategy"), label=f"mobilenet {strategy}",
+        row={"backbone": "mobilenet", "strategy": strategy}, rate_curves=rate_curves, seed=seed,
+    )
+
+
+def test_the_report_plots_the_rates_each_group_used_after_a_json_round_trip():
+    header = RunHeader(profile="smoke", seed=0, data_source="sample", data_source_description="sample",
+                       weights_description="--weights none")
+    records = [
+        _rate_record("gradual-discriminative", {"head": [1e-3] * 4, "top_conv": [None, None, 3.8e-4, 3.8e-4]}),
+        _rate_record("gradual-discriminative", {"head": [1e-3] * 4, "top_conv": [None, None, 3.8e-4, 3.8e-4]}, 1),
+        _rate_record("head-only", {"all": [1e-3] * 4}),
+    ]
+    results = Results.from_json(json.loads(json.dumps(Results(header, records).to_json())))
+
+    rendered = render.render(results, "figures")
+
+    assert results.records[0].rate_curves["top_conv"][:2] == [None, None]
+    assert rendered.figures["experiment5-learning-rates.png"].startswith(PNG_SIGNATURE)
+    assert "(figures/experiment5-learning-rates.png)" in rendered.markdown
+    assert plots.learning_rates([_rate_record("full", None)]) is None

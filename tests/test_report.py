@@ -419,6 +419,10 @@ def test_report_command_takes_epoch_times_from_a_benchmark_json(tmp_path, capsys
         median=1.5, rounds=3, extra={"feature_extraction_seconds": 0.1},
     )]
     assert "| vgg16      | 64px    |" in (out_dir / "r.md").read_text()
+    # Speedups are answered from the new epoch times: vgg16 has no unfrozen time to compare with.
+    assert ("Experiment 4, vgg16", "frozen", "unfrozen did not run in this session") in [
+        (comparison.question, comparison.a_name, comparison.reason) for comparison in saved.comparisons
+    ]
 
 
 @pytest.mark.parametrize("out_dir", ["a-file", "a-file/below"])

@@ -1,0 +1,228 @@
+"""The lab's questions, answered from a session's results: one paired comparison per question.
+
+1. Does the CNN learn? Each filter width against chance (one over the number of classes).
+2. Do transferred convolutions beat scratch? `transferred` against `scratch`.
+3. Do ImageNet features beat random ones? Per backbone, `imagenet` against `none` weights.
+4. How much faster is a frozen base? Per backbone, `frozen` and `frozen-cached` epochs against
+   `unfrozen` ones, from pytest-benchmark's timed rounds.
+5. Is gradual unfreezing worth it? Per backbone, each strategy against `head-only` and `full`.
+
+The arms of a question are the records of its experiment that carry per-image predictions,
+matched by their table's key columns and by seed; the statistics are `lab.statistics`'. A
+question whose arms did not both run is answered "not compared", with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from lab import statistics
+from lab.errors import LabInputError
+from lab.results import BenchmarkResult, Record, Results
+from lab.statistics import Comparison
+
+# Experiment 5's baselines: every other strategy is compared with both.
+HEAD_ONLY, FULL = "head-only", "full"
+# Experiment 4's baseline and the modes compared with it.
+UNFROZEN, FASTER_MODES = "unfrozen", ("frozen", "frozen-cached")
+FEATURE_NAMES = {"imagenet": "ImageNet features", "none": "random features"}
+
+
+def comparisons(results: Results) -> list[Comparison]:
+    """Every question of the lab this session's results can answer, in experiment order."""
+    by_experiment = {
+        1: _against_chance(results),
+        2: _pairs(results, 2, "initialisation", [("transferred", "scratch")]),
+        3: _pairs(results, 3, "weights", [("imagenet", "none")], FEATURE_NAMES),
+        4: _speedups(results),
+        5: _strategies(results),
+    }
+    answers = []
+    for number, answered in by_experiment.items():
+        unanswered = None if answered else _unanswered(results, number)
+        answers += answered + ([unanswered] if unanswered else [])
+    return answers
+
+
+def _arms(results: Results, experiment: int, arm_column: str | None) -> dict[tuple, dict[str, dict[int, Record]]]:
+    """The experiment's predicting records: context (the other key columns' values) -> arm -> seed -> record."""
+    grouped: dict[tuple, dict[str, dict[int, Record]]] = defaultdict(lambda: defaultdict(dict))
+    for record in results.records:
+        if record.experiment != experiment or record.predictions is None:
+            continue
+        if arm_column is not None and arm_column not in record.keys:
+            continue
+        context = tuple((column, str(record.row.get(column))) for column in record.keys if column != arm_column)
+        arm = str(record.row.get(arm_column)) if arm_column else ""
+        grouped[context][arm][record.seed or 0] = record
+    return grouped
+
+
+def _question(experiment: int, context: tuple) -> str:
+    shown = [value if column == "backbone" else f"{column} {value}" for column, value in context
+             if not (column == "weights" and value == "imagenet")]
+    return ", ".join([f"Experiment {experiment}", *shown])
+
+
+def _against_chance(results: Results) -> list[Comparison]:
+    answers = []
+    for context, arms in _arms(results, 1, None).items():
+        question = _question(1, context)
+        by_seed = arms[""]
+        seeds = sorted(by_seed)
+        validation_set = _validation_set(results, by_seed[seeds[0]])
+        if validation_set is None:
+            reason = "its validation labels were not saved"
+            answers.append(statistics.not_compared(question, "the CNN", "chance", reason))
+            continue
+        per_seed = [by_seed[seed].accuracy() for seed in seeds]
+        answers.append(_guarded(
+            "chance", statistics.compare_with_constant, question, "the CNN", per_seed,
+            by_seed[seeds[0]].validation_images, 1 / validation_set.num_classes,
+        ))
+    return answers
+
+
+def _pairs(
+    results: Results,
+    experiment: int,
+    arm_column: str,
+    pairs: list[tuple[str, str]],
+    names: dict[str, str] | None = None,
+) -> list[Comparison]:
+    """Arm A against arm B in every context where either of them ran."""
+    names = names or {}
+    answers = []
+    for context, arms in _arms(results, experiment, arm_column).items():
+        question = _question(experiment, context)
+        for a, b in pairs:
+            if a not in arms and b not in arms:
+                continue
+            a_name, b_name = names.get(a, a), names.get(b, b)
+            missing = [arm for arm in (a, b) if arm not in arms]
+            if missing:
+                reason = _why_missing(results, experiment, missing[0], [value for _, value in context])
+                answers.append(statistics.not_compared(question, a_name, b_name, reason))
+                continue
+            answers.append(_paired(results, question, a_name, arms[a], b_name, arms[b]))
+    return answers
+
+
+def _strategies(results: Results) -> list[Comparison]:
+    pairs = []
+    for arms in _arms(results, 5, "strategy").values():
+        for baseline, skipped in ((HEAD_ONLY, ()), (FULL, (HEAD_ONLY,))):
+            pairs += [(strategy, baseline) for strategy in arms if strategy != baseline and strategy not in skipped]
+    return _pairs(results, 5, "strategy", list(dict.fromkeys(pairs)))
+
+
+def _paired(
+    results: Results, question: str, a_name: str, a: dict[int, Record], b_name: str, b: dict[int, Record]
+) -> Comparison:
+    """Two arms on the seeds both ran: McNemar on their predictions for one seed, a t-interval over several."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return statistics.not_compared(
+            question, a_name, b_name, f"they ran different seeds ({_seed_list(a)} and {_seed_list(b)})"
+        )
+    first_a, first_b = a[seeds[0]], b[seeds[0]]
+    if first_a.validation_set != first_b.validation_set:
+        return statistics.not_compared(
+            question, a_name, b_name,
+            f"they predicted different validation images ({first_a.validation_set} and {first_b.validation_set})",
+        )
+    if len(seeds) > 1:
+        return _guarded(
+            b_name, statistics.compare_accuracies, question, a_name, [a[seed].accuracy() for seed in seeds],
+            b_name, [b[seed].accuracy() for seed in seeds], first_a.validation_images,
+        )
+    validation_set = _validation_set(results, first_a)
+    if validation_set is None:
+        return statistics.not_compared(question, a_name, b_name, "their validation labels were not saved")
+    return _guarded(
+        b_name, statistics.compare_predictions, question, a_name, [first_a.predictions],
+        b_name, [first_b.predictions], validation_set.labels,
+    )
+
+
+def _speedups(results: Results) -> list[Comparison]:
+    by_backbone: dict[str, dict[str, BenchmarkResult]] = defaultdict(dict)
+    for benchmark in results.benchmarks:
+        by_backbone[benchmark.backbone][benchmark.mode] = benchmark
+    answers = []
+    for backbone, modes in sorted(by_backbone.items()):
+        question = f"Experiment 4, {backbone}"
+        for mode in FASTER_MODES:
+            missing = [name for name in (mode, UNFROZEN) if name not in modes]
+            if missing:
+                reason = _why_missing(results, 4, missing[0], [backbone])
+                answers.append(statistics.not_compared(question, mode, UNFROZEN, reason))
+                continue
+            fast, slow = modes[mode].round_seconds, modes[UNFROZEN].round_seconds
+            if not fast or not slow:
+                answers.append(statistics.not_compared(
+                    question, mode, UNFROZEN, "the benchmark kept no per-round times (rerun the session)"
+                ))
+                continue
+            answers.append(_guarded(UNFROZEN, statistics.compare_times, question, mode, fast, UNFROZEN, slow))
+    return answers
+
+
+def _guarded(b_name: str, compare, question: str, a_name: str, *arguments) -> Comparison:
+    """`compare(question, a_name, *arguments)`, a `lab.statistics` comparison of A with
+    `b_name`, or "not compared" with the reason the statistics gave for refusing."""
+    try:
+        return compare(question, a_name, *arguments)
+    except LabInputError as error:
+        return statistics.not_compared(question, a_name, b_name, str(error))
+
+
+def _validation_set(results: Results, record: Record):
+    return next((entry for entry in results.validation_sets if entry.name == record.validation_set), None)
+
+
+def _why_missing(results: Results, experiment: int, arm: str, context: list[str]) -> str:
+    """Why an arm has no result: the outcome of its tests that did not pass, else that none ran."""
+    ended = [
+        outcome for outcome in results.outcomes
+        if outcome.outcome != "passed" and _is_case_of(outcome.test, experiment, [arm, *context])
+    ]
+    if not ended:
+        return f"{arm} did not run in this session"
+    outcome = ended[0]
+    why = f": {outcome.reason}" if outcome.reason else ""
+    return f"{arm} {outcome.outcome} ({outcome.test.rsplit('::', 1)[-1]}{why})"
+
+
+def _unanswered(results: Results, experiment: int) -> Comparison | None:
+    """A line for an experiment whose question's tests ran, none of them usable for its question."""
+    ended = [outcome for outcome in results.outcomes if _answers_question(outcome.test, experiment)]
+    if not ended:
+        return None
+    if experiment == 4 and results.run.benchmarks_note:
+        reason = results.run.benchmarks_note
+    else:
+        failed = [outcome for outcome in ended if outcome.outcome != "passed"]
+        reason = "; ".join(f"{o.test.rsplit('::', 1)[-1]} {o.outcome}" + (f": {o.reason}" if o.reason else "")
+                           for o in failed[:3]) or "no arm recorded a result"
+    return statistics.not_compared(f"Experiment {experiment}", "its arms", "each other", reason)
+
+
+def _answers_question(test: str, experiment: int) -> bool:
+    """Whether a test is an arm of its experiment's question: a training case (it runs per
+    seed), or for experiment 4 an epoch-time case."""
+    if experiment == 4:
+        return test.startswith("experiments/test_4_") and "::test_epoch_time" in test
+    return test.startswith(f"experiments/test_{experiment}_") and re.search(r"\bseed\d+\b", test) is not None
+
+
+def _is_case_of(test: str, experiment: int, values: list[str]) -> bool:
+    if not test.startswith(f"experiments/test_{experiment}_") or "[" not in test:
+        return False
+    parameters = test[test.index("[") + 1:].rstrip("]")
+    return all(value in parameters for value in values)
+
+
+def _seed_list(arm: dict[int, Record]) -> str:
+    return ", ".join(map(str, sorted(arm)))

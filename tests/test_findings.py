@@ -1,0 +1,227 @@
+"""lab/findings.py, and the seeds, intervals and findings in the report: comparisons matched
+from hand-made records, their lines in the report and in `--compare`, and one real session
+with `--seeds 2` (then the same seed again) on mock data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lab import compare, findings, render, statistics
+from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = [index % 5 for index in range(100)]
+FLOWERS = "tf_flowers (mock), 32px, 100 images"
+
+
+def _run(**fields) -> RunHeader:
+    values = {"profile": "smoke", "seed": 0, "data_source": "mock", "data_source_description": "mock",
+              "weights_description": "--weights none", "device_slug": "cpu", "seeds": [0]}
+    return RunHeader(**{**values, **fields})
+
+
+def _predictions(right: int, offset: int = 0) -> list[int]:
+    """Predictions right on `right` images (the images from `offset` on, wrapping), wrong elsewhere."""
+    correct = np.roll(np.arange(100) < right, offset)
+    return [label if ok else (label + 1) % 5 for label, ok in zip(LABELS, correct, strict=True)]
+
+
+def _record(experiment, table, keys, row, predictions, seed=0) -> Record:
+    accuracy = float(np.mean(np.array(predictions) == np.array(LABELS)))
+    column = "final validation accuracy" if experiment == 5 else "validation accuracy"
+    return Record(experiment, table, keys, {**row, column: accuracy}, seed=seed, validation_set=FLOWERS,
+                  validation_images=100, predictions=predictions)
+
+
+def _transfer(initialisation, predictions, seed=0) -> Record:
+    return _record(2, "Transferred against scratch", ("initialisation",), {"initialisation": initialisation},
+                   predictions, seed)
+
+
+def _results(records, **fields) -> Results:
+    return Results(run=_run(**fields.pop("run", {})), records=records,
+                   validation_sets=[ValidationSet(FLOWERS, 5, LABELS)], **fields)
+
+
+def test_one_seed_compares_the_arms_by_mcnemar_on_their_predictions():
+    results = _results([_transfer("transferred", _predictions(80)), _transfer("scratch", _predictions(40))])
+
+    (comparison,) = findings.comparisons(results)
+
+    expected = statistics.compare_predictions(
+        "Experiment 2", "transferred", [np.array(_predictions(80))], "scratch", [np.array(_predictions(40))],
+        np.array(LABELS),
+    )
+    assert comparison == expected
+    assert comparison.verdict == "transferred better than scratch"
+    assert "McNemar" in comparison.method and comparison.n_images == 100
+
+
+def test_several_seeds_compare_per_seed_accuracies_on_the_seeds_both_arms_ran():
+    records = [_transfer("transferred", _predictions(right, seed), seed) for seed, right in ((0, 60), (1, 62), (2, 61))]
+    records += [_transfer("scratch", _predictions(right, seed), seed) for seed, right in ((0, 50), (1, 51), (5, 49))]
+
+    (comparison,) = findings.comparisons(_results(records))
+
+    assert comparison.n_seeds == 2, "seed 2 and seed 5 ran in one arm only"
+    assert comparison.effect == pytest.approx(np.mean([0.60 - 0.50, 0.62 - 0.51]))
+    assert "t-test" in comparison.method
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["one-seed", "two-seeds"])
+def test_identical_arms_show_no_difference(seeds):
+    """What a deterministic run of the same seed twice gives: the same predictions."""
+    records = [_transfer(arm, _predictions(70, seed), seed) for arm in ("transferred", "scratch") for seed in seeds]
+
+    (comparison,) = findings.comparisons(_results(records))
+
+    assert comparison.verdict == statistics.NO_DIFFERENCE
+    assert comparison.effect == 0
+    line = statistics.findings([comparison])[0]
+    assert line.startswith("Experiment 2: transferred against scratch: no difference detectable at this budget (")
+
+
+def test_an_arm_that_did_not_run_is_not_compared_with_its_reason():
+    test = "experiments/test_3_pretrained_backbone.py::test_pretrained_features_classify_flowers"
+    record = _record(3, "A head", ("backbone", "weights"), {"backbone": "resnet50", "weights": "none"},
+                     _predictions(40))
+    outcomes = [Outcome(f"{test}[seed0-resnet50-imagenet]", "skipped", "no ImageNet weights for resnet50 offline"),
+                Outcome(f"{test}[seed0-resnet50-none]", "passed")]
+
+    (comparison,) = findings.comparisons(_results([record], outcomes=outcomes))
+
+    assert comparison.question == "Experiment 3, resnet50"
+    assert comparison.verdict == statistics.NOT_COMPARED
+    assert comparison.sentence() == (
+        "ImageNet features against random features: not compared (imagenet skipped "
+        "(test_pretrained_features_classify_flowers[seed0-resnet50-imagenet]: no ImageNet weights for resnet50 "
+        "offline))"
+    )
+
+
+def test_the_cnn_is_compared_with_one_over_the_number_of_classes():
+    record = _record(1, "The lab CNN", ("filters",), {"filters": "32-64-128"}, _predictions(45))
+
+    (comparison,) = findings.comparisons(_results([record]))
+
+    assert comparison.question == "Experiment 1, filters 32-64-128"
+    assert comparison.b_name == "chance (0.200)"
+    assert comparison.verdict == "the CNN better than chance (0.200)"
+
+
+def test_each_strategy_is_compared_with_head_only_and_with_full_once():
+    records = [
+        _record(5, "Strategies", ("backbone", "strategy", "weights"),
+                {"backbone": "mobilenet_v2", "strategy": strategy, "weights": "imagenet"}, _predictions(right))
+        for strategy, right in (("gradual-blocks", 70), ("head-only", 60), ("full", 72))
+    ]
+
+    pairs = [(c.question, c.a_name, c.b_name) for c in findings.comparisons(_results(records))]
+
+    assert pairs == [("Experiment 5, mobilenet_v2", "gradual-blocks", "head-only"),
+                     ("Experiment 5, mobilenet_v2", "full", "head-only"),
+                     ("Experiment 5, mobilenet_v2", "gradual-blocks", "full")]
+
+
+def test_speedups_come_from_the_timed_rounds_and_a_missing_mode_is_not_compared():
+    benchmarks = [
+        BenchmarkResult(f"test_epoch_time_{mode}[mobilenet]", "mobilenet", mode, 96, 128, median=rounds[1],
+                        rounds=3, round_seconds=rounds)
+        for mode, rounds in (("unfrozen", [2.0, 2.1, 1.9]), ("frozen", [0.5, 0.52, 0.49]))
+    ]
+
+    frozen, cached = findings.comparisons(_results([], benchmarks=benchmarks))
+
+    assert frozen.verdict == "frozen faster than unfrozen" and frozen.n_rounds == (3, 3)
+    assert frozen.effect == pytest.approx(np.exp(np.mean(np.log([2.0, 2.1, 1.9])) - np.mean(np.log([0.5, 0.52, 0.49]))))
+    assert cached.verdict == statistics.NOT_COMPARED and "frozen-cached did not run" in cached.reason
+
+
+def test_epoch_times_that_were_not_measured_say_why():
+    outcomes = [Outcome("experiments/test_4_freeze.py::test_epoch_time_frozen[mobilenet]", "passed")]
+    note = "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
+
+    (comparison,) = findings.comparisons(_results([], outcomes=outcomes, run={"benchmarks_note": note}))
+
+    assert (comparison.question, comparison.verdict, comparison.reason) == ("Experiment 4", "not compared", note)
+
+
+def test_report_shows_findings_first_and_means_with_intervals_per_seed():
+    records = [_transfer(arm, _predictions(right + seed, seed), seed)
+               for arm, right in (("transferred", 60), ("scratch", 50)) for seed in (0, 1)]
+    results = _results(records, run={"seeds": [0, 1]})
+    results.comparisons = findings.comparisons(results)
+
+    loaded = Results.from_json(json.loads(json.dumps(results.to_json())))
+    markdown = render.render(loaded, "figures").markdown
+
+    assert loaded.comparisons == results.comparisons
+    assert markdown.index("## Findings") < markdown.index("## Experiment 2")
+    assert f"- {statistics.findings(results.comparisons)[0]}" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| transferred"))
+    estimate = statistics.estimate_accuracy([0.60, 0.61], 100)
+    assert estimate.text() in row and "0.600, 0.610" in row and "0, 1" in row
+
+
+def test_one_seed_accuracies_carry_their_wilson_interval():
+    (row,) = render.table_rows([_transfer("scratch", _predictions(43))])
+    assert row["validation accuracy"] == statistics.estimate_accuracy([0.43], 100).text()
+
+
+def test_compare_says_whether_two_runs_differ_beyond_their_intervals():
+    first = _results([_transfer("transferred", _predictions(90)), _transfer("scratch", _predictions(40))])
+    second = _results([_transfer("transferred", _predictions(40)), _transfer("scratch", _predictions(41))])
+
+    text = compare.compare(first, second)
+
+    section = text.split("## Accuracies against their 95% intervals", 1)[1]
+    rows = {line.split("|")[3].strip(): line.split("|")[7].strip() for line in section.splitlines()
+            if line.startswith("| Experiment")}
+    assert rows == {"transferred": "yes: A higher", "scratch": "no: the intervals overlap"}
+
+
+def _session(tmp_path, name, *seeds):
+    report_dir = tmp_path / name
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "-k", "narrow", "--deterministic",
+         "--data-source", "mock", "--weights", "none", "--subset", "32", "--epochs", "2", "-p", "no:cacheprovider",
+         "--report-dir", str(report_dir), *seeds],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    (folder,) = [entry for entry in report_dir.iterdir() if entry.is_dir()]
+    results = json.loads((folder / "results.json").read_text())
+    return process.stdout, (report_dir / "latest-smoke.md").read_text(), results
+
+
+def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repeats_exactly(tmp_path):
+    stdout, markdown, results = _session(tmp_path, "two", "--seeds", "2")
+
+    tests = sorted(outcome["test"].split("::")[1] for outcome in results["outcomes"])
+    assert tests == ["test_base_model[seed0-narrow]", "test_base_model[seed1-narrow]"]
+    per_seed = {record["seed"]: record for record in results["records"]}
+    assert sorted(per_seed) == [0, 1] and all(len(record["predictions"]) == 100 for record in per_seed.values())
+    estimate = statistics.estimate_accuracy([per_seed[seed]["row"]["validation accuracy"] for seed in (0, 1)], 100)
+    row = next(line for line in markdown.splitlines() if line.startswith("| 16-32-64"))
+    assert estimate.text() in row
+    assert ", ".join(f"{value:.3f}" for value in estimate.per_seed) in row
+    (line,) = statistics.findings(Results.from_json(results).comparisons)
+    assert line.startswith("Experiment 1, filters 16-32-64: ") and "2 seeds, 100 validation images" in line
+    assert f"- {line}" in markdown and f"finding: {line}" in stdout
+
+    _, _, again = _session(tmp_path, "again", "--seeds", "1")
+
+    (record,) = again["records"]
+    assert (record["row"]["validation accuracy"], record["predictions"]) == (
+        per_seed[0]["row"]["validation accuracy"], per_seed[0]["predictions"]
+    ), "the same seed under --deterministic gave other figures"
+    labels = np.array(again["validation_sets"][0]["labels"])
+    comparison = statistics.compare_predictions(
+        "Experiment 1, seed 0 twice", "first run", [np.array(per_seed[0]["predictions"])],
+        "second run", [np.array(record["predictions"])], labels,
+    )
+    assert comparison.verdict == statistics.NO_DIFFERENCE
