@@ -120,13 +120,7 @@ class Backbone:
     @functools.cached_property
     def derived(self) -> DerivedFigures:
         """The figures of the network Keras builds now, at its minimum input size."""
-        base = self.build(self.minimum_image_size, None)
-        return DerivedFigures(
-            layer_count=len(base.layers),
-            parameter_count=base.count_params(),
-            feature_channels=base.output_shape[-1],
-            weighted_layer_count=sum(_has_weights_to_train(layer) for layer in base.layers),
-        )
+        return figures_of(self.build(self.minimum_image_size, None))
 
     @functools.cached_property
     def weights(self) -> WeightsFile:
@@ -227,6 +221,16 @@ class Backbone:
             end = starts[position + 1][1] if position + 1 < len(starts) else len(names)
             stages.append((stage, base.layers[start:end]))
         return stages[::-1]
+
+
+def figures_of(base: keras.Model) -> DerivedFigures:
+    """The figures of a no-top network Keras built."""
+    return DerivedFigures(
+        layer_count=len(base.layers),
+        parameter_count=base.count_params(),
+        feature_channels=base.output_shape[-1],
+        weighted_layer_count=sum(_has_weights_to_train(layer) for layer in base.layers),
+    )
 
 
 def _has_weights_to_train(layer: keras.layers.Layer) -> bool:

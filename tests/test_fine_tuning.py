@@ -1,6 +1,6 @@
 """Experiment 5's fine-tuning tools: the discriminative strategies, each stage's optimizer and
-rates, the rate record across stages, augmentation, early stopping and their options; on a
-MobileNet 0.25 classifier at 32 px with random weights and tiny synthetic data."""
+rates, the rate record across stages and its plot, augmentation, early stopping and their
+options; on a MobileNet 0.25 classifier at 32 px with random weights and tiny synthetic data."""
 
 import json
 

@@ -1,0 +1,107 @@
+"""Every keras.applications family through the lab: derived entry, graph stages, gradual unfreezing.
+
+One network per family (the source module Keras defines it in), random weights, at the
+smallest input Keras accepts for it.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from lab import backbones, freezing, models
+
+# The smallest network of each family.
+FAMILY_MEMBERS = {
+    "convnext": "ConvNeXtTiny",
+    "densenet": "DenseNet121",
+    "efficientnet": "EfficientNetB0",
+    "efficientnet_v2": "EfficientNetV2B0",
+    "inception_resnet_v2": "InceptionResNetV2",
+    "inception_v3": "InceptionV3",
+    "mobilenet": "MobileNet",
+    "mobilenet_v2": "MobileNetV2",
+    "mobilenet_v3": "MobileNetV3Small",
+    "nasnet": "NASNetMobile",
+    "resnet": "ResNet50",
+    "resnet_v2": "ResNet50V2",
+    "vgg16": "VGG16",
+    "vgg19": "VGG19",
+    "xception": "Xception",
+}
+# A NASNet cell takes the outputs of the two cells below it: between cells, two tensors cross.
+TWO_TENSOR_CUTS = {"nasnet"}
+NUM_CLASSES = 3
+
+pytestmark = pytest.mark.families
+
+
+def test_every_family_has_a_member_here():
+    families = {
+        backbones.family_of(getattr(keras.applications, name)) for name in backbones.keras_application_names()
+    }
+
+    assert families == set(FAMILY_MEMBERS)
+    assert all(backbones.family_of(getattr(keras.applications, name)) == family
+               for family, name in FAMILY_MEMBERS.items())
+
+
+def _assert_cut_by_one_tensor(base: keras.Model, index: int) -> None:
+    # Keras's own graph walk, not the lab's count: a Functional model from one tensor to the
+    # output holds exactly the layers above the cut, and fails if any of them needs another.
+    above = {layer.name for layer in base.layers[index:]}
+    below = {layer.name for layer in base.layers[:index]}
+    made_below = [
+        output
+        for operation in base.operations[: base.operations.index(base.layers[index])]
+        for output in keras.tree.flatten(operation.output)
+    ]
+    for tensor in reversed(made_below):
+        try:
+            top = keras.Model(tensor, base.output)
+        except ValueError:
+            continue
+        top_layers = {layer.name for layer in top.layers if not isinstance(layer, keras.layers.InputLayer)}
+        if top_layers == above:
+            assert {layer.name for layer in keras.Model(base.input, tensor).layers} == below
+            return
+    raise AssertionError(f"no single tensor connects the layers below {base.layers[index].name} to the rest")
+
+
+@pytest.mark.parametrize("family", FAMILY_MEMBERS)
+def test_family_unfreezes_top_down_and_trains(family):
+    backbone = backbones.get_backbone(FAMILY_MEMBERS[family])
+    size = backbone.minimum_image_size
+    classifier = models.backbone_classifier(backbone, size, NUM_CLASSES, None)
+    base = freezing.base_of(classifier)
+
+    assert backbone.layer_count == len(base.layers) and backbone.parameter_count == base.count_params()
+    cuts = backbones.cut_points(base)
+    assert cuts, "no single-tensor cut"
+    for index in cuts:
+        _assert_cut_by_one_tensor(base, index)
+
+    stages = backbone.stages_top_down(base)
+    assert len(stages) >= 3, [name for name, _ in stages]
+    widths = backbones.boundary_widths(base)
+    starts = [base.layers.index(layers[0]) for _, layers in stages[:-1]]
+    assert all(widths[start] <= (2 if family in TWO_TENSOR_CUTS else 1) for start in starts)
+
+    schedule = freezing.gradual_schedule(backbone, base, "blocks", len(stages), epochs_per_stage=1)
+    trainable_counts, lowest_thawed = [], []
+    for stage in schedule:
+        freezing.set_base_trainable(classifier, set(stage.trainable_layers))
+        trainable_counts.append(len(classifier.trainable_weights))
+        thawed = [index for index, layer in enumerate(base.layers) if layer.name in stage.trainable_layers]
+        if thawed:
+            # Top down: what is thawed is always every layer from some point to the top.
+            assert thawed == list(range(thawed[0], len(base.layers)))
+            lowest_thawed.append(thawed[0])
+    assert all(lower < higher for lower, higher in zip(trainable_counts, trainable_counts[1:], strict=False))
+    assert all(higher > lower for higher, lower in zip(lowest_thawed, lowest_thawed[1:], strict=False))
+
+    models.compile_for_classification(classifier)
+    images = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
+    before = freezing.weight_bytes(stages[-1][1])
+    loss = classifier.train_on_batch(images, np.array([0, 2]))
+    assert np.isfinite(loss).all()
+    assert freezing.changed_weights(before, freezing.weight_bytes(stages[-1][1])), "the lowest stage did not train"
