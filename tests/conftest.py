@@ -1,8 +1,8 @@
 """Shared fixtures of the unit tests: synthetic image folders, an offline machine, subprocesses.
 
 Every input here is tiny and made on the spot, so that the whole folder runs in about a minute
-on two CPU cores. The only real files read are the two MobileNet weights files of
-../shared/data, which are small and are what CI has.
+on two CPU cores. The only real files read are the two MobileNet weights files of the embedded
+sample (lab/sample/weights), which every clone has.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab import data, network
+from lab import data, network, sample
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_WEIGHTS = REPO_ROOT.parent / "shared" / "data" / "weights"
 
 
 @dataclasses.dataclass
@@ -128,11 +127,10 @@ def no_network_calls(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def shared_weights_dir() -> pathlib.Path:
-    """The folder of real MobileNet weights files (../shared/data/weights)."""
-    if not SHARED_WEIGHTS.is_dir():
-        pytest.skip(f"{SHARED_WEIGHTS} is not here: these tests need the real weights files")
-    return SHARED_WEIGHTS
+def sample_weights_dir() -> pathlib.Path:
+    """The folder of real MobileNet ImageNet weights files, checked against the sample's manifest."""
+    sample.verified_root()
+    return pathlib.Path(sample.ROOT) / sample.WEIGHTS_FOLDER
 
 
 @pytest.fixture(scope="session")

@@ -68,15 +68,15 @@ def test_registry_counts_match_the_built_model(name, built):
 
 @pytest.mark.parametrize("name", MOBILENETS)
 def test_resolve_weights_finds_the_official_file_in_weights_dir(
-    name, shared_weights_dir, no_network_calls, monkeypatch, tmp_path
+    name, sample_weights_dir, no_network_calls, monkeypatch, tmp_path
 ):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     entry = backbones.get_backbone(name)
 
-    source = backbones.resolve_weights(entry, "imagenet", str(shared_weights_dir))
+    source = backbones.resolve_weights(entry, "imagenet", str(sample_weights_dir))
 
     assert source.kind == "imagenet"
-    assert source.path == str(shared_weights_dir / entry.weights_file)
+    assert source.path == str(sample_weights_dir / entry.weights_file)
     assert source.path in source.origin
 
 
@@ -101,9 +101,9 @@ def test_resolve_weights_none_is_random_init(name, no_network_calls):
 
 
 @pytest.mark.parametrize("name", MOBILENETS)
-def test_weights_file_tensors_match_the_loaded_model(name, shared_weights_dir):
+def test_weights_file_tensors_match_the_loaded_model(name, sample_weights_dir):
     entry = backbones.get_backbone(name)
-    path = str(shared_weights_dir / entry.weights_file)
+    path = str(sample_weights_dir / entry.weights_file)
 
     loaded = [layer.get_weights() for layer in entry.build(IMAGE_SIZE, path).layers if layer.weights]
     from_file = backbones.weights_file_tensors(path)
@@ -116,10 +116,10 @@ def test_weights_file_tensors_match_the_loaded_model(name, shared_weights_dir):
     assert sum(tensor.size for layer in from_file for tensor in layer) == entry.parameter_count
 
 
-def test_weights_file_tensors_differ_from_random_init(built, shared_weights_dir):
+def test_weights_file_tensors_differ_from_random_init(built, sample_weights_dir):
     # Without this, equality above could come from a loader that ignores the file.
     entry = backbones.get_backbone("mobilenet")
-    from_file = backbones.weights_file_tensors(str(shared_weights_dir / entry.weights_file))
+    from_file = backbones.weights_file_tensors(str(sample_weights_dir / entry.weights_file))
     random_kernel = next(layer for layer in built["mobilenet"].layers if layer.weights).get_weights()[0]
     assert not np.array_equal(from_file[0][0], random_kernel)
 

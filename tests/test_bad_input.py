@@ -1,5 +1,19 @@
 """Every input a user can get wrong: each one raises LabInputError (or makes pytest stop with
-a usage error) whose message names the way out."""
+a usage error) whose message names the way out, before anything trains, leaving nothing
+half-written.
+
+The inputs tried here: an unknown profile, backbone or weights kind; `--subset` of zero, below
+zero or larger than the data; `--seed` outside 0..2**32-1; `--seeds` of zero, negative,
+non-numeric or repeated values; `--backbones ""` or `,` (an error) and repeated backbones (run
+once, with a warning); a data folder without a dataset folder, with a missing, unexpected or
+empty class folder, an image that does not decode, a file name that is not UTF-8, or a folder
+or image that cannot be read (the message says to fix its permissions); a corrupt CIFAR-10
+image, found before experiment 1 trains; a weights file of another architecture; a `.keras`
+file that is truncated, has a malformed config.json, or holds code that safe mode refuses;
+tensorflow-datasets offline without a prepared copy (with `--data-dir`: said to be ignored
+with that source); ImageNet weights offline without a file; a report folder that cannot be
+written; the `LAB_DATA_DIR`, `LAB_WEIGHTS_DIR` and `LAB_REPORT_DIR` defaults.
+"""
 
 import contextlib
 import io
@@ -202,9 +216,9 @@ def test_undecodable_image_names_the_file(spoil, make_image_folder):
     assert "delete or replace" in message
 
 
-def test_weights_file_of_another_architecture(shared_weights_dir):
+def test_weights_file_of_another_architecture(sample_weights_dir):
     # MobileNet (v1) weights given to MobileNetV2: Keras says only "Layer count mismatch".
-    wrong = str(shared_weights_dir / backbones.get_backbone("mobilenet").weights_file)
+    wrong = str(sample_weights_dir / backbones.get_backbone("mobilenet").weights_file)
 
     with pytest.raises(LabInputError) as raised:
         backbones.get_backbone("mobilenet_v2").build(32, wrong)

@@ -27,11 +27,11 @@ def tiny_flowers():
     )
 
 
-def test_head_on_cached_features_predicts_like_the_classifier(tiny_flowers, shared_weights_dir):
+def test_head_on_cached_features_predicts_like_the_classifier(tiny_flowers, sample_weights_dir):
     # Real MobileNet weights: a random MobileNet's pooled features are near-constant, which
     # would let a wrong feature path pass unnoticed.
     backbone = get_backbone("mobilenet")
-    classifier = models.backbone_classifier(backbone, 32, 5, str(shared_weights_dir / backbone.weights_file))
+    classifier = models.backbone_classifier(backbone, 32, 5, str(sample_weights_dir / backbone.weights_file))
     cached = features.extract_features(classifier, tiny_flowers.batches("train", 4))
     assert cached.shape == (tiny_flowers.train_count, backbone.feature_channels)
 

@@ -58,9 +58,9 @@ def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
     ],
 )
 def test_cached_stage_trains_like_the_whole_classifier(
-    backbone_name, first_thawed, crossing, tiny_flowers, shared_weights_dir
+    backbone_name, first_thawed, crossing, tiny_flowers, sample_weights_dir
 ):
-    classifier = pretrained_classifier(backbone_name, shared_weights_dir)
+    classifier = pretrained_classifier(backbone_name, sample_weights_dir)
     thaw_from(classifier, first_thawed)
     start = classifier.get_weights()
     trained_start = [weight.numpy() for weight in classifier.trainable_weights]
@@ -112,8 +112,8 @@ def flat(weights: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([weight.ravel() for weight in weights])
 
 
-def test_head_stage_cuts_after_pooling(shared_weights_dir):
-    classifier = pretrained_classifier("mobilenet_v2", shared_weights_dir)
+def test_head_stage_cuts_after_pooling(sample_weights_dir):
+    classifier = pretrained_classifier("mobilenet_v2", sample_weights_dir)
     freezing.freeze_base(classifier)
 
     cut = stage_cache.find_cut(classifier)
@@ -124,8 +124,8 @@ def test_head_stage_cuts_after_pooling(shared_weights_dir):
     assert [layer.name for layer in split.top.layers if layer.weights] == [models.HEAD_LAYER_NAME]
 
 
-def test_over_budget_is_refused_before_the_prefix_runs(tiny_flowers, shared_weights_dir, monkeypatch):
-    classifier = pretrained_classifier("mobilenet_v2", shared_weights_dir)
+def test_over_budget_is_refused_before_the_prefix_runs(tiny_flowers, sample_weights_dir, monkeypatch):
+    classifier = pretrained_classifier("mobilenet_v2", sample_weights_dir)
     thaw_from(classifier, "block_5_project")
     base = freezing.base_of(classifier)
     crossing = ("block_4_add", "block_5_depthwise_relu")
