@@ -7,6 +7,7 @@ experiments use live in experiments/conftest.py.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import NoReturn
 
@@ -17,7 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from lab import data, distribution, reproducibility, storage
 from lab.backbones import get_backbone, resolve_weights
-from lab.config import DISTRIBUTION_STRATEGIES, WEIGHTS_CHOICES, RunConfig, build_config, path_default
+from lab.config import (
+    CACHED_CHOICES,
+    DISTRIBUTION_STRATEGIES,
+    WEIGHTS_CHOICES,
+    RunConfig,
+    build_config,
+    path_default,
+)
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import PROFILES
@@ -27,6 +35,9 @@ from pytest_lab.session import LabSession
 
 LOADED_DATASETS = pytest.StashKey[dict]()
 DATA_ERROR = pytest.StashKey[LabInputError]()
+# Seconds each dataset loaded before the first test took, and those a test's time split holds.
+DATA_SECONDS = pytest.StashKey[dict]()
+DATA_CHARGED = pytest.StashKey[set]()
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -83,6 +94,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--early-stopping", type=int, default=None, metavar="PATIENCE",
                     help="experiment 5: stop each fit after PATIENCE epochs without a better validation accuracy "
                     "and keep its best epoch's weights (default: off, every strategy trains its whole budget)")
+    group.addoption("--cached", choices=CACHED_CHOICES, default="auto",
+                    help="experiment 5: auto (default) runs each stage's frozen layers once over the images and "
+                    "trains the rest on their cached activations, where that is the same training (else end to "
+                    "end, saying why); off always trains end to end, to time the two against each other")
+    group.addoption("--cache-budget", metavar="SIZE", default="2G",
+                    help="the most memory one stage's cached activations may take, such as 512M or 2G "
+                    "(default 2G); a stage over it trains end to end")
     group.addoption("--tensorboard", metavar="DIR", default=None,
                     help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>")
 
@@ -114,6 +132,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 lr_factor=config.getoption("lr_factor"),
                 augment=config.getoption("augment"),
                 early_stopping=config.getoption("early_stopping"),
+                cached=config.getoption("cached"),
+                cache_budget=config.getoption("cache_budget"),
             )
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
@@ -302,8 +322,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     profile = config.stash[RUN_CONFIG].profile
     needed = [arguments for item in session.items for arguments in _datasets_needed(item, profile)]
+    load_seconds = config.stash.setdefault(DATA_SECONDS, {})
     for arguments in dict.fromkeys(needed):
+        started = time.perf_counter()
         loaded = _load_dataset(config, *arguments)
+        load_seconds[arguments] = time.perf_counter() - started
         if isinstance(loaded, LabInputError):
             if not _is_worker(config):
                 pytest.exit(str(loaded), returncode=pytest.ExitCode.USAGE_ERROR)
@@ -315,10 +338,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Fails, before it trains, the test an xdist worker runs after its data check failed."""
+    """Fails, before it trains, the test an xdist worker runs after its data check failed.
+
+    Otherwise hands the session the seconds of the datasets loaded before any test ran that
+    this test is the first in its process to need (`lab_data_seconds`, for the time split):
+    a dataset loaded later is in the durations of the test that loaded it.
+    """
     error = item.config.stash.get(DATA_ERROR, None)
     if error is not None:
         _fail_with(error)
+    config = item.config
+    charged = config.stash.setdefault(DATA_CHARGED, set())
+    load_seconds = config.stash.get(DATA_SECONDS, {})
+    needed = [key for key in _datasets_needed(item, config.stash[RUN_CONFIG].profile) if key not in charged]
+    charged.update(needed)
+    seconds = sum(load_seconds.get(key, 0.0) for key in needed)
+    if seconds:
+        item.user_properties.append(("lab_data_seconds", seconds))
 
 
 @pytest.fixture(scope="session")

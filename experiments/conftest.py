@@ -18,10 +18,11 @@ import keras
 import numpy as np
 import pytest
 
-from lab import models
+from lab import models, timesplit
 from lab.backbones import Backbone, WeightsSource, get_backbone
 from lab.data import ImageData
 from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table, ValidationSet
+from lab.reuse import CompiledRuns
 from pytest_lab import RUN_CONFIG
 
 
@@ -58,6 +59,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "backbones=\"pretrained\", \"freeze\" or \"unfreeze\""
         )
     metafunc.parametrize("backbone_name", metafunc.config.stash[RUN_CONFIG].backbones_for(backbones))
+
+
+@pytest.fixture(autouse=True)
+def time_split(request: pytest.FixtureRequest):
+    """Measures the seconds this test's fits and predictions spend tracing, training and
+    evaluating (`lab.timesplit`), and hands them to the session's time split."""
+    with timesplit.measuring(experiment_of(request.node).number) as measured:
+        yield measured
+    # Plain types: under xdist, user properties travel to the controller in test reports.
+    request.node.user_properties.append(("lab_time_split", dataclasses.asdict(measured)))
 
 
 @pytest.fixture
@@ -106,6 +117,17 @@ def backbone_case(backbone_name, backbone_weights, backbone_flowers, run_config)
         return BackboneCase(backbone, resolved, backbone_flowers(backbone), run_config.augment)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def compiled_models(run_config) -> CompiledRuns:
+    """This process's compiled models by configuration (`lab.reuse.CompiledRuns`), to trace each once.
+
+    A test that trains a configuration again (another seed of --seeds) puts its fresh weights
+    into the models an earlier test compiled, instead of building and compiling them anew.
+    With one seed nothing is kept.
+    """
+    return CompiledRuns(keep=len(run_config.seeds) > 1)
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import features, freezing, models
+from lab import features, freezing, models, timesplit
 from lab.data import ImageData
 from lab.results import Table
+from lab.timing import EpochTimes
 from lab.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(4, backbones="freeze")
@@ -97,12 +98,17 @@ class EpochTiming:
         return freezing.base_of(self.model)
 
     def time_epochs(self, benchmark, mode: str, model: keras.Model, batches: tf.data.Dataset) -> None:
-        """Times one-epoch fits of `model` on `batches` after an untimed warm-up epoch (graph tracing)."""
+        """Times one-epoch fits of `model` on `batches` after an untimed warm-up epoch (graph tracing).
+
+        Their epochs, warm-up first, go to the session's time split as the epochs of one fit.
+        """
         benchmark.extra_info.update(
             backbone=self.backbone, mode=mode, image_size=self.image_size, images_per_epoch=self.images_per_epoch
         )
-        benchmark.pedantic(model.fit, args=(batches,), kwargs={"epochs": 1, "verbose": 0},
+        epochs = EpochTimes()
+        benchmark.pedantic(model.fit, args=(batches,), kwargs={"epochs": 1, "verbose": 0, "callbacks": [epochs]},
                            rounds=self.rounds, warmup_rounds=1)
+        timesplit.add_fit(epochs.seconds)
 
 
 @pytest.fixture

@@ -7,13 +7,20 @@ on everything from the start, answer whether it is worth it. ULMFiT's discrimina
 (each block down from the head learns --lr-factor times slower), gradually or from the start,
 are the strategies people use beyond the lab's. Every compile follows --lr-schedule, and
 the rate each parameter group actually used is recorded per epoch.
+
+With --cached auto each compile trains only the layers above the lowest thawed one, on the
+activations of the frozen layers below it, computed once (lab/stage_cache.py), where that is
+the same training; the top shares the classifier's layers, so every assertion holds on the
+classifier itself. A configuration trained again (another seed) reuses its compiled models
+(lab/reuse.py), so that its graphs are traced once.
 """
 
+import numpy as np
 import pytest
 
-from lab import fine_tuning, freezing, models, optimizers
+from lab import fine_tuning, freezing, optimizers, stage_cache, timesplit
 from lab.results import StageCurve, Table
-from lab.training import fit_on, predicted_classes, tensorboard_callbacks
+from lab.training import fit, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(5, backbones="unfreeze")
 
@@ -23,10 +30,12 @@ ON_ONE_BUDGET = Table("Strategies on one budget", keys=("backbone", "strategy", 
 
 @pytest.mark.parametrize("strategy", freezing.STRATEGIES)
 def test_unfreeze_strategy(
-    strategy, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
+    strategy, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record, compiled_models
 ):
     case = backbone_case()
-    model = case.classifier()
+    # Everything else that decides the compiled models is the session's, the same for every test.
+    run = compiled_models.start((case.name, case.image_size, case.weights.kind, strategy), case.classifier())
+    model = run.classifier
     base = freezing.base_of(model)
     stages = freezing.strategy_stages(strategy, case.backbone, base, profile.unfreeze_stages, profile.stage_epochs)
     gradual = strategy.startswith("gradual-")
@@ -35,15 +44,42 @@ def test_unfreeze_strategy(
     steps_per_epoch = fine_tuning.steps_per_epoch(case.flowers.train_count, profile.batch_size)
     rate_curves = fine_tuning.RateCurves()
 
-    previous_count, accuracies, total_seconds = -1, [], 0.0
+    previous_count, accuracies, total_seconds, cached_stages = -1, [], 0.0, 0
     for number, stage in enumerate(stages):
         freezing.set_base_trainable(model, set(stage.trainable_layers))
+        prefix_seconds, compiled = 0.0, "kept"
         if compile_spans[number]:
-            optimizer = fine_tuning.stage_optimizer(
-                model, case.backbone, stage, run_config.lr_schedule, run_config.lr_factor,
-                steps=compile_spans[number] * steps_per_epoch,
+            span = run.spans.get(number)
+            cache = (
+                stage_cache.cache_stage(
+                    model, case.flowers, profile.batch_size, run_config.cache_budget, span and span.split
+                )
+                if run_config.cached == "auto"
+                else stage_cache.CachedStage("--cached off", None)
             )
-            models.compile_for_classification(model, optimizer=optimizer)
+            prefix_seconds = cache.prefix_seconds
+            # The optimizer is built from the classifier's parameter groups: the top's weights
+            # are the classifier's, with the same paths.
+            trained, reused = run.span_model(
+                number,
+                cache,
+                lambda stage=stage, number=number: fine_tuning.stage_optimizer(
+                    model, case.backbone, stage, run_config.lr_schedule, run_config.lr_factor,
+                    steps=compile_spans[number] * steps_per_epoch,
+                ),
+            )
+            compiled = "reused" if reused else "new"
+            validation_batches = (
+                cache.validation_batches(profile.batch_size)
+                if cache.cached
+                else case.flowers.batches("validation", profile.batch_size)
+            )
+        # A stage that goes on with the last compile goes on with its cache, shuffled anew.
+        train_batches = (
+            cache.train_batches(profile.batch_size, seed + number)
+            if cache.cached
+            else case.flowers.batches("train", profile.batch_size, seed=seed + number)
+        )
         rates = fine_tuning.stage_rates(model, case.backbone, stage, run_config.lr_factor)
 
         trainable = freezing.trainable_base_layers(model)
@@ -58,13 +94,19 @@ def test_unfreeze_strategy(
         frozen_before = freezing.weight_bytes(frozen_layers)
         statistics_before = freezing.batch_norm_statistics(model)
         rate_recorder = optimizers.GroupLearningRates()
-        result = fit_on(
-            model, case.flowers, stage.epochs, profile.batch_size, seed + number, keras_verbose,
+        result = fit(
+            trained, train_batches, stage.epochs, validation_batches, keras_verbose,
             [*tensorboard_callbacks(tensorboard_dir, f"stage{number}"), rate_recorder],
             early_stopping_patience=run_config.early_stopping,
         )
         assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []
         assert freezing.batch_norm_statistics(model) == statistics_before
+        if cache.cached:
+            # The classifier holds what its top learned: it predicts what the top predicted.
+            with timesplit.evaluating():
+                on_images = model.predict(case.flowers.batches("validation", profile.batch_size), verbose=0)
+                on_activations = trained.predict(validation_batches, verbose=0)
+            np.testing.assert_allclose(on_images, on_activations, atol=1e-5)
 
         # Exactly the groups with trainable weights stepped, each at its own configured rate.
         assert set(rate_recorder.per_epoch) == set(rates)
@@ -74,7 +116,9 @@ def test_unfreeze_strategy(
         rate_curves.add_fit(rate_recorder.per_epoch, len(result.loss))
 
         accuracies.append(result.final_validation_accuracy)
-        total_seconds += sum(result.epoch_seconds)
+        tracing_seconds, training_seconds = timesplit.fit_seconds(result.epoch_seconds)
+        total_seconds += prefix_seconds + sum(result.epoch_seconds)
+        cached_stages += cache.cached
         record(
             STAGES,
             {
@@ -86,7 +130,12 @@ def test_unfreeze_strategy(
                 "trainable tensors": count,
                 "trainable parameters": freezing.trainable_parameter_count(model),
                 "validation accuracy": result.final_validation_accuracy,
-                "seconds": sum(result.epoch_seconds),
+                "path": "cached" if cache.cached else f"end to end: {cache.reason}",
+                "compiled": compiled,
+                "prefix s": prefix_seconds,
+                "tracing s": tracing_seconds,
+                "training s": training_seconds,
+                "seconds": prefix_seconds + sum(result.epoch_seconds),
                 **result.early_stopping_summary(),
             },
             validation=case.flowers,
@@ -102,6 +151,7 @@ def test_unfreeze_strategy(
             "epochs": sum(stage.epochs for stage in stages),
             "rates (last stage)": fine_tuning.describe_rates(rates),
             "final validation accuracy": accuracies[-1],
+            "cached stages": f"{cached_stages} of {len(stages)}",
             "training seconds": total_seconds,
         },
         label=f"{case.name} {strategy}",

@@ -185,11 +185,8 @@ class Backbone:
             name: the model's name; Keras's own when None.
         """
         self.check_image_size(image_size)
-        naming = {"name": name} if name else {}
         try:
-            return self.constructor(
-                input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **naming
-            )
+            model = self.constructor(input_shape=(image_size, image_size, 3), include_top=False, weights=weights)
         except (ValueError, KeyError, OSError) as error:
             if weights is None:
                 raise
@@ -198,6 +195,10 @@ class Backbone:
                 f"{str(error).splitlines()[0][:160]}): pass a folder holding {self.weights_file} "
                 "with --weights-dir, or --weights none"
             ) from None
+        # Named after construction: EfficientNetV2 looks its block settings up by its `name`.
+        if name:
+            model.name = name
+        return model
 
     def stages_top_down(self, base: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
         """Splits the layers of `base` (built by `build`) into named stages, topmost first.

@@ -7,7 +7,7 @@ import logging
 import os
 import warnings
 
-from lab import backbones, data, distribution, sample
+from lab import backbones, data, distribution, sample, stage_cache
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import Profile, get_profile, with_overrides
@@ -21,6 +21,7 @@ MAX_SEED = 2**32 - 1
 # KERAS_HOME do for tensorflow-datasets and Keras; the command line wins over it.
 PATH_VARIABLES = {"data_dir": "LAB_DATA_DIR", "weights_dir": "LAB_WEIGHTS_DIR", "report_dir": "LAB_REPORT_DIR"}
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multiworker")
+CACHED_CHOICES = ("auto", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,9 @@ class RunConfig:
         early_stopping: experiment 5 stops a stage's fit after this many epochs without a
             better validation accuracy, keeping its best weights; None trains every epoch.
         seeds: every training case runs once with each of these (`--seeds`).
+        cached: `auto` trains each stage of experiment 5 on its frozen prefix's cached
+            activations where that gives the same training, `off` always end to end.
+        cache_budget: the most bytes one stage's cached activations may take.
     """
 
     profile: Profile
@@ -69,6 +73,8 @@ class RunConfig:
     lr_factor: float = DISCRIMINATIVE_FACTOR
     augment: bool = False
     early_stopping: int | None = None
+    cached: str = "auto"
+    cache_budget: int = stage_cache.DEFAULT_CACHE_BUDGET
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
         """The backbones experiment `pretrained`, `freeze` or `unfreeze` covers."""
@@ -173,6 +179,8 @@ def build_config(
     augment: bool = False,
     early_stopping: int | None = None,
     seeds: str = "1",
+    cached: str = "auto",
+    cache_budget: str = "2G",
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
@@ -213,6 +221,9 @@ def build_config(
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
         raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
     check_fine_tuning(lr_schedule, lr_factor, early_stopping)
+    if cached not in CACHED_CHOICES:
+        raise LabInputError(f"unknown --cached {cached!r}: use one of {', '.join(CACHED_CHOICES)}")
+    budget_bytes = stage_cache.parse_cache_budget(cache_budget)
     if data_source == "sample":
         # Hashes every sample file (once per process): a broken sample stops the run before it starts.
         sample.verified_root()
@@ -237,6 +248,8 @@ def build_config(
         lr_factor=lr_factor,
         augment=augment,
         early_stopping=early_stopping,
+        cached=cached,
+        cache_budget=budget_bytes,
     )
 
 

@@ -10,6 +10,15 @@
 The arms of a question are the records of its experiment that carry per-image predictions,
 matched by their table's key columns and by seed; the statistics are `lab.statistics`'. A
 question whose arms did not both run is answered "not compared", with the reason.
+
+The comparisons of one findings question (one line prefix: experiment 5's backbone, with
+its weights; experiment 4's backbone) are one family, read together: their p-values are
+Holm-adjusted over the family's compared comparisons, and the adjusted p-value decides each
+verdict, so the chance of any false "better than" in the family stays below 5% (Holm rather
+than Benjamini-Hochberg because each verdict is read as a claim on its own, and Holm bounds
+the chance of even one false claim whatever the dependence between comparisons that share an
+arm). Experiments 1, 2 and 3 ask one comparison per question (per filter width, per backbone:
+each a different network), so their p-values stand unadjusted.
 """
 
 from __future__ import annotations
@@ -42,7 +51,20 @@ def comparisons(results: Results) -> list[Comparison]:
     for number, answered in by_experiment.items():
         unanswered = None if answered else _unanswered(results, number)
         answers += answered + ([unanswered] if unanswered else [])
-    return answers
+    return _adjusted_per_question(answers)
+
+
+def _adjusted_per_question(answers: list[Comparison]) -> list[Comparison]:
+    """The answers, each question's comparisons Holm-adjusted as one family, in the order given."""
+    families: dict[str, list[int]] = defaultdict(list)
+    for index, comparison in enumerate(answers):
+        families[comparison.question].append(index)
+    adjusted = list(answers)
+    for indices in families.values():
+        family = statistics.adjusted_for_family([answers[index] for index in indices])
+        for index, comparison in zip(indices, family, strict=True):
+            adjusted[index] = comparison
+    return adjusted
 
 
 def _arms(results: Results, experiment: int, arm_column: str | None) -> dict[tuple, dict[str, dict[int, Record]]]:

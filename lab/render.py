@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 
 from tabulate import tabulate
 
-from lab import plots, statistics
+from lab import plots, statistics, timesplit
 from lab.errors import LabInputError
 from lab.results import (
     ACCURACY_COLUMNS,
@@ -21,6 +21,7 @@ from lab.results import (
     Record,
     Results,
     RunHeader,
+    TimeSplit,
 )
 
 MODES = ("unfrozen", "frozen", "frozen-cached")
@@ -55,6 +56,7 @@ def render(results: Results, figures_link: str) -> RenderedReport:
     lines += _blockquotes(banners(run))
     lines += [header_table(run), ""]
     lines += _findings_section(results)
+    lines += _time_split_section(results.time_split)
     by_experiment = records_by_experiment(results.records)
     rows = benchmark_rows(results.benchmarks)
     for number, title in EXPERIMENT_TITLES.items():
@@ -258,6 +260,52 @@ def _findings_section(results: Results) -> list[str]:
         "",
     ]
     return lines
+
+
+def time_split_parts(split: TimeSplit) -> list[tuple[str, float]]:
+    """A time split's parts as (name, seconds), in the order the report and the summary give them."""
+    return [
+        ("data loading", split.data_seconds),
+        ("tracing", split.tracing_seconds),
+        ("training", split.training_seconds),
+        ("evaluation", split.evaluation_seconds),
+        ("other", split.other_seconds),
+    ]
+
+
+def _time_split_section(splits: list[TimeSplit]) -> list[str]:
+    """Where the session's seconds went, per experiment: a table and what each column counts."""
+    if not splits:
+        return []
+    named = [
+        (EXPERIMENT_TITLES[split.experiment].split(":")[0] if split.experiment else "rest of the session", split)
+        for split in splits
+    ]
+    rows = [
+        {"part": part, **{f"{name} s": f"{seconds:.1f}" for name, seconds in time_split_parts(split)},
+         "total s": f"{split.total_seconds:.1f}"}
+        for part, split in [*named, ("all", timesplit.total(splits))]
+    ]
+    parallel = not any(split.experiment is None for split in splits)
+    rest = (
+        "Tests ran on several xdist workers at once: their seconds add up over workers, past the wall time."
+        if parallel else
+        "The rest of the session is the wall time above less the experiments: start-up, collection, unit tests."
+    )
+    return [
+        "## Where the time went",
+        "",
+        table(rows),
+        "",
+        (
+            "Data loading: decoding and resizing the datasets, before the first test. Tracing: each fit's first "
+            "epoch less its median later epoch. Training: the rest of the fits' epochs, validation included. "
+            "Evaluation: predicting the validation images whose predictions are recorded. Other: the rest of the "
+            f"tests' durations (building, compiling and loading models, feature extraction, checks). {rest} "
+            "Writing this report comes after: its seconds are in pytest's terminal summary."
+        ),
+        "",
+    ]
 
 
 def _blockquotes(paragraphs: list[str]) -> list[str]:

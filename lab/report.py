@@ -20,9 +20,9 @@ import shutil
 import sys
 import tempfile
 
-from lab import atomic, compare, findings, render
+from lab import atomic, compare, findings, render, timesplit
 from lab.errors import LabInputError
-from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError
+from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, TimeSplit
 
 USAGE_ERROR = 2
 WRITE_ERROR = 1
@@ -98,6 +98,17 @@ def summary_lines(results: Results) -> list[str]:
             text += f"; best validation accuracy {accuracy:.3f} ({label})"
         lines.append(text)
     return lines
+
+
+def time_split_line(splits: list[TimeSplit], report_seconds: float | None) -> str:
+    """The session's time split in one line for pytest's terminal summary, with the report's own seconds."""
+    whole = timesplit.total(splits)
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in render.time_split_parts(whole))
+    wall = "s" if any(split.experiment is None for split in splits) else "s summed over xdist workers"
+    line = f"time: {parts} (of {whole.total_seconds:.0f} {wall}; per experiment in the report)"
+    if report_seconds is not None:
+        line += f"; writing the report {report_seconds:.1f} s"
+    return line
 
 
 def load_results(path: str) -> Results:

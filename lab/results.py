@@ -195,6 +195,38 @@ class ValidationSet:
 
 
 @dataclasses.dataclass
+class TimeSplit:
+    """Where the seconds of one experiment's tests went (or, with `experiment` None, the rest
+    of the session: start-up, collection, unit tests and the session's own work).
+
+    The parts add up to `total_seconds`: the experiment's tests' setup, call and teardown
+    durations plus the data its tests loaded before any test ran.
+
+    Args:
+        experiment: 1..5, or None for the rest of the session.
+        data_seconds: loading and resizing datasets (before the first test, in this suite).
+        tracing_seconds: first epoch minus a steady epoch, over every fit: graph tracing.
+        training_seconds: every other second of the fits' epochs (validation included).
+        evaluation_seconds: predicting the validation images whose predictions are recorded.
+        other_seconds: the rest: building and compiling models, loading saved ones, checks.
+    """
+
+    experiment: int | None
+    data_seconds: float = 0.0
+    tracing_seconds: float = 0.0
+    training_seconds: float = 0.0
+    evaluation_seconds: float = 0.0
+    other_seconds: float = 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return (
+            self.data_seconds + self.tracing_seconds + self.training_seconds
+            + self.evaluation_seconds + self.other_seconds
+        )
+
+
+@dataclasses.dataclass
 class Outcome:
     """How one selected test ended: passed, failed, skipped, or not run."""
 
@@ -237,7 +269,8 @@ class RunHeader:
 @dataclasses.dataclass
 class Results:
     """Everything a session saved: the run, its records, benchmarks and test outcomes, the
-    validation sets the records predicted, and the comparisons the findings come from."""
+    validation sets the records predicted, the comparisons the findings come from, and where
+    the session's time went."""
 
     run: RunHeader
     records: list[Record] = dataclasses.field(default_factory=list)
@@ -245,6 +278,7 @@ class Results:
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
     validation_sets: list[ValidationSet] = dataclasses.field(default_factory=list)
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
+    time_split: list[TimeSplit] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         """The plain-JSON form written as results.json."""
@@ -270,6 +304,7 @@ class Results:
                     Comparison(**{**item, "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None})
                     for item in data.get("comparisons", [])
                 ],
+                time_split=[TimeSplit(**item) for item in data.get("time_split", [])],
             )
         except (TypeError, AttributeError) as error:
             raise ResultsFormatError(f"not a results.json of this suite: {error}") from None

@@ -4,15 +4,21 @@ Every `compile()` drops the model's traced `train_function`, and on a CPU the fi
 it is mostly graph tracing. A run of the same architecture with the same trainable layers
 (another seed, another strategy's identical stage) can reuse the compiled model: put that run's
 initial weights and the optimizer's starting state into it, and fit with the graph already
-traced. The learning rate is a variable of the optimizer, so it can change without a retrace.
+traced. The optimizer's state is restored by its variables (step counts, moments, and the
+learning rate where it is a variable), so a `MultiOptimizer` of per-group rates restarts as it
+was compiled; a plain optimizer's constant rate can also be changed without a retrace.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Hashable
 
 import keras
 import numpy as np
+
+from lab import models
+from lab.stage_cache import CachedStage, StageModels
 
 
 @dataclasses.dataclass
@@ -61,10 +67,13 @@ class ReusableModel:
                 instance from the same architecture freshly built with another seed), or None
                 to keep the weights it has: for the top of a cached stage, whose layers are the
                 classifier's, put the weights into the classifier.
-            learning_rate: a new learning rate, or None for the compiled one.
+            learning_rate: a new constant learning rate for a plain optimizer, or None for the
+                compiled rates (the only choice for a `MultiOptimizer`, which has a rate per group,
+                or for a rate schedule).
 
         Raises:
-            ValueError: the model's trainable variables changed since `of`: that takes a compile().
+            ValueError: the model's trainable variables changed since `of`: that takes a
+                compile(); or `learning_rate` is given for a MultiOptimizer or a rate schedule.
         """
         trainable = tuple(variable.path for variable in self.model.trainable_variables)
         if trainable != self.trainable_paths:
@@ -72,9 +81,107 @@ class ReusableModel:
                 f"the trainable variables of {self.model.name} changed since it was compiled: "
                 "compile it again rather than reusing it"
             )
+        optimizer = self.model.optimizer
+        # compile() wraps the optimizer in a LossScaleOptimizer under mixed_float16.
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if learning_rate is not None and (
+            isinstance(inner, keras.optimizers.MultiOptimizer)
+            or isinstance(inner._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+        ):
+            raise ValueError(
+                f"{self.model.name} trains with per-group rates or a rate schedule: restart it with "
+                "learning_rate=None for its compiled rates, or compile it again for others"
+            )
         if weights is not None:
             self.model.set_weights(weights)
-        self.model.optimizer.set_weights(self.optimizer_start)
+        optimizer.set_weights(self.optimizer_start)
         if learning_rate is not None:
-            self.model.optimizer.learning_rate = learning_rate
+            inner.learning_rate = learning_rate
         self.model.reset_metrics()
+
+
+@dataclasses.dataclass
+class CompiledSpan:
+    """The model one compile span of a fine-tuning run trains, compiled once.
+
+    Attributes:
+        reusable: the compiled model: a cached stage's top, or a view of the whole classifier.
+        split: the cached stage's prefix and top (`lab.stage_cache.CachedStage.split`), or None
+            for a span trained end to end.
+    """
+
+    reusable: ReusableModel
+    split: StageModels | None
+
+
+@dataclasses.dataclass
+class CompiledRun:
+    """A classifier and the model each of its compile spans trains, to train the same configuration again.
+
+    Attributes:
+        classifier: the classifier every span's model shares its layers with.
+        spans: compile span (the number of its first stage) -> its compiled model.
+        reused: whether this run started from an earlier run's compiled models.
+    """
+
+    classifier: keras.Model
+    spans: dict[int, CompiledSpan] = dataclasses.field(default_factory=dict)
+    reused: bool = False
+
+    def span_model(
+        self, number: int, cache: CachedStage, optimizer: Callable[[], keras.optimizers.Optimizer]
+    ) -> tuple[keras.Model, bool]:
+        """The compiled model that span `number` trains, and whether an earlier run compiled it.
+
+        The model is the cached stage's top where `cache` is cached, else a Functional model on
+        the classifier's own layers, so that each span keeps its own compile and traced
+        functions. A span compiled for an earlier run with the same split restarts from its
+        optimizer's starting state; its weights are the classifier's.
+
+        Args:
+            number: the span's first stage.
+            cache: this span's `lab.stage_cache.cache_stage`, given the span's earlier split.
+            optimizer: makes the span's fresh optimizer, for a span compiled here.
+        """
+        span = self.spans.get(number)
+        if span is not None and span.split == cache.split:
+            span.reusable.restart(None)
+            return span.reusable.model, True
+        model = cache.top if cache.cached else keras.Model(
+            self.classifier.inputs, self.classifier.outputs, name=f"{self.classifier.name}_span{number}"
+        )
+        models.compile_for_classification(model, optimizer=optimizer())
+        self.spans[number] = CompiledSpan(ReusableModel.of(model), cache.split)
+        return model, False
+
+
+class CompiledRuns:
+    """Compiled runs by configuration: a run of a configuration seen before reuses its models.
+
+    Args:
+        keep: whether to keep runs at all; without a second run of any configuration (one
+            seed), keeping them would only hold memory.
+    """
+
+    def __init__(self, keep: bool):
+        self.keep = keep
+        self._runs: dict[Hashable, CompiledRun] = {}
+
+    def start(self, key: Hashable, classifier: keras.Model) -> CompiledRun:
+        """The run of configuration `key`, starting from `classifier`'s weights.
+
+        Args:
+            key: everything that decides the architecture, the trainable layers of each
+                stage and the optimizers (backbone, input size, strategy, options...).
+            classifier: freshly built for this run (its seed); the kept run of `key`, if any,
+                takes its weights, else it becomes the run's classifier.
+        """
+        run = self._runs.get(key)
+        if run is None:
+            run = CompiledRun(classifier)
+            if self.keep:
+                self._runs[key] = run
+            return run
+        run.classifier.set_weights(classifier.get_weights())
+        run.reused = True
+        return run

@@ -98,7 +98,8 @@ class CachedStage:
         cache_bytes: the activations' size, counted before they were computed.
         prefix_seconds: wall time of the prefix pass over training and validation images.
         top: the crossing tensors -> class probabilities, on the classifier's own layers;
-            not compiled.
+            not compiled (unless passed in as `split` to `cache_stage`).
+        prefix: the images -> the crossing tensors, on the classifier's own layers.
         train_activations: per crossing tensor, its values for every training image, in order.
         validation_activations: likewise for the validation images.
         train_labels: the training labels, in the same order.
@@ -111,6 +112,7 @@ class CachedStage:
     cache_bytes: int = 0
     prefix_seconds: float = 0.0
     top: keras.Model | None = None
+    prefix: keras.Model | None = None
     train_activations: tuple[np.ndarray, ...] = ()
     validation_activations: tuple[np.ndarray, ...] = ()
     train_labels: np.ndarray | None = None
@@ -119,6 +121,11 @@ class CachedStage:
     @property
     def cached(self) -> bool:
         return self.reason is None
+
+    @property
+    def split(self) -> StageModels | None:
+        """The prefix and the top, to pass to `cache_stage` again for the same stage; None if not cached."""
+        return StageModels(self.prefix, self.top) if self.cached else None
 
     def train_batches(self, batch_size: int, seed: int | None) -> tf.data.Dataset:
         """Batches of (activations, labels), shuffled each epoch with `seed` unless it is None.
@@ -267,7 +274,11 @@ def _as_list(outputs) -> list:
 
 
 def cache_stage(
-    classifier: keras.Model, data: ImageData, batch_size: int, budget_bytes: int = DEFAULT_CACHE_BUDGET
+    classifier: keras.Model,
+    data: ImageData,
+    batch_size: int,
+    budget_bytes: int = DEFAULT_CACHE_BUDGET,
+    split: StageModels | None = None,
 ) -> CachedStage:
     """Runs the frozen prefix of `classifier`'s current stage once, or says why it cannot.
 
@@ -279,10 +290,13 @@ def cache_stage(
         data: the images; the prefix runs over all training and validation images, in order.
         batch_size: images per batch of the prefix pass.
         budget_bytes: the most memory the activations may take.
+        split: the `CachedStage.split` of an earlier call on this classifier with the same
+            trainable layers (its weights may have changed since): its prefix and its top,
+            compiled or not, are used again, so that their traced functions are too.
 
     Raises:
         ValueError: the classifier's graph passes tensors around its base (not a classifier
-            `backbone_classifier` builds).
+            `backbone_classifier` builds), or `split` trains other weights than the classifier.
     """
     cut = find_cut(classifier)
     if cut is None:
@@ -298,7 +312,15 @@ def cache_stage(
             reason=f"activations below {cut.cut_layer} would take {size / 2**20:.1f} MiB, "
             f"over the cache budget of {budget_bytes / 2**20:.1f} MiB",
         )
-    split = split_models(classifier, cut)
+    if split is None:
+        split = split_models(classifier, cut)
+    elif [id(weight) for weight in split.top.trainable_weights] != [
+        id(weight) for weight in classifier.trainable_weights
+    ]:
+        raise ValueError(
+            f"the top passed to cache_stage does not train the trainable weights of {classifier.name}: "
+            "it was split from another classifier or at another stage"
+        )
     started = time.perf_counter()
     train = _as_list(split.prefix.predict(data.batches("train", batch_size), verbose=0))
     validation = _as_list(split.prefix.predict(data.batches("validation", batch_size), verbose=0))
@@ -306,6 +328,7 @@ def cache_stage(
         stage,
         prefix_seconds=time.perf_counter() - started,
         top=split.top,
+        prefix=split.prefix,
         train_activations=tuple(train),
         validation_activations=tuple(validation),
         train_labels=data.train_labels,

@@ -5,6 +5,7 @@ several. One seed: the uncertainty is that of the images (a binomial interval; M
 test for two arms that predicted the same images). Several seeds: the spread over seeds (a
 t-interval on the per-seed values, or on the per-seed differences of two arms). The statistics
 are scipy.stats'; this module chooses between them and says the result in words.
+Comparisons read together as a family get Holm-adjusted p-values (`adjusted_for_family`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Comparison:
         n_images: validation images both arms predicted (None for timings).
         n_rounds: timed epochs of A and of B (timings only).
         reason: why the arms were not compared.
+        p_adjusted: the p-value Holm-adjusted over the comparison's family (`adjusted_for_family`),
+            which then decides the verdict; None when the comparison stands alone.
+        family_size: the comparisons `p_adjusted` is adjusted over; None when it stands alone.
     """
 
     question: str
@@ -87,23 +91,36 @@ class Comparison:
     n_images: int | None = None
     n_rounds: tuple[int, int] | None = None
     reason: str = ""
+    p_adjusted: float | None = None
+    family_size: int | None = None
 
     def sentence(self) -> str:
         """The verdict with the figures behind it, in one line."""
         if self.verdict == NOT_COMPARED:
             return f"{self.a_name} against {self.b_name}: not compared ({self.reason})"
+        # An adjusted verdict follows its adjusted p-value; the interval beside it is the single
+        # comparison's, and says so.
+        ci = "95% CI" if self.p_adjusted is None else "unadjusted 95% CI"
         if self.measure == "ratio":
-            figures = f"{self.effect:.2f}x, 95% CI {self.low:.2f}x..{self.high:.2f}x"
+            figures = f"{self.effect:.2f}x, {ci} {self.low:.2f}x..{self.high:.2f}x"
             budget = f"{self.n_rounds[0]} and {self.n_rounds[1]} timed epochs"
         else:
-            figures = f"{self.effect:+.3f}, 95% CI {self.low:+.3f}..{self.high:+.3f}"
+            figures = f"{self.effect:+.3f}, {ci} {self.low:+.3f}..{self.high:+.3f}"
             seeds = "1 seed" if self.n_seeds == 1 else f"{self.n_seeds} seeds"
             budget = f"{seeds}, {self.n_images} validation images"
         # A verdict that names no winner names the arms it could not tell apart.
         verdict = self.verdict
         if verdict == NO_DIFFERENCE:
             verdict = f"{self.a_name} against {self.b_name}: {verdict}"
-        return f"{verdict} ({figures}, {_p_text(self.p_value)}; {budget}; {self.method})"
+        return f"{verdict} ({figures}, {self._p_text()}; {budget}; {self.method})"
+
+    def _p_text(self) -> str:
+        if self.p_adjusted is None:
+            return _p_text(self.p_value)
+        return (
+            f"{_p_text(self.p_adjusted)} adjusted for {self.family_size} comparisons (Holm), "
+            f"unadjusted {_p_text(self.p_value)}"
+        )
 
 
 def estimate_accuracy(per_seed_accuracy: Sequence[float], n_images: int) -> Estimate:
@@ -152,13 +169,16 @@ def compare_predictions(
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
-        raise LabInputError(f"{question}: the validation labels must be a non-empty 1-D array, got shape {labels.shape}")
+        raise LabInputError(
+            f"{question}: the validation labels must be a non-empty 1-D array, got shape {labels.shape}"
+        )
     a_correct = _correct_per_seed(question, a_name, a_predictions, labels)
     b_correct = _correct_per_seed(question, b_name, b_predictions, labels)
     _same_seed_count(question, a_name, len(a_correct), b_name, len(b_correct))
     if len(a_correct) > 1:
         return compare_accuracies(
-            question, a_name, [float(c.mean()) for c in a_correct], b_name, [float(c.mean()) for c in b_correct], labels.size
+            question, a_name, [float(c.mean()) for c in a_correct],
+            b_name, [float(c.mean()) for c in b_correct], labels.size,
         )
     n_images = labels.size
     only_a = int(np.sum(a_correct[0] & ~b_correct[0]))
@@ -212,7 +232,7 @@ def compare_accuracies(
             f"{question}: one seed gives no spread over seeds; compare its per-image predictions "
             "with compare_predictions (McNemar's test), or run --seeds 2 or more"
         )
-    differences = [a - b for a, b in zip(a_values, b_values)]
+    differences = [a - b for a, b in zip(a_values, b_values, strict=True)]
     effect, low, high, p_value, method = _t_test(differences, 0.0)
     return Comparison(
         question, a_name, b_name, "difference", effect, low, high, p_value, f"{method} of the per-seed differences",
@@ -309,6 +329,41 @@ def not_compared(question: str, a_name: str, b_name: str, reason: str) -> Compar
     return Comparison(question, a_name, b_name, "difference", None, None, None, None, "", NOT_COMPARED, reason=reason)
 
 
+def adjusted_for_family(family: Sequence[Comparison]) -> list[Comparison]:
+    """The family's comparisons with Holm-adjusted p-values, which decide their verdicts.
+
+    Holm's step-down adjustment keeps the chance of any false "better than" in the family
+    below `ALPHA`, whatever the dependence between its comparisons (they share arms). "Not
+    compared" entries are returned unchanged and not counted; a family of one compared
+    comparison is returned as it is.
+
+    Args:
+        family: comparisons whose verdicts are read together (experiment 5: one backbone's).
+
+    Returns:
+        The comparisons in the order given.
+    """
+    compared = [index for index, comparison in enumerate(family) if comparison.verdict != NOT_COMPARED]
+    if len(compared) < 2:
+        return list(family)
+    p_values = np.array([family[index].p_value for index in compared])
+    order = np.argsort(p_values, kind="stable")
+    size = len(compared)
+    # The i-th smallest p-value (from 0) is multiplied by size - i, then kept at least as large
+    # as every smaller one's, so adjusted p-values keep the raw ones' order.
+    stepped = np.minimum(np.maximum.accumulate(p_values[order] * (size - np.arange(size))), 1.0)
+    adjusted = np.empty(size)
+    adjusted[order] = stepped
+    answers = list(family)
+    for index, p_adjusted in zip(compared, adjusted, strict=True):
+        comparison = answers[index]
+        verdict = NO_DIFFERENCE if p_adjusted >= ALPHA else comparison.verdict
+        answers[index] = dataclasses.replace(
+            comparison, p_adjusted=float(p_adjusted), family_size=size, verdict=verdict
+        )
+    return answers
+
+
 def findings(comparisons: Sequence[Comparison]) -> list[str]:
     """One line per comparison, as the report's Findings section and pytest's summary print them."""
     return [f"{comparison.question}: {comparison.sentence()}" for comparison in comparisons]
@@ -344,7 +399,9 @@ def _p_text(p_value: float) -> str:
 
 def _accuracies(per_seed_accuracy: Sequence[float], n_images: int) -> list[float]:
     if n_images <= 0:
-        raise LabInputError(f"an accuracy needs validation images, got n_images={n_images}: check --subset and the split")
+        raise LabInputError(
+            f"an accuracy needs validation images, got n_images={n_images}: check --subset and the split"
+        )
     values = [float(value) for value in per_seed_accuracy]
     if not values:
         raise LabInputError("an accuracy needs at least one seed's value; none was recorded")
@@ -364,7 +421,9 @@ def _correct_count(accuracy: float, n_images: int) -> int:
     return correct
 
 
-def _correct_per_seed(question: str, name: str, predictions: Sequence[np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
+def _correct_per_seed(
+    question: str, name: str, predictions: Sequence[np.ndarray], labels: np.ndarray
+) -> list[np.ndarray]:
     if len(predictions) == 0:
         raise LabInputError(f"{question}: {name} has no seed's predictions")
     correct = []
@@ -372,8 +431,8 @@ def _correct_per_seed(question: str, name: str, predictions: Sequence[np.ndarray
         seed_predictions = np.asarray(seed_predictions)
         if seed_predictions.shape != labels.shape:
             raise LabInputError(
-                f"{question}: {name} predicted {seed_predictions.shape} images, the validation labels are {labels.shape}: "
-                "both arms must predict the same validation images"
+                f"{question}: {name} predicted {seed_predictions.shape} images, "
+                f"the validation labels are {labels.shape}: both arms must predict the same validation images"
             )
         correct.append(seed_predictions == labels)
     return correct

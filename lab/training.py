@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lab import timesplit
 from lab.data import ImageData
 from lab.results import Curves
 from lab.timing import EpochTimes
@@ -89,6 +90,8 @@ def fit(
 ) -> FitResult:
     """Trains `model` (already compiled) and returns its per-epoch history and epoch times.
 
+    Its epochs count as tracing and training in the session's time split (`lab.timesplit`).
+
     `callbacks` run after the epoch timer, so that their work is not timed as training.
 
     Args:
@@ -110,6 +113,7 @@ def fit(
     history = model.fit(
         train, validation_data=validation, epochs=epochs, callbacks=[timer, *callbacks, *stopping], verbose=verbose
     ).history
+    timesplit.add_fit(timer.seconds)
     loss = [float(value) for value in history["loss"]]
     return FitResult(
         loss=loss,
@@ -147,8 +151,12 @@ def fit_on(
 
 
 def predicted_classes(model: keras.Model, inputs, batch_size: int | None = None) -> np.ndarray:
-    """The class `model` predicts for each input (a dataset of batches, or an array batched by `batch_size`)."""
-    return np.argmax(model.predict(inputs, batch_size=batch_size, verbose=0), axis=-1)
+    """The class `model` predicts for each input (a dataset of batches, or an array batched by `batch_size`).
+
+    Its seconds count as evaluation in the session's time split.
+    """
+    with timesplit.evaluating():
+        return np.argmax(model.predict(inputs, batch_size=batch_size, verbose=0), axis=-1)
 
 
 def tensorboard_log_dir(root: str, names: Sequence[str], seed: int) -> str:

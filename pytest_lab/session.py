@@ -16,10 +16,11 @@ import time
 
 import pytest
 
-from lab import distribution, environment, findings, report, statistics
+from lab import distribution, environment, findings, report, statistics, timesplit
 from lab.config import RunConfig
 from lab.optimizers import DISCRIMINATIVE_FACTOR
-from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
+from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
+from lab.stage_cache import DEFAULT_CACHE_BUDGET
 
 # Node ids of the lab's experiments start with this; a session that ran none writes no report.
 EXPERIMENTS_PREFIX = "experiments/"
@@ -50,6 +51,9 @@ class LabSession:
         # Validation sets by name: every record that predicts one brings its labels along.
         self.validation_sets: dict[str, ValidationSet] = {}
         self.outcomes: dict[str, Outcome] = {}
+        # Each test's durations and measured seconds, for the time split.
+        self.test_seconds: dict[str, timesplit.SecondsOfTest] = {}
+        self.report_seconds: float | None = None
         self.results: Results | None = None
         self.report_path: str | None = None
         self.report_error: str | None = None
@@ -115,11 +119,24 @@ class LabSession:
                     self.benchmarks.append(BenchmarkResult(**value))
                 elif kind == "lab_validation_set":
                     self.validation_sets.setdefault(value["name"], ValidationSet(**value))
+        self.add_test_seconds(report)
         # A failed setup or teardown decides the outcome; a passed one does not.
         decisive = report.when == "call" or not report.passed
         previous = self.outcomes.get(report.nodeid)
         if decisive and (previous is None or previous.outcome == "passed"):
             self.outcomes[report.nodeid] = Outcome(report.nodeid, report.outcome, _reason(report))
+
+    def add_test_seconds(self, report: pytest.TestReport) -> None:
+        """Adds a phase's duration to its test's seconds; its teardown brings what the test measured."""
+        seconds = self.test_seconds.setdefault(report.nodeid, timesplit.SecondsOfTest(None))
+        seconds.duration_seconds += report.duration
+        if report.when != "teardown":
+            return
+        for kind, value in report.user_properties:
+            if kind == "lab_data_seconds":
+                seconds.data_seconds += value
+            elif kind == "lab_time_split":
+                seconds.measured = TimeSplit(**value)
 
     def interrupted(self, error: BaseException) -> None:
         """Ctrl-C, SIGTERM or a `pytest.exit` stopped the session: the report says which."""
@@ -142,10 +159,12 @@ class LabSession:
         # Under --strategy multiworker every worker runs the whole session; one report is enough.
         if self.report_dir is None or not distribution.is_chief():
             return exitstatus
+        started = time.perf_counter()
         self.report_path, self.report_error = write_report_once(
             self.results, self.report_dir, report_stem(self.results.run, self.started),
             f"latest-{self.run.profile.name}.md",
         )
+        self.report_seconds = time.perf_counter() - started
         if self.report_error:
             return exitstatus or pytest.ExitCode.TESTS_FAILED
         return exitstatus
@@ -204,6 +223,9 @@ class LabSession:
             validation_sets=list(self.validation_sets.values()),
         )
         results.comparisons = findings.comparisons(results)
+        results.time_split = timesplit.session_split(
+            self.test_seconds.values(), header.wall_seconds, parallel=bool(self.config.getoption("numprocesses", None))
+        )
         return results
 
     def options(self) -> dict[str, str]:
@@ -222,6 +244,8 @@ class LabSession:
             "--lr-factor": f"{run.lr_factor:g}" if run.lr_factor != DISCRIMINATIVE_FACTOR else None,
             "--augment": "" if run.augment else None,
             "--early-stopping": str(run.early_stopping) if run.early_stopping is not None else None,
+            "--cached": run.cached if run.cached != "auto" else None,
+            "--cache-budget": f"{run.cache_budget / 2**20:g}M" if run.cache_budget != DEFAULT_CACHE_BUDGET else None,
             "-n": str(workers) if workers else None,
         }
         return {name: value for name, value in options.items() if value is not None}
@@ -242,6 +266,8 @@ class LabSession:
             lines += report.summary_lines(self.results)
             lines += [f"finding: {line}" for line in statistics.findings(self.results.comparisons)]
             lines += [f"warning: {warning}" for warning in self.results.run.warnings]
+            if self.results.time_split:
+                lines.append(report.time_split_line(self.results.time_split, self.report_seconds))
             note = self.results.run.benchmarks_note
             if note and any(benchmark_case(nodeid) for nodeid in self.outcomes):
                 lines.append(f"epoch-time benchmarks: {note}")

@@ -2,6 +2,7 @@
 from hand-made records, their lines in the report and in `--compare`, and one real session
 with `--seeds 2` (then the same seed again) on mock data."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -125,6 +126,80 @@ def test_each_strategy_is_compared_with_head_only_and_with_full_once():
     assert pairs == [("Experiment 5, mobilenet_v2", "gradual-blocks", "head-only"),
                      ("Experiment 5, mobilenet_v2", "full", "head-only"),
                      ("Experiment 5, mobilenet_v2", "gradual-blocks", "full")]
+
+
+def _strategy(strategy, right, backbone="mobilenet_v2") -> Record:
+    return _record(5, "Strategies", ("backbone", "strategy", "weights"),
+                   {"backbone": backbone, "strategy": strategy, "weights": "imagenet"}, _predictions(right))
+
+
+@pytest.mark.parametrize(
+    "right, verdict", [(56, statistics.NO_DIFFERENCE), (80, "gradual-blocks better than head-only")],
+    ids=["raw-p-0.03", "strong"],
+)
+def test_strategy_verdicts_follow_p_values_holm_adjusted_over_the_backbones_comparisons(right, verdict):
+    """Six strategies make nine comparisons; gradual-blocks is the only one with a raw p < 0.05 against head-only."""
+    others = [_strategy(name, 50) for name in ("head-only", "gradual-layers", "gradual-discriminative",
+                                               "full-discriminative")]
+    answers = findings.comparisons(_results([_strategy("gradual-blocks", right), _strategy("full", 53), *others]))
+
+    assert len(answers) == 9 and {answer.family_size for answer in answers} == {9}
+    target = next(answer for answer in answers if (answer.a_name, answer.b_name) == ("gradual-blocks", "head-only"))
+    alone = statistics.compare_predictions(
+        "Experiment 5, mobilenet_v2", "gradual-blocks", [np.array(_predictions(right))], "head-only",
+        [np.array(_predictions(50))], np.array(LABELS),
+    )
+    assert alone.verdict == "gradual-blocks better than head-only"
+    assert [answer.p_value < 0.05 for answer in answers].count(True) == (1 if right == 56 else 2)
+    assert target.p_value == alone.p_value and target.p_adjusted == pytest.approx(min(1.0, 9 * alone.p_value))
+    assert target.verdict == verdict
+    if right == 56:
+        assert alone.p_value == pytest.approx(0.03125)
+        assert all(answer.verdict == statistics.NO_DIFFERENCE for answer in answers)
+        assert "p=0.281 adjusted for 9 comparisons (Holm), unadjusted p=0.031" in target.sentence()
+        assert "unadjusted 95% CI" in target.sentence()
+    else:
+        by_full = next(answer for answer in answers if (answer.a_name, answer.b_name) == ("gradual-blocks", "full"))
+        assert by_full.verdict == "gradual-blocks better than full"
+        assert "p<0.001 adjusted for 9 comparisons (Holm)" in target.sentence()
+
+
+def test_not_compared_strategies_stay_out_of_the_family_and_backbones_are_separate_families():
+    records = [_strategy(name, right) for name, right in (("head-only", 50), ("gradual-blocks", 56),
+                                                          ("gradual-layers", 50))]
+    records += [_strategy(name, right, "resnet50") for name, right in (("head-only", 50), ("gradual-blocks", 56))]
+
+    answers = findings.comparisons(_results(records))
+
+    sizes = {(answer.question, answer.a_name, answer.b_name): answer.family_size for answer in answers}
+    assert sizes == {
+        ("Experiment 5, mobilenet_v2", "gradual-blocks", "head-only"): 2,
+        ("Experiment 5, mobilenet_v2", "gradual-layers", "head-only"): 2,
+        ("Experiment 5, mobilenet_v2", "gradual-blocks", "full"): None,
+        ("Experiment 5, mobilenet_v2", "gradual-layers", "full"): None,
+        ("Experiment 5, resnet50", "gradual-blocks", "head-only"): None,
+        ("Experiment 5, resnet50", "gradual-layers", "head-only"): None,
+        ("Experiment 5, resnet50", "gradual-blocks", "full"): None,
+    }, "arms that did not run are not compared and not counted; resnet50's one comparison stands alone"
+    alone = next(answer for answer in answers if answer.question == "Experiment 5, resnet50"
+                 and answer.b_name == "head-only")
+    assert alone.verdict == "gradual-blocks better than head-only" and alone.p_adjusted is None
+    assert "adjusted" not in alone.sentence()
+    results = _results(records)
+    results.comparisons = answers
+    assert Results.from_json(json.loads(json.dumps(results.to_json()))).comparisons == answers
+
+
+def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_their_order():
+    family = [dataclasses.replace(statistics.not_compared("Q", name, "B", ""), verdict=f"{name} better than B",
+                                  p_value=p_value, effect=0.1, low=0.0, high=0.2)
+              for name, p_value in (("a", 0.01), ("b", 0.04), ("c", 0.03), ("d", 0.5))]
+
+    adjusted = statistics.adjusted_for_family(family)
+
+    # Sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, each at least the one before: 0.04, 0.09, 0.09, 0.5.
+    assert [comparison.p_adjusted for comparison in adjusted] == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert [comparison.verdict for comparison in adjusted] == ["a better than B"] + [statistics.NO_DIFFERENCE] * 3
 
 
 def test_speedups_come_from_the_timed_rounds_and_a_missing_mode_is_not_compared():
