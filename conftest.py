@@ -26,6 +26,7 @@ from lab.config import (
     build_config,
     path_default,
 )
+from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import PROFILES
@@ -57,9 +58,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "seeds listed (0,1,2); accuracies then carry their spread over seeds")
     group.addoption("--subset", type=int, default=None, metavar="N",
                     help="training images per dataset, overriding the profile")
+    group.addoption("--dataset", metavar="NAME|PATH", default="tf_flowers",
+                    help="what experiments 3-5 run on: a tensorflow-datasets name whose examples are an image and a "
+                    "class label (beans, oxford_flowers102, cats_vs_dogs...; mock data with --data-source mock), "
+                    "or a folder of <class>/* images (default: tf_flowers; experiments 1 and 2 keep the lab's)")
     group.addoption("--backbones", metavar="NAME[,NAME...]", default=None,
-                    help="backbones for experiments 3-5: resnet50, vgg16, mobilenet, mobilenet_v2 "
-                    "(default: the profile's)")
+                    help="backbones for experiments 3-5: any keras.applications network by Keras's name "
+                    "(ResNet50, EfficientNetB0, ConvNeXtTiny, MobileNetV3Small...), or the lab's hand-written "
+                    "resnet50, vgg16, mobilenet (alpha 0.25), mobilenet_v2 (alpha 0.35) (default: the profile's)")
     group.addoption("--weights", choices=WEIGHTS_CHOICES, default="imagenet",
                     help="backbone weights: imagenet (a --weights-dir file, Keras's cache or a download) "
                     "or none (random)")
@@ -134,6 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 early_stopping=config.getoption("early_stopping"),
                 cached=config.getoption("cached"),
                 cache_budget=config.getoption("cache_budget"),
+                dataset=config.getoption("dataset"),
             )
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
@@ -259,24 +266,29 @@ def _stop_with(config: pytest.Config, error: LabInputError) -> NoReturn:
     pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
-def _load_dataset(config: pytest.Config, name: str, image_size: int, train: int | None, validation: int | None):
+def _load_dataset(
+    config: pytest.Config, dataset: str | DatasetSpec, image_size: int, train: int | None, validation: int | None
+):
     """Loads a dataset once per process: the ImageData, or the LabInputError that stopped it.
 
-    Both the `image_data` fixture and the check before the first test read this one cache.
+    `dataset` is one of the lab's by name (from --data-source), or a spec (experiments 3-5's
+    --dataset). Both the `image_data` fixture and the check before the first test read this one cache.
     """
     run = config.stash[RUN_CONFIG]
     loaded = config.stash.setdefault(LOADED_DATASETS, {})
-    key = (name, image_size, train, validation)
+    key = (dataset, image_size, train, validation)
     if key not in loaded:
         try:
-            loaded[key] = data.load(
-                name,
-                run.data_source,
+            spec = dataset if isinstance(dataset, DatasetSpec) else data.lab_dataset(
+                dataset, run.data_source, run.data_dir
+            )
+            loaded[key] = data.load_dataset(
+                spec,
                 image_size,
                 run.train_count(train),
                 validation,
-                data_dir=run.data_dir,
                 strict_train_count=run.subset is not None,
+                data_dir=run.data_dir,
             )
         except LabInputError as error:
             loaded[key] = error
@@ -291,8 +303,8 @@ def _cifar10_dataset(profile) -> tuple:
     return "cifar10", profile.cnn_image_size, profile.cifar_train, profile.cifar_validation
 
 
-def _backbone_flowers_dataset(profile, backbone) -> tuple:
-    return "tf_flowers", profile.image_size_of(backbone), profile.backbone_train, profile.backbone_validation
+def _backbone_data_dataset(dataset: DatasetSpec, profile, backbone) -> tuple:
+    return dataset, profile.image_size_of(backbone), profile.backbone_train, profile.backbone_validation
 
 
 def _datasets_needed(item: pytest.Item, profile) -> list[tuple]:
@@ -305,8 +317,9 @@ def _datasets_needed(item: pytest.Item, profile) -> list[tuple]:
         needed.append(_cifar10_dataset(profile))
     callspec = getattr(item, "callspec", None)
     backbone_name = callspec.params.get("backbone_name") if callspec else None
-    if "backbone_flowers" in fixtures and backbone_name:
-        needed.append(_backbone_flowers_dataset(profile, get_backbone(backbone_name)))
+    if "backbone_data" in fixtures and backbone_name:
+        dataset = item.config.stash[RUN_CONFIG].dataset
+        needed.append(_backbone_data_dataset(dataset, profile, get_backbone(backbone_name)))
     return needed
 
 
@@ -359,15 +372,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def image_data(pytestconfig: pytest.Config):
-    """Loads a dataset once per session: `image_data(name, image_size, train, validation)`.
+    """Loads a dataset once per session: `image_data(dataset, image_size, train, validation)`.
 
-    `train` is the profile's count, replaced by --subset when given. Data that cannot be
-    loaded (not downloadable, a corrupt file, a subset too large) stops the session at once
-    with the message that names the fix.
+    `dataset` is one of the lab's by name, or a `DatasetSpec`. `train` is the profile's count,
+    replaced by --subset when given. Data that cannot be loaded (not downloadable, a corrupt
+    file, a subset too large) stops the session at once with the message that names the fix.
     """
 
-    def load(name: str, image_size: int, train: int | None, validation: int | None):
-        loaded = _load_dataset(pytestconfig, name, image_size, train, validation)
+    def load(dataset: str | DatasetSpec, image_size: int, train: int | None, validation: int | None):
+        loaded = _load_dataset(pytestconfig, dataset, image_size, train, validation)
         if isinstance(loaded, LabInputError):
             _stop_with(pytestconfig, loaded)
         return loaded
@@ -388,11 +401,12 @@ def cifar10(image_data, profile):
 
 
 @pytest.fixture(scope="session")
-def backbone_flowers(image_data, profile):
-    """tf_flowers at a backbone's input size: `backbone_flowers(backbone)`, profile's counts."""
+def backbone_data(image_data, profile, run_config):
+    """The dataset of experiments 3-5 (--dataset, tf_flowers by default) at a backbone's input
+    size: `backbone_data(backbone)`, with the profile's counts."""
 
     def load(backbone):
-        return image_data(*_backbone_flowers_dataset(profile, backbone))
+        return image_data(*_backbone_data_dataset(run_config.dataset, profile, backbone))
 
     return load
 

@@ -80,11 +80,11 @@ def seed(request: pytest.FixtureRequest) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BackboneCase:
-    """One backbone of experiments 3-5, its weights, and tf_flowers at its input size."""
+    """One backbone of experiments 3-5, its weights, and their dataset (--dataset) at its input size."""
 
     backbone: Backbone
     weights: WeightsSource
-    flowers: ImageData
+    data: ImageData
     augment: bool = False
 
     @property
@@ -93,18 +93,18 @@ class BackboneCase:
 
     @property
     def image_size(self) -> int:
-        return self.flowers.image_size
+        return self.data.image_size
 
     def classifier(self) -> keras.Model:
         """A new classifier: the backbone with these weights, pooled, under a softmax head
         (behind the augmentation layers with --augment)."""
         return models.backbone_classifier(
-            self.backbone, self.image_size, self.flowers.num_classes, self.weights.path, self.augment
+            self.backbone, self.image_size, self.data.num_classes, self.weights.path, self.augment
         )
 
 
 @pytest.fixture
-def backbone_case(backbone_name, backbone_weights, backbone_flowers, run_config):
+def backbone_case(backbone_name, backbone_weights, backbone_data, run_config):
     """The setup experiments 3-5 share: `backbone_case(weights=None)` -> BackboneCase.
 
     `weights` is `imagenet` or `none`; None takes the run's --weights. Weights are resolved
@@ -114,7 +114,7 @@ def backbone_case(backbone_name, backbone_weights, backbone_flowers, run_config)
 
     def make(weights: str | None = None) -> BackboneCase:
         resolved = backbone_weights(backbone, weights)
-        return BackboneCase(backbone, resolved, backbone_flowers(backbone), run_config.augment)
+        return BackboneCase(backbone, resolved, backbone_data(backbone), run_config.augment)
 
     return make
 
@@ -142,7 +142,8 @@ def record(request: pytest.FixtureRequest, run_config):
     `predictions` (the class predicted for each of those images: paired comparisons need them;
     their accuracy must be the row's). The experiment's number comes from the module's
     `experiment` marker; the seed is the test's (`seed`), or the run's first for a test that
-    does not train.
+    does not train. A `{dataset}` in the table's title becomes the name of the dataset
+    experiments 3-5 run on (--dataset), so that runs on different data never pair in --compare.
     """
     experiment = experiment_of(request.node).number
     seed = request.getfixturevalue("seed") if "seed" in request.fixturenames else run_config.seed
@@ -166,7 +167,7 @@ def record(request: pytest.FixtureRequest, run_config):
             request.node.user_properties.append(("lab_validation_set", dataclasses.asdict(validation_set)))
         entry = Record(
             experiment=experiment,
-            table=table.title,
+            table=table.title.replace("{dataset}", run_config.dataset.name),
             keys=table.keys,
             row=row,
             label=label,

@@ -41,7 +41,7 @@ def test_unfreeze_strategy(
     gradual = strategy.startswith("gradual-")
     weighted = freezing.weighted_base_layers(model)
     compile_spans = freezing.compile_spans(stages)
-    steps_per_epoch = fine_tuning.steps_per_epoch(case.flowers.train_count, profile.batch_size)
+    steps_per_epoch = fine_tuning.steps_per_epoch(case.data.train_count, profile.batch_size)
     rate_curves = fine_tuning.RateCurves()
 
     previous_count, accuracies, total_seconds, cached_stages = -1, [], 0.0, 0
@@ -52,7 +52,7 @@ def test_unfreeze_strategy(
             span = run.spans.get(number)
             cache = (
                 stage_cache.cache_stage(
-                    model, case.flowers, profile.batch_size, run_config.cache_budget, span and span.split
+                    model, case.data, profile.batch_size, run_config.cache_budget, span and span.split
                 )
                 if run_config.cached == "auto"
                 else stage_cache.CachedStage("--cached off", None)
@@ -72,13 +72,13 @@ def test_unfreeze_strategy(
             validation_batches = (
                 cache.validation_batches(profile.batch_size)
                 if cache.cached
-                else case.flowers.batches("validation", profile.batch_size)
+                else case.data.batches("validation", profile.batch_size)
             )
         # A stage that goes on with the last compile goes on with its cache, shuffled anew.
         train_batches = (
             cache.train_batches(profile.batch_size, seed + number)
             if cache.cached
-            else case.flowers.batches("train", profile.batch_size, seed=seed + number)
+            else case.data.batches("train", profile.batch_size, seed=seed + number)
         )
         rates = fine_tuning.stage_rates(model, case.backbone, stage, run_config.lr_factor)
 
@@ -104,7 +104,7 @@ def test_unfreeze_strategy(
         if cache.cached:
             # The classifier holds what its top learned: it predicts what the top predicted.
             with timesplit.evaluating():
-                on_images = model.predict(case.flowers.batches("validation", profile.batch_size), verbose=0)
+                on_images = model.predict(case.data.batches("validation", profile.batch_size), verbose=0)
                 on_activations = trained.predict(validation_batches, verbose=0)
             np.testing.assert_allclose(on_images, on_activations, atol=1e-5)
 
@@ -138,7 +138,7 @@ def test_unfreeze_strategy(
                 "seconds": prefix_seconds + sum(result.epoch_seconds),
                 **result.early_stopping_summary(),
             },
-            validation=case.flowers,
+            validation=case.data,
         )
 
     record(
@@ -147,7 +147,7 @@ def test_unfreeze_strategy(
             "backbone": case.name,
             "strategy": strategy,
             "weights": case.weights.kind,
-            "train images": case.flowers.train_count,
+            "train images": case.data.train_count,
             "epochs": sum(stage.epochs for stage in stages),
             "rates (last stage)": fine_tuning.describe_rates(rates),
             "final validation accuracy": accuracies[-1],
@@ -157,6 +157,6 @@ def test_unfreeze_strategy(
         label=f"{case.name} {strategy}",
         stage_curve=StageCurve(stages=[str(n) for n in range(len(stages))], accuracy=accuracies),
         rate_curves=rate_curves.rates,
-        validation=case.flowers,
-        predictions=predicted_classes(model, case.flowers.batches("validation", profile.batch_size)),
+        validation=case.data,
+        predictions=predicted_classes(model, case.data.batches("validation", profile.batch_size)),
     )

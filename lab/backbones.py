@@ -236,7 +236,8 @@ def figures_of(base: keras.Model) -> DerivedFigures:
 
 def _has_weights_to_train(layer: keras.layers.Layer) -> bool:
     # What a gradual schedule thaws: BatchNormalization stays frozen (lab/freezing.py).
-    return bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+    trainable = any(variable.trainable for variable in layer.weights)
+    return trainable and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 REGISTRY: dict[str, Backbone] = {
@@ -431,8 +432,10 @@ def get_backbone(name: str) -> Backbone:
     if name in keras_application_names():
         return derived_backbone(name)
     known = [*REGISTRY, *keras_application_names()]
-    by_lower = {known_name.lower(): known_name for known_name in known}
-    close = [by_lower[match] for match in difflib.get_close_matches(name.lower(), by_lower, n=4, cutoff=0.6)]
+    lowered = {known_name.lower() for known_name in known}
+    matches = difflib.get_close_matches(name.lower(), lowered, n=4, cutoff=0.6)
+    # resnet50 and ResNet50 match alike: both are named, the lab's first.
+    close = [known_name for match in matches for known_name in known if known_name.lower() == match][:4]
     suggestion = f"did you mean {' or '.join(close)}? " if close else ""
     raise LabInputError(
         f"unknown backbone {name!r}: {suggestion}--backbones takes any keras.applications network by "
@@ -497,7 +500,8 @@ def graph_stages(base: keras.Model, count: int) -> list[tuple[str, list[keras.la
 
     Single-tensor cuts where the graph has enough of them; else cuts of up to
     `MAX_CUT_WIDTH` tensors (a NASNet cell takes the outputs of the two cells below it, so
-    NASNet has no single-tensor cut between its cells). Each stage is named by its first and
+    NASNet has no single-tensor cut between its cells), never between a layer with weights and
+    the normalization or activation that finishes it. Each stage is named by its first and
     last layer and holds weights to train; fewer than `count` come back only where even the
     wider cuts are too few.
     """
@@ -510,7 +514,11 @@ def graph_stages(base: keras.Model, count: int) -> list[tuple[str, list[keras.la
     first = next(index for index, layer in enumerate(layers) if not isinstance(layer, keras.layers.InputLayer))
     widths = boundary_widths(base)
     for width in range(1, MAX_CUT_WIDTH + 1):
-        cuts = [index for index in range(first + 1, len(layers)) if widths[index] <= width]
+        cuts = [
+            index
+            for index in range(first + 1, len(layers))
+            if widths[index] <= width and not _finishes_the_layer_below(layers, index)
+        ]
         boundaries = _balanced_boundaries(below, first, cuts, count)
         if len(boundaries) == count:
             break
@@ -520,6 +528,18 @@ def graph_stages(base: keras.Model, count: int) -> list[tuple[str, list[keras.la
         for start, end in zip(boundaries, ends, strict=True)
     ]
     return stages[::-1]
+
+
+def _finishes_the_layer_below(layers: list[keras.layers.Layer], index: int) -> bool:
+    # A normalization or activation right above a layer with weights completes it (conv, then
+    # batch norm, then relu): a stage does not start there.
+    followers = (
+        keras.layers.BatchNormalization,
+        keras.layers.LayerNormalization,
+        keras.layers.Activation,
+        keras.layers.ReLU,
+    )
+    return isinstance(layers[index], followers) and bool(layers[index - 1].weights)
 
 
 def _balanced_boundaries(below: np.ndarray, first: int, cuts: list[int], count: int) -> list[int]:

@@ -7,7 +7,8 @@ import logging
 import os
 import warnings
 
-from lab import backbones, data, distribution, sample, stage_cache
+from lab import backbones, data, datasets, distribution, sample, stage_cache
+from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import Profile, get_profile, with_overrides
@@ -32,6 +33,7 @@ class RunConfig:
         profile: the profile's settings.
         data_source: `sample`, `tfds`, `folder` or `mock`.
         data_dir: the image folder for the folder source.
+        dataset: what experiments 3-5 run on (`--dataset`; experiments 1 and 2 keep the lab's).
         seed: the first of `seeds`; seeds the tests that do not train (structure checks,
             epoch timings), which run once whatever `--seeds` says.
         subset: training images per dataset, overriding the profile.
@@ -58,6 +60,7 @@ class RunConfig:
     profile: Profile
     data_source: str
     data_dir: str | None
+    dataset: DatasetSpec
     seed: int
     subset: int | None
     backbones: tuple[str, ...] | None
@@ -105,16 +108,18 @@ def path_default(option: str, fallback: str | None = None) -> str | None:
 
 
 def parse_backbones(text: str) -> tuple[str, ...]:
-    """The registry names in a `--backbones` list, in order, each once.
+    """The backbone names in a `--backbones` list, in order, each once.
 
     Raises:
-        LabInputError: the list names no backbone, or one the registry does not have.
+        LabInputError: the list names no backbone, or one that is neither a keras.applications
+            network nor a hand-written entry.
     """
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise LabInputError(
-            f"--backbones {text!r} names no backbone: give one or more of {', '.join(backbones.REGISTRY)}, "
-            "comma-separated, or leave the option out for the profile's defaults"
+            f"--backbones {text!r} names no backbone: give one or more keras.applications names (ResNet50, "
+            f"EfficientNetB0...) or the lab's {', '.join(backbones.REGISTRY)}, comma-separated, or leave the "
+            "option out for the profile's defaults"
         )
     for name in names:
         backbones.get_backbone(name)
@@ -181,12 +186,14 @@ def build_config(
     seeds: str = "1",
     cached: str = "auto",
     cache_budget: str = "2G",
+    dataset: str = "tf_flowers",
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
     Raises:
         LabInputError: naming the option to fix.
     """
+    source_given = data_source is not None
     if data_source is None:
         data_source = "folder" if data_dir else ("sample" if profile == "smoke" else "tfds")
     if data_source not in data.SOURCES:
@@ -210,6 +217,9 @@ def build_config(
         )
     seed_list = parse_seeds(seeds, seed)
     names = None if backbone_names is None else parse_backbones(backbone_names)
+    if image_size is not None:
+        for name in names or ():
+            backbones.get_backbone(name).check_image_size(image_size)
     if weights not in WEIGHTS_CHOICES:
         raise LabInputError(f"unknown --weights {weights!r}: use one of {', '.join(WEIGHTS_CHOICES)}")
     if weights_dir and not os.path.isdir(weights_dir):
@@ -227,10 +237,12 @@ def build_config(
     if data_source == "sample":
         # Hashes every sample file (once per process): a broken sample stops the run before it starts.
         sample.verified_root()
+    dataset_spec = resolve_dataset(dataset, data_source, source_given, data_dir)
     return RunConfig(
         profile=with_overrides(get_profile(profile), epochs, image_size),
         data_source=data_source,
         data_dir=os.path.abspath(data_dir) if data_dir else None,
+        dataset=dataset_spec,
         seed=seed_list[0],
         subset=subset,
         backbones=names,
@@ -251,6 +263,31 @@ def build_config(
         cached=cached,
         cache_budget=budget_bytes,
     )
+
+
+def resolve_dataset(text: str, data_source: str, source_given: bool, data_dir: str | None) -> DatasetSpec:
+    """The dataset of experiments 3-5 (`--dataset`): one of the lab's, another tensorflow-datasets
+    name, or a folder of `<class>/*` images.
+
+    The lab's own datasets come from --data-source as experiments 1 and 2 do. Another name
+    comes from tensorflow-datasets, or its mock data with `--data-source mock`; the sample and
+    the --data-dir folder hold only the lab's.
+
+    Raises:
+        LabInputError: an unknown or unsuitable name, a bad folder, or a source that cannot hold it.
+    """
+    if text in data.DATASETS:
+        return data.lab_dataset(text, data_source, data_dir)
+    if os.path.isdir(text) or text.startswith(("/", ".", "~")):
+        return datasets.folder_dataset(text)
+    if data_source in ("sample", "folder"):
+        if source_given:
+            raise LabInputError(
+                f"--data-source {data_source} holds only {' and '.join(data.DATASETS)}, not --dataset {text}: "
+                "use --data-source tfds or mock, or give --dataset a folder of <class>/* images"
+            )
+        data_source = "tfds"
+    return datasets.tfds_dataset(text, data_source)
 
 
 def check_fine_tuning(lr_schedule: str, lr_factor: float, early_stopping: int | None) -> None:

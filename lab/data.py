@@ -1,5 +1,5 @@
 """Datasets for the lab: tf_flowers and CIFAR-10 from the embedded sample, tensorflow-datasets,
-a folder, or mock data.
+a folder, or mock data; for experiments 3-5, any `lab.datasets.DatasetSpec`.
 
 Every source ends in the same `ImageData`: images resized once and kept as uint8, labels in
 tensorflow-datasets' class order, and a tf.data pipeline that scales to float32 in [0, 1]
@@ -17,7 +17,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lab import network, sample
+from lab import image_cache, network, sample
+from lab.datasets import (
+    IMAGE_SUFFIXES,
+    DatasetSpec,
+    folder_split_sizes,
+    held_out_count,
+    image_files,
+    list_folder,
+    prepared_split_sizes,
+    tfds_splits,
+)
 from lab.errors import LabInputError
 
 logger = logging.getLogger(__name__)
@@ -35,9 +45,6 @@ CLASS_NAMES = {
 }
 # The folder each dataset has under --data-dir, as the public archives name them.
 FOLDER_NAMES = {"tf_flowers": "flower_photos", "cifar10": "cifar10"}
-# Where a source has only a training split, this share of it is held out for validation.
-VALIDATION_SHARE = 0.2
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 @dataclasses.dataclass
@@ -45,16 +52,16 @@ class ImageData:
     """A dataset resized for one experiment: uint8 images and labels, train and validation.
 
     Attributes:
-        name: the tensorflow-datasets name.
+        name: the tensorflow-datasets name, or the folder's own name.
         source: `sample`, `tfds`, `folder` or `mock`.
-        num_classes: from the dataset's metadata.
+        class_names: in label order (`DatasetSpec.class_names`).
         total_examples: examples the source holds, before any subset was taken.
         image_size: side of the square images.
     """
 
     name: str
     source: str
-    num_classes: int
+    class_names: tuple[str, ...]
     total_examples: int
     image_size: int
     train_images: np.ndarray
@@ -63,9 +70,8 @@ class ImageData:
     validation_labels: np.ndarray
 
     @property
-    def class_names(self) -> tuple[str, ...]:
-        """Class names in tensorflow-datasets' label order."""
-        return CLASS_NAMES[self.name]
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     @property
     def train_count(self) -> int:
@@ -87,12 +93,12 @@ class ImageData:
             limit: uses only the first `limit` images.
         """
         images, labels = self.split(split)
-        return batched_pairs(images[:limit], labels[:limit], batch_size, seed, transform=scale_to_unit)
+        return batched_pairs(images, labels[:limit], batch_size, seed, transform=scale_to_unit)
 
     def scaled(self, split: str, limit: int | None = None) -> np.ndarray:
         """The images of `split` as float32 in [0, 1], for predictions on small sets."""
-        images, _ = self.split(split)
-        return images[:limit].astype("float32") / 255.0
+        images, labels = self.split(split)
+        return image_cache.take(images, np.arange(len(labels[:limit]))).astype("float32") / 255.0
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 images and the labels of `split` (`train` or `validation`)."""
@@ -104,16 +110,47 @@ class ImageData:
 
 
 def batched_pairs(
-    inputs: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None, transform=None
+    inputs: np.ndarray | tuple[np.ndarray, ...],
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int | None,
+    transform=None,
 ) -> tf.data.Dataset:
     """Batches of (inputs, labels), shuffled every epoch with `seed` unless it is None.
 
-    `transform` maps each batch (after batching, so the stored arrays are never copied whole).
+    The pipeline shuffles and batches indices; each batch then gathers its rows with
+    `image_cache.take`, so neither the graph nor a shuffle buffer holds a copy of the arrays,
+    and a cached split's images are read from disk. The order is the one a shuffle of the
+    rows themselves with the same seed gives.
+
+    Args:
+        inputs: an array, or a tuple of arrays, with at least `len(labels)` rows; the first
+            `len(labels)` are used.
+        labels: one per batch row.
+        batch_size: rows per batch.
+        seed: shuffles every epoch with this seed; None keeps the stored order.
+        transform: maps each batch of (inputs, labels).
     """
-    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
+    arrays = inputs if isinstance(inputs, tuple) else (inputs,)
+    labels = np.asarray(labels)
+    columns = (*arrays, labels)
+
+    def gather(indices: np.ndarray) -> list[np.ndarray]:
+        return [image_cache.take(column, indices) for column in columns]
+
+    def load(indices: tf.Tensor):
+        # Stateless: the same indices give the same rows, which op determinism requires.
+        gathered = tf.numpy_function(
+            gather, [indices], [tf.as_dtype(column.dtype) for column in columns], stateful=False
+        )
+        for tensor, column in zip(gathered, columns, strict=True):
+            tensor.set_shape((None, *column.shape[1:]))
+        return (tuple(gathered[:-1]) if isinstance(inputs, tuple) else gathered[0]), gathered[-1]
+
+    dataset = tf.data.Dataset.range(len(labels))
     if seed is not None:
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    dataset = dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if transform is not None:
         dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -135,6 +172,32 @@ def num_classes_from_metadata(name: str) -> int:
     return tfds.builder(name).info.features["label"].num_classes
 
 
+def lab_dataset(name: str, source: str, data_dir: str | None = None) -> DatasetSpec:
+    """One of the lab's own datasets (`DATASETS`) from `source`, in tensorflow-datasets' label order.
+
+    A folder (or the sample) holds it under `FOLDER_NAMES[name]`, its classes matched by name.
+
+    Raises:
+        LabInputError: a bad name or source, or metadata that disagrees with `CLASS_NAMES`.
+    """
+    if name not in DATASETS:
+        raise LabInputError(f"unknown dataset {name!r}: the lab uses {', '.join(DATASETS)}")
+    if source not in SOURCES:
+        raise LabInputError(
+            f"unknown data source {source!r}: use --data-source with one of {', '.join(SOURCES)}"
+        )
+    num_classes = num_classes_from_metadata(name)
+    if num_classes != len(CLASS_NAMES[name]):
+        raise LabInputError(f"{name}: tensorflow-datasets reports {num_classes} classes")
+    root = sample.verified_root() if source == "sample" else data_dir
+    folder = os.path.join(root, FOLDER_NAMES[name]) if root and source in ("sample", "folder") else None
+    if folder:
+        sizes = folder_split_sizes(folder, CLASS_NAMES[name]) if os.path.isdir(folder) else ()
+    else:
+        sizes = prepared_split_sizes(tfds.builder(name)) if source == "tfds" else ()
+    return DatasetSpec(name=name, source=source, class_names=CLASS_NAMES[name], folder=folder, split_sizes=sizes)
+
+
 def load(
     name: str,
     source: str,
@@ -144,7 +207,7 @@ def load(
     data_dir: str | None = None,
     strict_train_count: bool = False,
 ) -> ImageData:
-    """Loads `name` from `source`, resized to `image_size`, with the asked number of images.
+    """Loads the lab's dataset `name` from `source`, resized to `image_size`, with the asked number of images.
 
     Args:
         name: `tf_flowers` or `cifar10`.
@@ -160,21 +223,39 @@ def load(
         LabInputError: a bad name, source or count, missing or corrupt data, or tfds data
             that is neither prepared nor downloadable.
     """
-    if name not in DATASETS:
-        raise LabInputError(f"unknown dataset {name!r}: the lab uses {', '.join(DATASETS)}")
-    if source not in SOURCES:
-        raise LabInputError(
-            f"unknown data source {source!r}: use --data-source with one of {', '.join(SOURCES)}"
-        )
+    if source == "folder" and not data_dir:
+        raise LabInputError("the folder source needs --data-dir PATH (or use --data-source mock)")
+    return load_dataset(
+        lab_dataset(name, source, data_dir), image_size, train_count, validation_count, strict_train_count, data_dir
+    )
+
+
+def load_dataset(
+    dataset: DatasetSpec,
+    image_size: int,
+    train_count: int | None,
+    validation_count: int | None,
+    strict_train_count: bool = False,
+    data_dir: str | None = None,
+) -> ImageData:
+    """Loads `dataset`, resized to `image_size`, with the asked number of images.
+
+    Args:
+        dataset: what to load and from where (`lab_dataset`, or `lab.datasets` for --dataset).
+        image_size: side of the square images.
+        train_count: training images (None: all), capped as in `load`.
+        validation_count: validation images (None: all held out), capped likewise.
+        strict_train_count: the count came from the user (--subset), not from a profile.
+        data_dir: the run's --data-dir, which the tfds source does not read: its error names it.
+
+    Raises:
+        LabInputError: a bad count, missing or corrupt data, or tfds data that is neither
+            prepared nor downloadable.
+    """
     if train_count is not None and train_count <= 0:
         raise LabInputError(f"--subset must be a positive number of images, got {train_count}")
-    num_classes = num_classes_from_metadata(name)
-    if num_classes != len(CLASS_NAMES[name]):
-        raise LabInputError(f"{name}: tensorflow-datasets reports {num_classes} classes")
-    loader = {"sample": _load_sample, "tfds": _load_tfds, "folder": _load_folder, "mock": _load_mock}[source]
-    return loader(
-        name, image_size, train_count, validation_count, data_dir, strict_train_count, num_classes
-    )
+    loader = {"sample": _load_sample, "tfds": _load_tfds, "folder": _load_folder, "mock": _load_mock}[dataset.source]
+    return loader(dataset, image_size, train_count, validation_count, strict_train_count, data_dir)
 
 
 def _take(available: int, wanted: int | None, what: str = "", strict: bool = False) -> int:
@@ -193,18 +274,17 @@ def _take(available: int, wanted: int | None, what: str = "", strict: bool = Fal
     return min(wanted, available)
 
 
-def _folder_files(name: str, data_dir: str | None) -> list[tuple[str, int]]:
+def _folder_files(dataset: DatasetSpec) -> list[tuple[str, int]]:
     """Every image file of the dataset's folder with its label, in a fixed hashed order."""
-    if not data_dir:
-        raise LabInputError("the folder source needs --data-dir PATH (or use --data-source mock)")
-    root = os.path.join(data_dir, FOLDER_NAMES[name])
+    root = dataset.folder
     if not os.path.isdir(root):
+        layout = FOLDER_NAMES.get(dataset.name, os.path.basename(root))
         raise LabInputError(
-            f"{root} does not exist: --data-dir must hold {FOLDER_NAMES[name]}/<class>/* "
+            f"{root} does not exist: --data-dir must hold {layout}/<class>/* "
             "(the layout of ../shared/data), or use --data-source tfds or mock"
         )
-    present = sorted(entry for entry in _list_folder(root) if os.path.isdir(os.path.join(root, entry)))
-    expected = CLASS_NAMES[name]
+    present = sorted(entry for entry in list_folder(root) if os.path.isdir(os.path.join(root, entry)))
+    expected = dataset.class_names
     missing = [cls for cls in expected if cls not in present]
     unknown = [cls for cls in present if cls not in expected]
     if missing or unknown:
@@ -216,7 +296,7 @@ def _folder_files(name: str, data_dir: str | None) -> list[tuple[str, int]]:
     files = []
     for label, cls in enumerate(expected):
         folder = os.path.join(root, cls)
-        images = [f for f in _list_folder(folder) if f.lower().endswith(IMAGE_SUFFIXES)]
+        images = image_files(folder)
         if not images:
             raise LabInputError(
                 f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}): "
@@ -230,17 +310,6 @@ def _folder_files(name: str, data_dir: str | None) -> list[tuple[str, int]]:
     return sorted(files, key=lambda item: hashlib.sha1(os.path.relpath(item[0], root).encode()).hexdigest())
 
 
-def _list_folder(folder: str) -> list[str]:
-    """The entries of `folder`; an unreadable folder is bad input whose message names the fix."""
-    try:
-        return os.listdir(folder)
-    except PermissionError:
-        raise LabInputError(
-            f"cannot read folder {folder}: permission denied: fix its permissions "
-            "(the user running pytest needs read and execute permission on it)"
-        ) from None
-
-
 def _check_utf8_name(path: str) -> None:
     """TensorFlow reads only UTF-8 paths; Python hands other bytes on as lone surrogates."""
     try:
@@ -252,22 +321,39 @@ def _check_utf8_name(path: str) -> None:
         ) from None
 
 
-def _decode_files(paths: list[str], image_size: int) -> np.ndarray:
-    """Decodes and resizes every file once, in parallel; names the first file that fails."""
+# Images decoded and resized per step while a cache entry is written: small, so that the
+# decoding pipeline's buffers stay a few megabytes whatever tf.data's autotuning picks.
+DECODE_BATCH = 64
+
+
+def _decode_files(files: list[tuple[str, int]], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (path, label) files decoded and resized, once per machine; names the first file that fails.
+
+    Returns the images, cached on disk (`lab.image_cache`), and the labels.
+    """
 
     def decode(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return resize_to_uint8(image, image_size)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(paths)
-        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(256)
-    )
-    try:
-        return np.concatenate([batch.numpy() for batch in dataset]) if paths else np.zeros(
-            (0, image_size, image_size, 3), np.uint8
+    paths = [path for path, _ in files]
+    labels = np.array([label for _, label in files], np.int64)
+
+    def decoded_batches():
+        if not files:
+            return
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+            lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE
         )
+        for image_batch, label_batch in dataset.batch(DECODE_BATCH):
+            yield image_batch.numpy(), label_batch.numpy()
+
+    # The labels are in the key: the same files can be labelled in another class order.
+    fingerprint = [
+        [*file, int(label)] for file, label in zip(image_cache.file_fingerprint(paths), labels, strict=True)
+    ]
+    try:
+        return image_cache.load_or_build({"source": "files", "files": fingerprint}, image_size, decoded_batches)
     except tf.errors.OpError:
         for path in paths:
             try:
@@ -285,54 +371,74 @@ def _decode_files(paths: list[str], image_size: int) -> np.ndarray:
         raise
 
 
-def _load_folder(name, image_size, train_count, validation_count, data_dir, strict, num_classes):
-    files = _folder_files(name, data_dir)
-    held_out = int(round(len(files) * VALIDATION_SHARE))
+def _load_folder(dataset, image_size, train_count, validation_count, strict, data_dir=None):
+    files = _folder_files(dataset)
+    held_out = held_out_count(len(files))
     validation_files, train_files = files[:held_out], files[held_out:]
-    train_files = train_files[: _take(len(train_files), train_count, f"training images in {data_dir}", strict)]
+    train_files = train_files[: _take(len(train_files), train_count, f"training images in {dataset.folder}", strict)]
     validation_files = validation_files[: _take(len(validation_files), validation_count)]
+    train_images, train_labels = _decode_files(train_files, image_size)
+    validation_images, validation_labels = _decode_files(validation_files, image_size)
     return ImageData(
-        name=name,
-        source="folder",
-        num_classes=num_classes,
+        name=dataset.name,
+        source=dataset.source,
+        class_names=dataset.class_names,
         total_examples=len(files),
         image_size=image_size,
-        train_images=_decode_files([path for path, _ in train_files], image_size),
-        train_labels=np.array([label for _, label in train_files], np.int64),
-        validation_images=_decode_files([path for path, _ in validation_files], image_size),
-        validation_labels=np.array([label for _, label in validation_files], np.int64),
+        train_images=train_images,
+        train_labels=train_labels,
+        validation_images=validation_images,
+        validation_labels=validation_labels,
     )
 
 
-def _load_sample(name, image_size, train_count, validation_count, data_dir, strict, num_classes):
-    """The embedded sample is a folder in the layout of ../shared/data, checked before use."""
-    loaded = _load_folder(name, image_size, train_count, validation_count, sample.verified_root(), strict, num_classes)
-    return dataclasses.replace(loaded, source="sample")
+# The embedded sample is a folder in the layout of ../shared/data, checked when its spec is made.
+_load_sample = _load_folder
 
 
-def _to_arrays(dataset: tf.data.Dataset, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    resized = dataset.map(
-        lambda image, label: (resize_to_uint8(image, image_size), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).batch(256)
-    images, labels = [], []
-    for image_batch, label_batch in resized:
-        images.append(image_batch.numpy())
-        labels.append(label_batch.numpy())
-    if not images:
-        return np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0,), np.int64)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+def _as_supervised(builder, split: str, spec: DatasetSpec) -> tf.data.Dataset:
+    """(RGB image, label) pairs of a split, read by the spec's image and label features."""
+    if spec.supervised:
+        pairs = builder.as_dataset(split=split, as_supervised=True)
+    else:
+        pairs = builder.as_dataset(split=split).map(
+            lambda example: (example[spec.image_feature], example[spec.label_feature])
+        )
+    return pairs.map(_three_channels, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _tfds_splits(name: str) -> tuple[str, str]:
-    """tf_flowers has only a train split: its last fifth is the validation set."""
-    if name == "tf_flowers":
-        held_out = int(round(VALIDATION_SHARE * 100))
-        return f"train[:{100 - held_out}%]", f"train[{100 - held_out}%:]"
-    return "train", "test"
+def _three_channels(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Grayscale and RGBA images as the three channels every backbone takes."""
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    return image[..., :3], label
 
 
-def _load_tfds(name, image_size, train_count, validation_count, data_dir, strict, num_classes):
+def _to_arrays(pairs: tf.data.Dataset, image_size: int, description: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) pairs resized, once per machine for what `description` names.
+
+    Returns the images, cached on disk (`lab.image_cache`), and the labels.
+    """
+
+    def resized_batches():
+        resized = pairs.map(
+            lambda image, label: (resize_to_uint8(image, image_size), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        for image_batch, label_batch in resized.batch(DECODE_BATCH):
+            yield image_batch.numpy(), label_batch.numpy()
+
+    return image_cache.load_or_build(description, image_size, resized_batches)
+
+
+def _tfds_description(spec: DatasetSpec, split: str, take: int, **details) -> dict:
+    """What a tensorflow-datasets split's images depend on, for their cache key."""
+    features = {"image_feature": spec.image_feature, "label_feature": spec.label_feature}
+    return {"source": spec.source, "dataset": spec.name, **features, "split": split, "take": take, **details}
+
+
+def _load_tfds(dataset, image_size, train_count, validation_count, strict, data_dir):
+    name = dataset.name
     builder = tfds.builder(name)
     if not builder.is_prepared():
         if not network.can_reach():
@@ -340,6 +446,8 @@ def _load_tfds(name, image_size, train_count, validation_count, data_dir, strict
                 f"--data-dir {data_dir} is ignored with --data-source tfds: pass --data-source folder to read it"
                 if data_dir
                 else f"pass --data-dir PATH (a folder with {FOLDER_NAMES[name]}/<class>/*)"
+                if name in FOLDER_NAMES
+                else "give --dataset a folder of <class>/* images"
             )
             raise LabInputError(
                 f"tensorflow-datasets has no prepared copy of {name} in {builder.data_dir} and "
@@ -347,19 +455,24 @@ def _load_tfds(name, image_size, train_count, validation_count, data_dir, strict
             )
         logger.info("tensorflow-datasets: downloading and preparing %s into %s", name, builder.data_dir)
         builder.download_and_prepare()
-    train_split, validation_split = _tfds_splits(name)
     splits = builder.info.splits
+    train_split, validation_split = tfds_splits(splits)
     train_available = splits[train_split].num_examples
     train_take = _take(train_available, train_count, f"training images of {name}", strict)
     validation_take = _take(splits[validation_split].num_examples, validation_count)
-    train = builder.as_dataset(split=train_split, as_supervised=True).take(train_take)
-    validation = builder.as_dataset(split=validation_split, as_supervised=True).take(validation_take)
-    train_images, train_labels = _to_arrays(train, image_size)
-    validation_images, validation_labels = _to_arrays(validation, image_size)
+    train = _as_supervised(builder, train_split, dataset).take(train_take)
+    validation = _as_supervised(builder, validation_split, dataset).take(validation_take)
+    prepared = {"version": str(builder.info.version), "data_dir": builder.data_dir}
+    train_images, train_labels = _to_arrays(
+        train, image_size, _tfds_description(dataset, train_split, train_take, **prepared)
+    )
+    validation_images, validation_labels = _to_arrays(
+        validation, image_size, _tfds_description(dataset, validation_split, validation_take, **prepared)
+    )
     return ImageData(
         name=name,
         source="tfds",
-        num_classes=num_classes,
+        class_names=dataset.class_names,
         total_examples=sum(split.num_examples for split in splits.values()),
         image_size=image_size,
         train_images=train_images,
@@ -374,20 +487,28 @@ MOCK_DEFAULT_TRAIN = 256
 MOCK_DEFAULT_VALIDATION = 64
 
 
-def _load_mock(name, image_size, train_count, validation_count, data_dir, strict, num_classes):
+def _load_mock(dataset, image_size, train_count, validation_count, strict, data_dir):
     train_take = MOCK_DEFAULT_TRAIN if train_count is None else train_count
     validation_take = MOCK_DEFAULT_VALIDATION if validation_count is None else validation_count
-    with tfds.testing.mock_data(num_examples=train_take + validation_take):
-        dataset = tfds.load(name, split="train", as_supervised=True)
-    images, labels = _to_arrays(dataset, image_size)
+    examples = train_take + validation_take
+    with tfds.testing.mock_data(num_examples=examples):
+        pairs = _as_supervised(tfds.builder(dataset.name), "train", dataset)
+        train_images, train_labels = _to_arrays(
+            pairs.take(train_take), image_size, _tfds_description(dataset, "train", train_take, examples=examples)
+        )
+        validation_images, validation_labels = _to_arrays(
+            pairs.skip(train_take),
+            image_size,
+            _tfds_description(dataset, f"train[{train_take}:]", validation_take, examples=examples),
+        )
     return ImageData(
-        name=name,
+        name=dataset.name,
         source="mock",
-        num_classes=num_classes,
+        class_names=dataset.class_names,
         total_examples=train_take + validation_take,
         image_size=image_size,
-        train_images=images[:train_take],
-        train_labels=labels[:train_take],
-        validation_images=images[train_take:],
-        validation_labels=labels[train_take:],
+        train_images=train_images,
+        train_labels=train_labels,
+        validation_images=validation_images,
+        validation_labels=validation_labels,
     )

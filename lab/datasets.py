@@ -35,6 +35,7 @@ class DatasetSpec:
         folder: the folder holding `<class>/*` images (the folder and sample sources), else None.
         image_feature: the tensorflow-datasets feature holding the image.
         label_feature: the tensorflow-datasets feature holding the class label.
+        supervised: those two are the dataset's supervised keys (read with `as_supervised=True`).
         split_sizes: (split, images) of the dataset as it will be split, where known before
             loading (a folder; a prepared tensorflow-datasets copy); empty otherwise.
         classes_sorted: the class names are a folder's own, sorted by name (label 0 first).
@@ -46,6 +47,7 @@ class DatasetSpec:
     folder: str | None = None
     image_feature: str = "image"
     label_feature: str = "label"
+    supervised: bool = True
     split_sizes: tuple[tuple[str, int], ...] = ()
     classes_sorted: bool = False
 
@@ -66,6 +68,13 @@ class DatasetSpec:
         text = f"{self.name} ({where}): {self.num_classes} classes ({order}: {shown})"
         if self.split_sizes:
             text += "; images per split: " + ", ".join(f"{split} {count:,}" for split, count in self.split_sizes)
+        elif self.source == "mock":
+            text += "; train and validation images held out from mock data of its train split"
+        else:
+            text += (
+                "; splits: its own train and validation (or test) splits, else the last fifth of train held out "
+                "(sizes known once prepared)"
+            )
         return text
 
 
@@ -88,24 +97,36 @@ def folder_dataset(path: str) -> DatasetSpec:
             f"--dataset {path} has {len(classes)} class folder{'s' if len(classes) != 1 else ''} "
             f"({', '.join(classes) or 'none'}): a classifier needs at least two, as <class>/* images"
         )
-    total = 0
     for name in classes:
-        images = image_files(os.path.join(root, name))
-        if not images:
+        if not image_files(os.path.join(root, name)):
             raise LabInputError(
                 f"class folder {os.path.join(root, name)} has no images ({', '.join(IMAGE_SUFFIXES)}): "
                 "add its images or remove the folder"
             )
-        total += len(images)
-    held_out = held_out_count(total)
     return DatasetSpec(
         name=os.path.basename(root),
         source="folder",
         class_names=tuple(classes),
         folder=root,
-        split_sizes=(("train", total - held_out), ("validation", held_out)),
+        split_sizes=folder_split_sizes(root, classes),
         classes_sorted=True,
     )
+
+
+def folder_split_sizes(root: str, class_names) -> tuple[tuple[str, int], ...]:
+    """(split, images) of a folder's fixed hashed split; class folders that are missing count none."""
+    total = sum(
+        len(image_files(os.path.join(root, name))) for name in class_names if os.path.isdir(os.path.join(root, name))
+    )
+    held_out = held_out_count(total)
+    return (("train", total - held_out), ("validation", held_out))
+
+
+def prepared_split_sizes(builder) -> tuple[tuple[str, int], ...]:
+    """(split, images) of a tensorflow-datasets dataset as the lab splits it, if it is prepared."""
+    if not builder.is_prepared():
+        return ()
+    return tuple(split_sizes({split: info.num_examples for split, info in builder.info.splits.items()}))
 
 
 def tfds_dataset(name: str, source: str) -> DatasetSpec:
@@ -123,21 +144,21 @@ def tfds_dataset(name: str, source: str) -> DatasetSpec:
         builder = tfds.builder(name)
     except tfds.core.registered.DatasetNotFoundError:
         near = difflib.get_close_matches(name.lower(), tfds.list_builders(), n=NEAR_NAMES, cutoff=0.6)
-        hint = f"did you mean {', '.join(near)}?" if near else "see tfds.list_builders() for the names it knows"
-        raise LabInputError(f"--dataset {name}: tensorflow-datasets has no dataset of that name: {hint}") from None
+        hint = f"did you mean {', '.join(near)}?" if near else "tfds.list_builders() lists the names it knows"
+        raise LabInputError(
+            f"--dataset {name}: tensorflow-datasets has no dataset of that name, and no folder has that path: {hint}"
+        ) from None
     except (ValueError, AssertionError) as error:
         raise LabInputError(f"--dataset {name}: {str(error).splitlines()[0]}") from None
     image_feature, label_feature = image_and_label(name, builder.info)
-    sizes = ()
-    if source == "tfds" and builder.is_prepared():
-        sizes = tuple(split_sizes({split: info.num_examples for split, info in builder.info.splits.items()}))
     return DatasetSpec(
         name=name,
         source=source,
         class_names=tuple(builder.info.features[label_feature].names),
         image_feature=image_feature,
         label_feature=label_feature,
-        split_sizes=sizes,
+        supervised=(image_feature, label_feature) == builder.info.supervised_keys,
+        split_sizes=prepared_split_sizes(builder) if source == "tfds" else (),
     )
 
 
@@ -155,7 +176,7 @@ def image_and_label(name: str, info: tfds.core.DatasetInfo) -> tuple[str, str]:
         and isinstance(features[keys[0]], tfds.features.Image)
         and isinstance(features[keys[1]], tfds.features.ClassLabel)
     ):
-        return keys
+        return tuple(keys)
     found = {}
     for kind, what in ((tfds.features.Image, "image"), (tfds.features.ClassLabel, "class-label")):
         matching = [key for key, feature in features.items() if isinstance(feature, kind)]

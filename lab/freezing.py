@@ -63,13 +63,21 @@ def expected_trainable_tensors(layers: list[keras.layers.Layer], train_bn: bool 
     """The tensors a fully thawed set of `layers` trains, counted from layer types and options.
 
     Independent of Keras's own trainable bookkeeping: kernels and biases of convolutions and
-    Dense layers, plus BatchNormalization's scale and shift when `train_bn`.
+    Dense layers, LayerNormalization's scale and shift, BatchNormalization's when `train_bn`;
+    for any other layer type (SeparableConv2D, ConvNeXt's LayerScale), the variables it made
+    trainable, whatever its `trainable` flag says now.
     """
     weighted = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-    count = sum(1 + bool(layer.use_bias) for layer in layers if isinstance(layer, weighted))
-    if train_bn:
-        norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
-        count += sum(int(layer.scale) + int(layer.center) for layer in norms)
+    count = 0
+    for layer in layers:
+        if isinstance(layer, weighted):
+            count += 1 + bool(layer.use_bias)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            count += (int(layer.scale) + int(layer.center)) * train_bn
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            count += int(layer.scale) + int(layer.center)
+        else:
+            count += sum(variable.trainable for variable in layer.weights)
     return count
 
 
@@ -177,7 +185,10 @@ def gradual_schedule(
 
 
 def _has_trainable_weights(layer: keras.layers.Layer) -> bool:
-    return bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+    # Variables made trainable, not what the layer's flag says now; EfficientNet's Normalization
+    # layer holds only fixed statistics.
+    trainable = any(variable.trainable for variable in layer.weights)
+    return trainable and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def strategy_stages(

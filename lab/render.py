@@ -109,6 +109,7 @@ def header_table(run: RunHeader) -> str:
         ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
         ("replicas", run.replicas),
         ("data source", run.data_source_description),
+        ("dataset, experiments 3-5", run.dataset_description),
         ("weights", run.weights_description),
         ("options", run.options_description),
         ("profile settings", settings),
@@ -254,7 +255,8 @@ def _findings_section(results: Results) -> list[str]:
         "",
         (
             f"Both arms of a comparison predicted the same validation images; a verdict names a winner only "
-            f"where its two-sided test gives p < {statistics.ALPHA:.2f}, else it says no difference is detectable "
+            f"where its two-sided test gives p < {statistics.ALPHA:.2f} (Holm-adjusted over a line's comparisons "
+            f"where it says so), else it says no difference is detectable "
             f"at this budget. Every validation accuracy below reads `value (low..high)`: {spread}."
         ),
         "",

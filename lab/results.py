@@ -244,6 +244,8 @@ class RunHeader:
     data_source: str
     data_source_description: str
     weights_description: str
+    # What experiments 3-5 ran on (`DatasetSpec.describe`); None in reports from before --dataset.
+    dataset_description: str | None = None
     options: dict[str, str] = dataclasses.field(default_factory=dict)
     profile_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     started: str | None = None

@@ -192,6 +192,7 @@ class LabSession:
             seed=run.seed,
             data_source=run.data_source,
             data_source_description=self.displayed(run.describe_data()),
+            dataset_description=self.displayed(run.dataset.describe()),
             weights_description=f"--weights {run.weights}"
             + (f", --weights-dir {self.displayed(run.weights_dir)}" if run.weights_dir else ""),
             options={name: self.displayed(value) for name, value in self.options().items()},
@@ -235,6 +236,7 @@ class LabSession:
         options = {
             "--seeds": ",".join(map(str, run.seeds)) if len(run.seeds) > 1 else None,
             "--subset": str(run.subset) if run.subset else None,
+            "--dataset": dataset_option(run),
             "--backbones": ",".join(run.backbones) if run.backbones else None,
             "--deterministic": "" if run.deterministic else None,
             "--strategy": run.strategy if run.strategy != "default" else None,
@@ -279,6 +281,13 @@ class LabSession:
             terminalreporter.section("transfer-learning lab")
             for line in lines:
                 terminalreporter.write_line(line)
+
+
+def dataset_option(run: RunConfig) -> str | None:
+    """--dataset as given, or None for the default, tf_flowers."""
+    if run.dataset.classes_sorted:
+        return run.dataset.folder
+    return run.dataset.name if run.dataset.name != "tf_flowers" else None
 
 
 def benchmark_case(nodeid: str) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab import data, network, sample
+from lab import data, image_cache, network, sample
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,22 +56,38 @@ def colour_for(class_position: int, image_index: int) -> tuple[int, int, int]:
     return (10 + 24 * class_position, 10 + 24 * image_index, 128)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_dir(tmp_path_factory) -> pathlib.Path:
+    """The decoded-image cache of these tests and of the sessions they start, kept out of the user's home."""
+    directory = tmp_path_factory.mktemp("image-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(image_cache.CACHE_DIR_VARIABLE, str(directory))
+        yield directory
+
+
 @pytest.fixture
 def make_image_folder(tmp_path):
     """Writes a dataset folder in the `flower_photos` layout; returns an `ImageFolder`.
 
-    `make_image_folder(dataset, counts, suffix)`: `counts` maps class name -> number of images
-    (default: 2 per class of the dataset); each image is a solid colour unique to its file,
-    of a size that differs between files, so that resizing and labels can both be checked.
+    `make_image_folder(dataset, counts, suffix, classes)`: `counts` maps class name -> number of
+    images (default: 2 per class of the dataset); each image is a solid colour unique to its
+    file, of a size that differs between files, so that resizing and labels can both be checked.
+    `classes` gives a folder other class names than the lab dataset's (then `dataset` names the
+    folder, `data_dir/<dataset>`).
     """
     created = 0
 
-    def make(dataset: str = "tf_flowers", counts: dict[str, int] | None = None, suffix: str = ".jpg"):
+    def make(
+        dataset: str = "tf_flowers",
+        counts: dict[str, int] | None = None,
+        suffix: str = ".jpg",
+        classes: tuple[str, ...] | None = None,
+    ):
         nonlocal created
         created += 1
         data_dir = tmp_path / f"data{created}"
-        root = data_dir / data.FOLDER_NAMES[dataset]
-        names = sorted(data.CLASS_NAMES[dataset])
+        root = data_dir / (dataset if classes else data.FOLDER_NAMES[dataset])
+        names = sorted(classes or data.CLASS_NAMES[dataset])
         counts = counts if counts is not None else {name: 2 for name in names}
         colours = {}
         for position, name in enumerate(names):

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from lab import backbones
+from lab import backbones, config
 from lab.errors import LabInputError
 from lab.models import BackbonePreprocessing
 
@@ -165,3 +165,131 @@ def test_preprocessing_layer_survives_a_config_round_trip(unit_images):
 
     assert rebuilt.backbone == "resnet50"
     np.testing.assert_array_equal(np.asarray(rebuilt(unit_images)), np.asarray(layer(unit_images)))
+
+
+@pytest.mark.parametrize("name", backbones.REGISTRY)
+def test_hand_written_block_starts_are_derived_cut_points(name, built):
+    base = built[name]
+    cut_layers = {base.layers[index].name for index in backbones.cut_points(base)}
+
+    assert {first for _, first in backbones.REGISTRY[name].block_starts} <= cut_layers
+
+
+@pytest.mark.parametrize("name", backbones.REGISTRY)
+def test_hand_written_figures_equal_the_derived_ones(name, built):
+    entry = backbones.REGISTRY[name]
+    published = entry.published
+
+    derived = backbones.figures_of(built[name])
+    weights = backbones.keras_weights_file(entry.constructor, entry.image_size["full"])
+
+    assert (derived.layer_count, derived.parameter_count, derived.feature_channels) == (
+        published.layer_count,
+        published.parameter_count,
+        published.feature_channels,
+    )
+    assert (weights.name, weights.url) == (published.weights.name, published.weights.url)
+    assert backbones.input_sizes(entry.constructor) == (entry.minimum_image_size, entry.image_size["full"])
+
+
+def test_keras_name_gives_an_entry_derived_from_keras():
+    entry = backbones.get_backbone("EfficientNetB3")
+
+    assert entry.published is None and entry.name == "EfficientNetB3"
+    assert entry.constructor is keras.applications.EfficientNetB3
+    assert entry.preprocess_input is keras.applications.efficientnet.preprocess_input
+    # EfficientNetB3's default side is 300, its minimum Keras's usual 32.
+    assert (entry.minimum_image_size, entry.image_size) == (32, {"smoke": 96, "full": 300})
+
+
+@pytest.mark.parametrize(
+    "name, minimum, default", [("InceptionV3", 75, 299), ("Xception", 71, 299), ("MobileNetV3Small", 32, 224)]
+)
+def test_input_sizes_are_keras_own(name, minimum, default):
+    entry = backbones.get_backbone(name)
+
+    assert (entry.minimum_image_size, entry.image_size["full"]) == (minimum, default)
+    assert entry.image_size["smoke"] == max(minimum, backbones.SMOKE_IMAGE_SIZE)
+
+
+def test_derived_figures_count_the_built_network():
+    entry = backbones.get_backbone("MobileNetV3Small")
+    base = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), include_top=False, weights=None)
+
+    assert (entry.layer_count, entry.parameter_count, entry.feature_channels) == (
+        len(base.layers),
+        base.count_params(),
+        base.output_shape[-1],
+    )
+    assert entry.layers_per_stage * backbones.DERIVED_STAGES >= entry.derived.weighted_layer_count
+
+
+def test_derived_weights_file_is_the_one_keras_asks_for():
+    weights = backbones.get_backbone("MobileNetV3Small").weights
+
+    assert weights.name == "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+    assert weights.url.endswith("/" + weights.name) and weights.file_hash
+
+
+def test_derived_weights_in_weights_dir_come_first(no_network_calls, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    entry = backbones.get_backbone("MobileNetV3Small")
+    local = tmp_path / entry.weights_file
+    local.write_bytes(b"")
+
+    source = backbones.resolve_weights(entry, "imagenet", str(tmp_path))
+
+    assert (source.kind, source.path) == ("imagenet", str(local))
+
+
+def test_derived_weights_offline_fail_fast_naming_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(backbones.network, "can_reach", lambda: False)
+    entry = backbones.get_backbone("MobileNetV3Small")
+
+    with pytest.raises(LabInputError, match=f"{entry.weights_file}.*--weights-dir"):
+        backbones.resolve_weights(entry, "imagenet", None)
+
+
+@pytest.mark.parametrize(
+    "given, suggested",
+    [("MobileNetv2", "MobileNetV2"), ("resnet_50", "resnet50"), ("efficientnetb0", "EfficientNetB0")],
+)
+def test_unknown_backbone_lists_close_matches(given, suggested):
+    with pytest.raises(LabInputError) as raised:
+        backbones.get_backbone(given)
+
+    message = str(raised.value)
+    assert f"did you mean {suggested}" in message
+    assert "ConvNeXtTiny" in message and "mobilenet_v2" in message
+
+
+def test_image_size_below_the_minimum_names_it():
+    with pytest.raises(LabInputError, match="InceptionV3 takes images of at least 75x75 pixels, not 64"):
+        backbones.get_backbone("InceptionV3").build(64, None)
+
+
+def test_graph_stages_split_the_weights_evenly_at_cut_points(built):
+    base = built["resnet50"]
+
+    stages = backbones.graph_stages(base, 4)
+
+    assert len(stages) == 4
+    cuts = set(backbones.cut_points(base))
+    assert all(base.layers.index(layers[0]) in cuts for _, layers in stages[:-1])
+    assert [layer for _, layers in reversed(stages) for layer in layers] == base.layers[1:]
+    weights = [sum(int(np.prod(w.shape)) for layer in layers for w in layer.trainable_weights) for _, layers in stages]
+    # ResNet50's blocks are coarse (conv5 alone holds 63% of its weights): within a factor of 5.
+    assert max(weights) < 5 * min(weights)
+    assert stages[0][0] == f"{stages[0][1][0].name}..{base.layers[-1].name}"
+
+
+def test_config_takes_keras_names_and_checks_their_minimum_size():
+    options = dict(
+        profile="smoke", data_source="mock", data_dir=None, seed=0, subset=None, weights="none", weights_dir=None
+    )
+
+    run = config.build_config(**options, backbone_names="EfficientNetB0,mobilenet")
+    assert run.backbones == ("EfficientNetB0", "mobilenet")
+    with pytest.raises(LabInputError, match="Xception takes images of at least 71x71 .* --image-size 71"):
+        config.build_config(**options, backbone_names="Xception", image_size=64)

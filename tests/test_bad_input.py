@@ -27,7 +27,7 @@ import zipfile
 
 import pytest
 
-from lab import backbones, config, data, models, profiles, storage
+from lab import backbones, config, data, datasets, models, profiles, storage
 from lab.errors import LabInputError
 
 GOOD_OPTIONS = dict(
@@ -100,6 +100,10 @@ def test_unknown_backbone_in_the_registry():
         ({"seeds": "0,1,1"}, ["--seeds 0,1,1", "lists 1 more than once"]),
         ({"seeds": f"1,{2**32}"}, ["--seeds", "4294967295"]),
         ({"seeds": "2", "seed": 2**32 - 1}, ["--seeds 2", "4294967295"]),
+        ({"cache_budget": "0"}, ["--cache-budget '0'", "512M or 2G"]),
+        ({"cache_budget": "-1G"}, ["--cache-budget '-1G'", "512M or 2G"]),
+        ({"cache_budget": "lots"}, ["--cache-budget 'lots'", "512M or 2G"]),
+        ({"cached": "on"}, ["--cached", "auto", "off"]),
     ],
     ids=[
         "unknown-backbone", "unknown-profile", "subset-zero", "subset-negative", "unknown-source",
@@ -107,6 +111,7 @@ def test_unknown_backbone_in_the_registry():
         "seed-negative", "seed-too-large", "backbones-empty", "backbones-only-commas",
         "seeds-zero", "seeds-negative", "seeds-negative-in-list", "seeds-not-numeric", "seeds-repeated",
         "seeds-too-large", "seeds-count-past-the-largest",
+        "cache-budget-zero", "cache-budget-negative", "cache-budget-unparsable", "cached-unknown",
     ],
 )
 def test_build_config_rejects(changes, fragments):
@@ -133,7 +138,7 @@ def test_load_rejects_a_subset_that_is_not_positive(count):
 def test_subset_larger_than_the_data(make_image_folder):
     folder = make_image_folder()
     total = len(folder.colours)
-    available = total - round(total * data.VALIDATION_SHARE)
+    available = total - round(total * datasets.VALIDATION_SHARE)
 
     with pytest.raises(LabInputError) as raised:
         data.load("tf_flowers", "folder", 8, available + 1, None, data_dir=folder.data_dir, strict_train_count=True)

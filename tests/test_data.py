@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lab import data
+from lab import data, datasets
 from lab.errors import LabInputError
 
 # Different counts per class: a label mapped by position instead of by name shows up in the
@@ -119,7 +119,7 @@ def test_split_is_deterministic_and_disjoint(make_image_folder, monkeypatch):
     assert len(set(train_files)) == len(train_files)
     assert not set(train_files) & set(validation_files)
     assert set(train_files) | set(validation_files) == set(folder.colours)
-    assert first.validation_count == round(len(folder.colours) * data.VALIDATION_SHARE)
+    assert first.validation_count == round(len(folder.colours) * datasets.VALIDATION_SHARE)
 
 
 def test_a_training_subset_keeps_the_same_validation_images(make_image_folder):
@@ -185,7 +185,9 @@ class PreparedBuilder:
         self.requested: list[str] = []
         splits = {split: types.SimpleNamespace(num_examples=size) for split, size in split_sizes.items()}
         self.info = types.SimpleNamespace(
-            features={"label": types.SimpleNamespace(num_classes=num_classes)}, splits=_SlicedSplits(splits)
+            features={"label": types.SimpleNamespace(num_classes=num_classes)},
+            splits=_SlicedSplits(splits),
+            version="1.0.0",
         )
 
     def is_prepared(self) -> bool:

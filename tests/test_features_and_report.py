@@ -10,7 +10,7 @@ import pytest
 
 from lab import atomic, features, models, storage
 from lab.backbones import get_backbone
-from lab.data import ImageData
+from lab.data import CLASS_NAMES, ImageData
 from lab.training import fit
 
 
@@ -21,7 +21,7 @@ def tiny_flowers():
     images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 5, 16).astype(np.int64)
     return ImageData(
-        name="tf_flowers", source="mock", num_classes=5,
+        name="tf_flowers", source="mock", class_names=CLASS_NAMES["tf_flowers"],
         total_examples=16, image_size=32, train_images=images[:12], train_labels=labels[:12],
         validation_images=images[12:], validation_labels=labels[12:],
     )

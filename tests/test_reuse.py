@@ -7,8 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from lab import models
-from lab.reuse import ReusableModel
+from lab import models, optimizers, stage_cache
+from lab.data import ImageData
+from lab.reuse import CompiledRuns, ReusableModel
+from lab.training import fit
 
 # Under op determinism: a model built and compiled for seed 1, against one compiled for seed 0,
 # trained, then restarted with seed 1's initial weights. The control restarts only the weights.
@@ -91,3 +93,89 @@ def test_only_an_untrained_compiled_model_can_be_made_reusable():
     model.fit(np.zeros((4, 4)), np.zeros(4), epochs=1, verbose=0)
     with pytest.raises(ValueError, match="already trained"):
         ReusableModel.of(model)
+
+
+def test_multi_optimizer_restarts_by_its_variables():
+    model = small_model()
+    hidden, out = keras.optimizers.Adam(1e-2, name="hidden"), keras.optimizers.Adam(1e-3, name="out")
+    routes = optimizers.GroupRoutes(
+        [hidden, out], [[weight.path for weight in model.get_layer(name).weights] for name in ("hidden", "out")]
+    )
+    models.compile_for_classification(model, optimizer=keras.optimizers.MultiOptimizer(routes))
+    reusable = ReusableModel.of(model)
+    start = [variable.numpy() for variable in model.optimizer.variables]
+    model.fit(np.ones((4, 4)), np.arange(4) % 2, epochs=1, verbose=0)
+    assert int(hidden.iterations.numpy()) == 1
+
+    reusable.restart(None)
+
+    restored = [variable.numpy() for variable in model.optimizer.variables]
+    assert all(np.array_equal(*pair) for pair in zip(restored, start, strict=True))
+    assert [float(optimizer.learning_rate.numpy()) for optimizer in (hidden, out)] == pytest.approx([1e-2, 1e-3])
+    with pytest.raises(ValueError, match="per-group rates"):
+        reusable.restart(None, learning_rate=1e-4)
+
+
+IMAGE_SIZE = 8
+
+
+def tiny_classifier(seed: int) -> keras.Model:
+    """A classifier shaped like `backbone_classifier`'s: a nested base, its lower convolution frozen, under a head."""
+    keras.utils.set_random_seed(seed)
+    images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    hidden = keras.layers.Conv2D(4, 3, padding="same", name="low_conv")(images)
+    base = keras.Model(images, keras.layers.Conv2D(4, 3, name="high_conv")(hidden), name=models.BASE_LAYER_NAME)
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(base(inputs))
+    head = keras.layers.Dense(3, activation="softmax", name=models.HEAD_LAYER_NAME)(pooled)
+    base.get_layer("low_conv").trainable = False
+    return keras.Model(inputs, head)
+
+
+@pytest.fixture
+def tiny_images() -> ImageData:
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (24, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 24).astype(np.int64)
+    return ImageData(
+        name="tiny", source="mock", class_names=("a", "b", "c"), total_examples=24, image_size=IMAGE_SIZE,
+        train_images=images[:16], train_labels=labels[:16],
+        validation_images=images[16:], validation_labels=labels[16:],
+    )
+
+
+def train_span(run, data: ImageData, cached: bool, seed: int) -> tuple[list[np.ndarray], bool, object]:
+    """Trains compile span 0 of `run` for two epochs, as experiment 5 does; (weights, reused, train_function)."""
+    span = run.spans.get(0)
+    cache = (
+        stage_cache.cache_stage(run.classifier, data, 8, split=span and span.split)
+        if cached
+        else stage_cache.CachedStage("--cached off", None)
+    )
+    trained, reused = run.span_model(0, cache, lambda: keras.optimizers.Adam(1e-2))
+    batches = cache.train_batches(8, seed) if cached else data.batches("train", 8, seed=seed)
+    fit(trained, batches, epochs=2)
+    return [weight.numpy() for weight in run.classifier.weights], reused, trained.train_function
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "end-to-end"])
+def test_a_reused_run_trains_like_a_fresh_one_from_the_same_seed(cached, tiny_images):
+    fresh_run = CompiledRuns(keep=True).start("case", tiny_classifier(1))
+    fresh, reused_fresh, _ = train_span(fresh_run, tiny_images, cached, 3)
+
+    runs = CompiledRuns(keep=True)
+    first, _, traced = train_span(runs.start("case", tiny_classifier(0)), tiny_images, cached, 3)
+    run = runs.start("case", tiny_classifier(1))
+    again, reused, traced_again = train_span(run, tiny_images, cached, 3)
+
+    assert (reused_fresh, run.reused, reused) == (False, True, True)
+    assert traced_again is traced
+    assert not all(np.array_equal(*pair) for pair in zip(first, fresh, strict=True))
+    for value, expected in zip(again, fresh, strict=True):
+        np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_one_seed_keeps_nothing():
+    runs = CompiledRuns(keep=False)
+    first = runs.start("case", small_model())
+    assert runs.start("case", small_model()) is not first

@@ -6,7 +6,7 @@ import pytest
 
 from lab import freezing, models, stage_cache
 from lab.backbones import get_backbone
-from lab.data import ImageData
+from lab.data import CLASS_NAMES, ImageData
 from lab.errors import LabInputError
 from lab.training import fit
 
@@ -25,7 +25,8 @@ def tiny_flowers():
     images = rng.integers(0, 256, (32, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     labels = rng.integers(0, 5, 32).astype(np.int64)
     return ImageData(
-        name="tf_flowers", source="mock", num_classes=5, total_examples=32, image_size=IMAGE_SIZE,
+        name="tf_flowers", source="mock", class_names=CLASS_NAMES["tf_flowers"], total_examples=32,
+        image_size=IMAGE_SIZE,
         train_images=images[:24], train_labels=labels[:24],
         validation_images=images[24:], validation_labels=labels[24:],
     )
