@@ -175,7 +175,8 @@ def settings_warnings(first: Results, second: Results) -> list[str]:
     warnings = []
     if differing:
         warnings.append(
-            f"**Warning**: the runs differ in {', '.join(differing)}: their figures were not measured on the same terms."
+            f"**Warning**: the runs differ in {', '.join(differing)}: "
+            "their figures were not measured on the same terms."
         )
     for label, run in (("A", first.run), ("B", second.run)):
         warnings += [f"{label}: {banner}" for banner in banners(run)]

@@ -69,16 +69,36 @@ def load_or_build(
 
     Returns:
         The images, memory-mapped read-only (read batches with `take`), and the int64 labels.
+
+    Raises:
+        LabInputError: the cache folder, or an entry in it, is not this user's to write or read.
     """
     root = os.path.join(directory or default_directory(), "images")
-    os.makedirs(root, exist_ok=True)
     full_description = {"format": FORMAT_VERSION, "image_size": image_size, **description}
     key = hashlib.sha256(json.dumps(full_description, sort_keys=True).encode()).hexdigest()[:32]
     entry = os.path.join(root, key)
-    with filelock.FileLock(entry + ".lock"):
+    try:
+        os.makedirs(root, exist_ok=True)
+        # The lock file is the first thing written in `root`: once it is made, the folder is writable.
+        lock = filelock.FileLock(entry + ".lock")
+        lock.acquire()
+    except PermissionError as error:
+        raise LabInputError(
+            f"cannot write the image cache in {root}: permission denied on {error.filename}: set "
+            f"{CACHE_DIR_VARIABLE} to a folder this user can write, or fix the folder's permissions"
+        ) from None
+    try:
         if not os.path.isdir(entry):
             _build(entry, full_description, image_size, build())
-    return _open(entry, image_size)
+    finally:
+        lock.release()
+    try:
+        return _open(entry, image_size)
+    except PermissionError as error:
+        raise LabInputError(
+            f"cannot read image cache entry {entry}: permission denied on {error.filename}: set "
+            f"{CACHE_DIR_VARIABLE} to a folder of this user's own, or delete that entry"
+        ) from None
 
 
 def take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:

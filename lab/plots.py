@@ -27,7 +27,9 @@ def learning_curves(records: list[Record]) -> bytes | None:
         epochs = range(1, len(curves.validation_accuracy) + 1)
         (line,) = axes.plot(epochs, curves.validation_accuracy, marker="o", label=f"{record.label} (validation)")
         if curves.train_accuracy:
-            axes.plot(epochs, curves.train_accuracy, linestyle="--", color=line.get_color(), label=f"{record.label} (train)")
+            axes.plot(
+                epochs, curves.train_accuracy, linestyle="--", color=line.get_color(), label=f"{record.label} (train)"
+            )
     axes.set_xlabel("epoch")
     axes.set_ylabel("accuracy")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -84,7 +84,9 @@ def banners(run: RunHeader) -> list[str]:
     """What a reader must know before trusting any figure: incomplete run, mock data, warnings."""
     lines = []
     if not run.complete:
-        lines.append(f"**Incomplete run**: {public_text(run.incomplete_reason or 'reason unknown')}. Tables show what finished.")
+        lines.append(
+            f"**Incomplete run**: {public_text(run.incomplete_reason or 'reason unknown')}. Tables show what finished."
+        )
     if run.data_source == "mock":
         lines.append(
             "**Mock data**: tensorflow-datasets' mock images are random noise, so every accuracy "

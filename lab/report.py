@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.report", description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="?", help="a results.json that a pytest session saved")
     parser.add_argument("--benchmark-json", metavar="FILE", help="epoch times from pytest --benchmark-json")
-    parser.add_argument("--out-dir", metavar="DIR", help="where to write the report (default: the reports folder holding the results)")
+    parser.add_argument(
+        "--out-dir", metavar="DIR", help="where to write the report (default: the reports folder holding the results)"
+    )
     parser.add_argument("--name", help="the report's file name without .md (default: the run's name + -regenerated)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two runs' figures side by side")
     args = parser.parse_args(argv)
@@ -192,7 +194,8 @@ def _load_json(path: str, what: str, fix: str):
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
     except (OSError, UnicodeDecodeError) as error:
-        raise LabInputError(f"cannot read {what} {path} ({getattr(error, 'strerror', None) or error}): give {fix}") from None
+        reason = getattr(error, "strerror", None) or error
+        raise LabInputError(f"cannot read {what} {path} ({reason}): give {fix}") from None
     if not text.strip():
         raise LabInputError(f"{what} {path} is empty: give {fix}")
     try:

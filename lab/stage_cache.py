@@ -172,10 +172,10 @@ def find_cut(classifier: keras.Model) -> Cut | None:
     layer = outer[outer_cut]
     below = tuple(leaf for lower in outer[:outer_cut] for leaf in _leaf_layers(lower))
     if layer.name != BASE_LAYER_NAME:
-        return Cut(layer.name, False, below, _crossing(classifier, outer_cut))
+        return Cut(layer.name, False, below, _crossing(classifier, layer))
     base_cut = _lowest_trainable(layer.layers)
     below += tuple(leaf for lower in layer.layers[:base_cut] for leaf in _leaf_layers(lower))
-    return Cut(layer.layers[base_cut].name, True, below, _crossing(layer, base_cut))
+    return Cut(layer.layers[base_cut].name, True, below, _crossing(layer, layer.layers[base_cut]))
 
 
 def _lowest_trainable(layers: list[keras.layers.Layer]) -> int | None:
@@ -194,14 +194,17 @@ def _graph_nodes(model: keras.Model) -> list:
     return [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
 
 
-def _crossing(model: keras.Model, cut: int) -> tuple[keras.KerasTensor, ...]:
-    """The tensors made below layer `cut` of `model` and used at or above it.
+def _crossing(model: keras.Model, cut_layer: keras.layers.Layer) -> tuple[keras.KerasTensor, ...]:
+    """The tensors made below `cut_layer` of `model` and used at or above it.
 
-    `model.layers` is in topological order (Keras sorts it by depth), so every layer below the
-    cut depends only on layers below it.
+    `model.operations` is in topological order (Keras sorts it by depth), so every operation
+    below the cut depends only on operations below it. Operations, not layers: a graph such as
+    ConvNeXt's has plain operations (`Add`) between its layers, which make tensors too.
     """
-    above = {id(layer) for layer in model.layers[cut:]}
-    order = {id(layer): index for index, layer in enumerate(model.layers)}
+    operations = model.operations
+    start = next(index for index, operation in enumerate(operations) if operation is cut_layer)
+    above = {id(operation) for operation in operations[start:]}
+    order = {id(operation): index for index, operation in enumerate(operations)}
     crossing = {}
     for node in _graph_nodes(model):
         if id(node.operation) not in above or node.is_input:
@@ -253,7 +256,7 @@ def split_models(classifier: keras.Model, cut: Cut) -> StageModels:
         )
     base = classifier.get_layer(BASE_LAYER_NAME)
     (base_node,) = [node for node in _graph_nodes(classifier) if node.operation is base]
-    around = _crossing(classifier, classifier.layers.index(base))
+    around = _crossing(classifier, base)
     if {id(tensor) for tensor in around} != {id(tensor) for tensor in base_node.input_tensors}:
         raise ValueError(f"{classifier.name} passes tensors around its base; cut it outside the base")
     base_prefix = keras.Model(base.inputs, list(cut.crossing), name="base_prefix")

@@ -27,7 +27,7 @@ import zipfile
 
 import pytest
 
-from lab import backbones, config, data, datasets, models, profiles, storage
+from lab import backbones, config, data, datasets, image_cache, models, profiles, storage
 from lab.errors import LabInputError
 
 GOOD_OPTIONS = dict(
@@ -339,7 +339,8 @@ def unprivileged():
 
     Root reads any file whatever its mode, and CI runs as root. The switch is real (the kernel,
     not a stub, refuses the reads), so the files used inside must be reachable by `nobody`:
-    `public_copy` gives a world-readable copy of a folder.
+    `public_copy` gives a world-readable copy of a folder, `public_folder` a new world-writable
+    folder (for an image cache `nobody` can write).
     """
     made = []
 
@@ -354,13 +355,16 @@ def unprivileged():
         finally:
             os.seteuid(0)
 
-    def public_copy(folder: str) -> pathlib.Path:
-        parent = tempfile.mkdtemp(prefix="lab-permissions-")
-        made.append(parent)
-        os.chmod(parent, 0o755)
-        return pathlib.Path(shutil.copytree(folder, os.path.join(parent, "data")))
+    def public_folder(mode: int = 0o777) -> pathlib.Path:
+        folder = tempfile.mkdtemp(prefix="lab-permissions-")
+        made.append(folder)
+        os.chmod(folder, mode)
+        return pathlib.Path(folder)
 
-    yield as_nobody, public_copy
+    def public_copy(folder: str) -> pathlib.Path:
+        return pathlib.Path(shutil.copytree(folder, public_folder(0o755) / "data"))
+
+    yield as_nobody, public_copy, public_folder
     for parent in made:
         for folder, _, _ in os.walk(parent):
             os.chmod(folder, 0o755)
@@ -374,15 +378,21 @@ NOBODY = 65534
     "target", ["flower_photos", "flower_photos/roses", "flower_photos/daisy/daisy_1.jpg"],
     ids=["dataset-folder", "class-folder", "image"],
 )
-def test_unreadable_data_names_the_path_and_the_permissions(target, unprivileged, make_image_folder):
-    as_nobody, public_copy = unprivileged
+def test_unreadable_data_names_the_path_and_the_permissions(
+    target, unprivileged, make_image_folder, monkeypatch
+):
+    as_nobody, public_copy, public_folder = unprivileged
     data_dir = public_copy(make_image_folder().data_dir)
     # Once first as root: what the load imports lazily may lie where `nobody` cannot read.
     data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir))
+    # Each load as `nobody` gets an image cache of its own: the session's is root's, and a
+    # cached entry, keyed on the files' sizes and times, would not see a file's mode change.
+    monkeypatch.setenv(image_cache.CACHE_DIR_VARIABLE, str(public_folder()))
     with as_nobody():
         # The same load as `nobody`, before the damage: the folder itself is readable.
         assert data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir)).train_count > 0
     os.chmod(data_dir / target, 0)
+    monkeypatch.setenv(image_cache.CACHE_DIR_VARIABLE, str(public_folder()))
 
     with as_nobody(), pytest.raises(LabInputError) as raised:
         data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir))
@@ -390,6 +400,19 @@ def test_unreadable_data_names_the_path_and_the_permissions(target, unprivileged
     assert str(data_dir / target) in message
     assert "permission denied" in message and "fix its permissions" in message
     assert "delete or replace" not in message
+
+
+def test_image_cache_folder_that_is_not_writable_names_the_variable(unprivileged, make_image_folder, monkeypatch):
+    as_nobody, public_copy, public_folder = unprivileged
+    data_dir = public_copy(make_image_folder().data_dir)
+    cache_dir = public_folder(0o755)
+    monkeypatch.setenv(image_cache.CACHE_DIR_VARIABLE, str(cache_dir))
+
+    with as_nobody(), pytest.raises(LabInputError) as raised:
+        data.load("tf_flowers", "folder", 8, None, None, data_dir=str(data_dir))
+    message = str(raised.value)
+    assert str(cache_dir / "images") in message
+    assert "permission denied" in message and image_cache.CACHE_DIR_VARIABLE in message
 
 
 def test_image_name_that_is_not_utf8(make_image_folder):

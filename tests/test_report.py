@@ -151,7 +151,13 @@ def test_render_cuts_absolute_paths_to_their_last_two_components():
     markdown = render.render(results, "f").markdown
 
     assert "/home" not in markdown and "alice" not in markdown
-    for kept in ("folder projects/data", "--weights-dir lab/weights", "'data/x.jpg'", "wrote tb/logs", "file weights/m.h5"):
+    for kept in (
+        "folder projects/data",
+        "--weights-dir lab/weights",
+        "'data/x.jpg'",
+        "wrote tb/logs",
+        "file weights/m.h5",
+    ):
         assert kept in markdown
     # Not absolute paths: shapes, units, fractions.
     assert render.public_text("3x3x2048, 0.5 s/epoch, 1/2") == "3x3x2048, 0.5 s/epoch, 1/2"
@@ -389,7 +395,8 @@ def test_report_command_names_a_missing_results_file(tmp_path, capsys):
 def test_report_command_rejects_a_benchmark_json_it_cannot_use(benchmark_json, message, tmp_path, capsys):
     results_file = _write_results(tmp_path, "results.json", _results())
     (tmp_path / "empty.json").write_text("")
-    (tmp_path / "no-epoch-times.json").write_text(json.dumps({"benchmarks": [{"name": "x", "extra_info": {}, "stats": {}}]}))
+    no_epoch_times = {"benchmarks": [{"name": "x", "extra_info": {}, "stats": {}}]}
+    (tmp_path / "no-epoch-times.json").write_text(json.dumps(no_epoch_times))
     out_dir = tmp_path / "out"
     argument = str(tmp_path / benchmark_json) if benchmark_json else ""
 
@@ -411,7 +418,8 @@ def test_report_command_takes_epoch_times_from_a_benchmark_json(tmp_path, capsys
     ]}))
     out_dir = tmp_path / "out"
 
-    assert report.main([results_file, "--benchmark-json", str(benchmark_file), "--out-dir", str(out_dir), "--name", "r"]) == 0
+    arguments = [results_file, "--benchmark-json", str(benchmark_file), "--out-dir", str(out_dir), "--name", "r"]
+    assert report.main(arguments) == 0
 
     saved = Results.from_json(json.loads((out_dir / "r" / "results.json").read_text()))
     assert saved.benchmarks == [BenchmarkResult(

@@ -230,3 +230,31 @@ def test_cache_budget_reads_sizes(text, size):
 def test_bad_cache_budget_names_the_option(text):
     with pytest.raises(LabInputError, match="--cache-budget"):
         stage_cache.parse_cache_budget(text)
+
+
+def test_a_graph_with_plain_operations_between_layers_is_cut(tiny_flowers):
+    # ConvNeXt sums each block's residual with a plain `Add` operation, not a layer: the cut
+    # must see the tensors operations make as well as those layers make.
+    keras.utils.set_random_seed(0)
+    classifier = models.backbone_classifier(get_backbone("ConvNeXtTiny"), IMAGE_SIZE, 5, None)
+    first_thawed = "convnext_tiny_stage_3_block_1_pointwise_conv_1"
+    thaw_from(classifier, first_thawed)
+
+    stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
+
+    assert stage.cached, stage.reason
+    assert (stage.cut_layer, stage.crossing[1]) == (first_thawed, "convnext_tiny_stage_3_block_1_layernorm")
+    # The block's input, the previous block's sum, skips over the cut to this block's `Add`.
+    cut = stage_cache.find_cut(classifier)
+    assert [type(tensor._keras_history.operation).__name__ for tensor in cut.crossing] == [
+        "Add",
+        "LayerNormalization",
+    ]
+    assert [id(weight) for weight in stage.top.trainable_weights] == [
+        id(weight) for weight in classifier.trainable_weights
+    ]
+    np.testing.assert_allclose(
+        stage.top.predict(stage.validation_activations, verbose=0),
+        classifier.predict(tiny_flowers.scaled("validation"), verbose=0),
+        atol=1e-6,
+    )

@@ -87,7 +87,12 @@ def test_mcnemar_exact_test_on_hand_made_predictions():
     b_right = np.array([True] * 60 + [False] * 14 + [True] * 4 + [False] * 22)
 
     comparison = statistics.compare_predictions(
-        "Experiment 2", "transferred", [_predictions(labels, a_right)], "scratch", [_predictions(labels, b_right)], labels
+        "Experiment 2",
+        "transferred",
+        [_predictions(labels, a_right)],
+        "scratch",
+        [_predictions(labels, b_right)],
+        labels,
     )
 
     # Exact McNemar: the 18 discordant images split 14/4, two-sided binomial against 1/2.
@@ -121,7 +126,12 @@ def test_verdict_flips_on_a_clear_difference_and_not_on_a_small_one():
 
     def compare(a_right, b_right):
         return statistics.compare_predictions(
-            "Experiment 3", "imagenet", [_predictions(labels, a_right)], "random", [_predictions(labels, b_right)], labels
+            "Experiment 3",
+            "imagenet",
+            [_predictions(labels, a_right)],
+            "random",
+            [_predictions(labels, b_right)],
+            labels,
         ).verdict
 
     assert compare(clear, reference) == "imagenet better than random"
@@ -224,7 +234,9 @@ def test_timing_ratio_and_its_verdict():
 
 def test_findings_are_generated_from_the_comparisons():
     comparisons = [
-        statistics.compare_accuracies("Experiment 2", "transferred", [0.48, 0.50, 0.47], "scratch", [0.43, 0.44, 0.43], 500),
+        statistics.compare_accuracies(
+            "Experiment 2", "transferred", [0.48, 0.50, 0.47], "scratch", [0.43, 0.44, 0.43], 500
+        ),
         statistics.not_compared("Experiment 3, resnet50", "imagenet", "random", "imagenet failed"),
     ]
     lines = statistics.findings(comparisons)
