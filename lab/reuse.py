@@ -94,7 +94,10 @@ class ReusableModel:
             )
         if weights is not None:
             self.model.set_weights(weights)
-        optimizer.set_weights(self.optimizer_start)
+        # Variable by variable: `set_weights` of a MultiOptimizer refuses a sub-optimizer that
+        # owns no trainable variable at this stage (a block still frozen), which was never built.
+        for variable, start in zip(optimizer.variables, self.optimizer_start, strict=True):
+            variable.assign(start)
         if learning_rate is not None:
             inner.learning_rate = learning_rate
         self.model.reset_metrics()

@@ -116,6 +116,24 @@ def test_multi_optimizer_restarts_by_its_variables():
         reusable.restart(None, learning_rate=1e-4)
 
 
+
+def test_multi_optimizer_with_a_group_that_owns_nothing_yet_restarts():
+    """A block still frozen at this stage gives its sub-optimizer no variable: it is never built."""
+    model = small_model()
+    model.get_layer("hidden").trainable = False
+    hidden, out = keras.optimizers.Adam(1e-2, name="hidden"), keras.optimizers.Adam(1e-3, name="out")
+    routes = optimizers.GroupRoutes([hidden, out], [[], [weight.path for weight in model.get_layer("out").weights]])
+    models.compile_for_classification(model, optimizer=keras.optimizers.MultiOptimizer(routes))
+    reusable = ReusableModel.of(model)
+    start = [variable.numpy() for variable in model.optimizer.variables]
+    model.fit(np.ones((4, 4)), np.arange(4) % 2, epochs=1, verbose=0)
+
+    reusable.restart(None)
+
+    restored = [variable.numpy() for variable in model.optimizer.variables]
+    assert all(np.array_equal(*pair) for pair in zip(restored, start, strict=True))
+
+
 IMAGE_SIZE = 8
 
 
