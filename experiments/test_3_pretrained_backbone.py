@@ -37,7 +37,9 @@ def test_backbone_matches_keras_structure(backbone_name, profile, record):
         STRUCTURE,
         {
             "backbone": backbone_name,
+            "keras.applications": backbone.keras_name,
             "input": f"{image_size}px",
+            "ImageNet weights file": backbone.weights_file,
             "layers": len(base.layers),
             "parameters": base.count_params(),
             "output": "x".join(str(d) for d in base.output_shape[1:]),

@@ -130,6 +130,14 @@ class Backbone:
         return keras_weights_file(self.constructor, self.image_size["full"])
 
     @property
+    def keras_name(self) -> str:
+        """The keras.applications call that builds it: `MobileNetV2(alpha=0.35)`, `ResNet50`."""
+        if isinstance(self.constructor, functools.partial):
+            arguments = ", ".join(f"{key}={value!r}" for key, value in self.constructor.keywords.items())
+            return f"{self.constructor.func.__name__}({arguments})"
+        return self.constructor.__name__
+
+    @property
     def weights_file(self) -> str:
         """Keras's official file name of the ImageNet no-top weights."""
         return self.weights.name

@@ -166,3 +166,19 @@ def compile_for_classification(
         metrics=["accuracy"],
         jit_compile=False,
     )
+    build_training_state(model)
+
+
+def build_training_state(model: keras.Model) -> None:
+    """Creates a compiled model's optimizer, loss and metric variables now, before the first fit.
+
+    Without a distribution strategy, Keras's TensorFlow trainer creates them inside the first
+    trace of the train step, and a tf.function that creates variables while tracing is traced
+    a second time: the first epoch after every compile would trace twice (ResNet50 unfrozen at
+    96 px on two cores: 26 s for the first epoch, 15 s with this). Keras's own symbolic build,
+    which it runs itself under a strategy, creates them from the input specs.
+    """
+    labels = keras.KerasTensor((None,), "int32")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else list(model.inputs)
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=(inputs, labels))

@@ -192,6 +192,12 @@ def test_hand_written_figures_equal_the_derived_ones(name, built):
     assert backbones.input_sizes(entry.constructor) == (entry.minimum_image_size, entry.image_size["full"])
 
 
+def test_report_names_the_keras_applications_call_of_each_entry():
+    assert backbones.get_backbone("mobilenet_v2").keras_name == "MobileNetV2(alpha=0.35)"
+    assert backbones.get_backbone("resnet50").keras_name == "ResNet50"
+    assert backbones.get_backbone("ConvNeXtTiny").keras_name == "ConvNeXtTiny"
+
+
 def test_keras_name_gives_an_entry_derived_from_keras():
     entry = backbones.get_backbone("EfficientNetB3")
 

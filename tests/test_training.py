@@ -1,4 +1,4 @@
-"""Fit helpers' TensorBoard logs (--tensorboard), and the profile overrides of a structural run."""
+"""Fit helpers: variables made at compile, TensorBoard logs (--tensorboard), a structural run's profile overrides."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import training
+from lab import models, training
 from lab.backbones import get_backbone
 from lab.config import build_config
 from lab.errors import LabInputError
@@ -94,3 +94,30 @@ def test_overrides_replace_every_epoch_count_and_backbone_size():
 def test_overrides_too_small_for_the_experiments_are_refused(overrides, option):
     with pytest.raises(LabInputError, match=option):
         with_overrides(FULL, **overrides)
+
+
+def two_input_classifier() -> keras.Model:
+    """Two inputs, as the top of a stage cut across a residual connection has."""
+    first, second = keras.Input((4,)), keras.Input((4,))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Add()([first, second]))
+    return keras.Model([first, second], outputs)
+
+
+@pytest.mark.parametrize("inputs", [1, 2])
+def test_compile_creates_every_variable_so_the_first_fit_traces_once(inputs):
+    # A variable created while tracing makes TensorFlow trace the train step a second time.
+    model = two_input_classifier() if inputs == 2 else keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    models.compile_for_classification(model)
+    features, labels = next(iter(tiny_batches().unbatch().batch(16)))
+    x = [features, features] if inputs == 2 else features
+    created = []
+
+    def recording(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(recording):
+        model.fit(x, labels, validation_data=(x, labels), epochs=1, batch_size=8, verbose=0)
+
+    assert created == []
+    assert model.optimizer.built and model.metrics_variables
