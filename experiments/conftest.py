@@ -23,6 +23,7 @@ from lab.backbones import Backbone, WeightsSource, get_backbone
 from lab.data import ImageData
 from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table, ValidationSet
 from lab.reuse import CompiledRuns
+from lab.stage_cache import PrefixActivations
 from pytest_lab import RUN_CONFIG
 
 
@@ -128,6 +129,17 @@ def compiled_models(run_config) -> CompiledRuns:
     With one seed nothing is kept.
     """
     return CompiledRuns(keep=len(run_config.seeds) > 1)
+
+
+@pytest.fixture(scope="session")
+def prefix_activations(run_config) -> PrefixActivations:
+    """This process's frozen-prefix passes (`lab.stage_cache.PrefixActivations`), within --cache-budget.
+
+    Stages that cut the same starting weights at the same place over the same images (the
+    head stage of every cached strategy, any stage of another seed on ImageNet weights) use
+    one pass instead of running the prefix again.
+    """
+    return PrefixActivations(run_config.cache_budget)
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ the rate each parameter group actually used is recorded per epoch.
 With --cached auto each compile trains only the layers above the lowest thawed one, on the
 activations of the frozen layers below it, computed once (lab/stage_cache.py), where that is
 the same training; the top shares the classifier's layers, so every assertion holds on the
-classifier itself. A configuration trained again (another seed) reuses its compiled models
-(lab/reuse.py), so that its graphs are traced once.
+classifier itself. Those layers have never trained, so a pass is shared by every stage that
+cuts the same starting weights at the same place. A configuration trained again (another
+seed) reuses its compiled models (lab/reuse.py), so that its graphs are traced once.
 """
 
 import numpy as np
@@ -30,7 +31,8 @@ ON_ONE_BUDGET = Table("Strategies on one budget", keys=("backbone", "strategy", 
 
 @pytest.mark.parametrize("strategy", freezing.STRATEGIES)
 def test_unfreeze_strategy(
-    strategy, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record, compiled_models
+    strategy, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record, compiled_models,
+    prefix_activations,
 ):
     case = backbone_case()
     # Everything else that decides the compiled models is the session's, the same for every test.
@@ -52,7 +54,8 @@ def test_unfreeze_strategy(
             span = run.spans.get(number)
             cache = (
                 stage_cache.cache_stage(
-                    model, case.data, profile.batch_size, run_config.cache_budget, span and span.split
+                    model, case.data, profile.batch_size, run_config.cache_budget, span and span.split,
+                    prefix_activations,
                 )
                 if run_config.cached == "auto"
                 else stage_cache.CachedStage("--cached off", None)
@@ -130,7 +133,7 @@ def test_unfreeze_strategy(
                 "trainable tensors": count,
                 "trainable parameters": freezing.trainable_parameter_count(model),
                 "validation accuracy": result.final_validation_accuracy,
-                "path": "cached" if cache.cached else f"end to end: {cache.reason}",
+                "path": cache.path,
                 "compiled": compiled,
                 "prefix s": prefix_seconds,
                 "tracing s": tracing_seconds,
@@ -160,3 +163,4 @@ def test_unfreeze_strategy(
         validation=case.data,
         predictions=predicted_classes(model, case.data.batches("validation", profile.batch_size)),
     )
+

@@ -21,7 +21,10 @@ the activations must fit a memory budget, counted before they are computed. Othe
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
+import json
 import time
 
 import keras
@@ -96,7 +99,10 @@ class CachedStage:
         cut_layer: the top's first layer (None when nothing in the classifier trains).
         crossing: the layers whose outputs cross the cut, in the top's input order.
         cache_bytes: the activations' size, counted before they were computed.
-        prefix_seconds: wall time of the prefix pass over training and validation images.
+        prefix_seconds: wall time of the prefix pass over training and validation images, or
+            of finding an earlier pass's activations.
+        prefix_shared: whether the activations are an earlier stage's, of the same frozen
+            weights over the same images (`PrefixActivations`).
         top: the crossing tensors -> class probabilities, on the classifier's own layers;
             not compiled (unless passed in as `split` to `cache_stage`).
         prefix: the images -> the crossing tensors, on the classifier's own layers.
@@ -111,6 +117,7 @@ class CachedStage:
     crossing: tuple[str, ...] = ()
     cache_bytes: int = 0
     prefix_seconds: float = 0.0
+    prefix_shared: bool = False
     top: keras.Model | None = None
     prefix: keras.Model | None = None
     train_activations: tuple[np.ndarray, ...] = ()
@@ -121,6 +128,13 @@ class CachedStage:
     @property
     def cached(self) -> bool:
         return self.reason is None
+
+    @property
+    def path(self) -> str:
+        """How the stage trains, for the report: on cached activations, or end to end and why."""
+        if not self.cached:
+            return f"end to end: {self.reason}"
+        return "cached, prefix pass shared" if self.prefix_shared else "cached"
 
     @property
     def split(self) -> StageModels | None:
@@ -138,17 +152,6 @@ class CachedStage:
     def validation_batches(self, batch_size: int) -> tf.data.Dataset:
         """Batches of validation (activations, labels), in the stored order."""
         return batched_pairs(_top_inputs(self.validation_activations), self.validation_labels, batch_size, None)
-
-    def summary(self) -> dict:
-        """The report's columns for the cache of a stage."""
-        return {
-            "cached": self.cached,
-            "why not cached": self.reason,
-            "cut at": self.cut_layer,
-            "crossing tensors": len(self.crossing),
-            "cache MiB": self.cache_bytes / 2**20,
-            "prefix pass s": self.prefix_seconds,
-        }
 
 
 def _top_inputs(activations: tuple[np.ndarray, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -240,6 +243,62 @@ def prefix_problems(cut: Cut) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class _PrefixPass:
+    data: ImageData
+    train: tuple[np.ndarray, ...]
+    validation: tuple[np.ndarray, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(array.nbytes for array in (*self.train, *self.validation))
+
+
+class PrefixActivations:
+    """Prefix passes already run in this process, to run each frozen prefix once over its images.
+
+    Gradual unfreezing thaws from the top, so the layers below any stage's cut have never
+    trained: the stages of every strategy that cut the same base at the same place, from the
+    same starting weights (ImageNet weights are the same for every seed), over the same images,
+    compute the same activations. A pass is found by the crossing tensors, a digest of every
+    weight below the cut (BatchNormalization statistics included), and the data object itself.
+
+    Args:
+        budget_bytes: the most the kept activations may take; the oldest go first.
+    """
+
+    def __init__(self, budget_bytes: int = DEFAULT_CACHE_BUDGET):
+        self.budget_bytes = budget_bytes
+        self._passes: collections.OrderedDict[tuple, _PrefixPass] = collections.OrderedDict()
+
+    @staticmethod
+    def key(cut: Cut) -> tuple:
+        """What decides a prefix's activations besides its images: its layers, weights and cut.
+
+        Layers count by their type and configuration without their names, which Keras numbers
+        anew in every model built (`input_layer_3`).
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        for layer in cut.prefix_layers:
+            config = {key: value for key, value in layer.get_config().items() if key != "name"}
+            digest.update(f"{type(layer).__name__}:{json.dumps(config, sort_keys=True, default=str)}".encode())
+            for weight in layer.weights:
+                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+        return cut.cut_layer, cut.crossing_names, digest.hexdigest()
+
+    def find(self, key: tuple, data: ImageData) -> _PrefixPass | None:
+        found = self._passes.get(key)
+        if found is None or found.data is not data:
+            return None
+        self._passes.move_to_end(key)
+        return found
+
+    def keep(self, key: tuple, prefix_pass: _PrefixPass) -> None:
+        self._passes[key] = prefix_pass
+        while sum(kept.bytes for kept in self._passes.values()) > self.budget_bytes:
+            self._passes.popitem(last=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class StageModels:
     """The two models of a cut: the frozen prefix and the trainable top, sharing the classifier's layers."""
 
@@ -282,6 +341,7 @@ def cache_stage(
     batch_size: int,
     budget_bytes: int = DEFAULT_CACHE_BUDGET,
     split: StageModels | None = None,
+    earlier_passes: PrefixActivations | None = None,
 ) -> CachedStage:
     """Runs the frozen prefix of `classifier`'s current stage once, or says why it cannot.
 
@@ -296,6 +356,8 @@ def cache_stage(
         split: the `CachedStage.split` of an earlier call on this classifier with the same
             trainable layers (its weights may have changed since): its prefix and its top,
             compiled or not, are used again, so that their traced functions are too.
+        earlier_passes: the process's prefix passes: one of the same frozen weights over the
+            same images is used instead of running the prefix again, and a new one is kept.
 
     Raises:
         ValueError: the classifier's graph passes tensors around its base (not a classifier
@@ -325,15 +387,25 @@ def cache_stage(
             "it was split from another classifier or at another stage"
         )
     started = time.perf_counter()
-    train = _as_list(split.prefix.predict(data.batches("train", batch_size), verbose=0))
-    validation = _as_list(split.prefix.predict(data.batches("validation", batch_size), verbose=0))
+    key = PrefixActivations.key(cut) if earlier_passes else None
+    prefix_pass = earlier_passes.find(key, data) if earlier_passes else None
+    shared = prefix_pass is not None
+    if not shared:
+        prefix_pass = _PrefixPass(
+            data,
+            tuple(_as_list(split.prefix.predict(data.batches("train", batch_size), verbose=0))),
+            tuple(_as_list(split.prefix.predict(data.batches("validation", batch_size), verbose=0))),
+        )
+        if earlier_passes:
+            earlier_passes.keep(key, prefix_pass)
     return dataclasses.replace(
         stage,
         prefix_seconds=time.perf_counter() - started,
+        prefix_shared=shared,
         top=split.top,
         prefix=split.prefix,
-        train_activations=tuple(train),
-        validation_activations=tuple(validation),
+        train_activations=prefix_pass.train,
+        validation_activations=prefix_pass.validation,
         train_labels=data.train_labels,
         validation_labels=data.validation_labels,
     )

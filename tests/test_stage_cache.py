@@ -1,5 +1,7 @@
 """lab/stage_cache.py: a stage of gradual unfreezing trained on its frozen prefix's cached activations."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -258,3 +260,38 @@ def test_a_graph_with_plain_operations_between_layers_is_cut(tiny_flowers):
         classifier.predict(tiny_flowers.scaled("validation"), verbose=0),
         atol=1e-6,
     )
+
+
+def test_a_prefix_pass_is_shared_only_by_the_same_frozen_weights_over_the_same_images(
+    tiny_flowers, sample_weights_dir
+):
+    passes = stage_cache.PrefixActivations()
+    stages = []
+    for _ in range(2):
+        classifier = pretrained_classifier("mobilenet", sample_weights_dir)
+        thaw_from(classifier, "conv_pw_12")
+        stages.append(stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes))
+    first, again = stages
+
+    assert (first.prefix_shared, again.prefix_shared) == (False, True)
+    assert again.path == "cached, prefix pass shared"
+    assert again.train_activations[0] is first.train_activations[0]
+    # A weight below the cut that differs, or other images, is another pass.
+    below = classifier.get_layer(models.BASE_LAYER_NAME).get_layer("conv_pw_11")
+    below.kernel.assign(below.kernel * 1.5)
+    changed = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes)
+    assert not changed.prefix_shared
+    assert not np.allclose(changed.train_activations[0], first.train_activations[0])
+    other_images = dataclasses.replace(tiny_flowers)
+    assert not stage_cache.cache_stage(classifier, other_images, BATCH_SIZE, earlier_passes=passes).prefix_shared
+
+
+def test_prefix_passes_over_the_budget_are_not_kept(tiny_flowers, sample_weights_dir):
+    classifier = pretrained_classifier("mobilenet", sample_weights_dir)
+    thaw_from(classifier, "conv_pw_12")
+    size = stage_cache.find_cut(classifier).cache_bytes(tiny_flowers.train_count + tiny_flowers.validation_count)
+    passes = stage_cache.PrefixActivations(budget_bytes=size - 1)
+
+    stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes)
+
+    assert not stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes).prefix_shared
