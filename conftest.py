@@ -450,9 +450,11 @@ def backbone_weights(run_config: RunConfig):
 
     ImageNet weights that cannot be had offline fail a backbone named with --backbones; a
     backbone that is only in the profile's default list is skipped instead, with the reason.
+    `control=True` resolves them for the random-weights control of an ImageNet case, which is
+    skipped with that reason too.
     """
 
-    def resolve(backbone, weights: str | None = None):
+    def resolve(backbone, weights: str | None = None, control: bool = False):
         if weights == "imagenet" and run_config.weights == "none":
             pytest.skip("ImageNet weights case: this run has --weights none")
         try:
@@ -460,6 +462,9 @@ def backbone_weights(run_config: RunConfig):
         except LabInputError as error:
             if run_config.backbones:
                 _fail_with(error)
-            pytest.skip(f"{error} (in the profile's default list; name it with --backbones to make this an error)")
+            control_of = "random-weights control of an ImageNet case that cannot run: " if control else ""
+            pytest.skip(
+                f"{control_of}{error} (in the profile's default list; name it with --backbones to make this an error)"
+            )
 
     return resolve

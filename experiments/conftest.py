@@ -106,14 +106,19 @@ class BackboneCase:
 
 @pytest.fixture
 def backbone_case(backbone_name, backbone_weights, backbone_data, run_config):
-    """The setup experiments 3-5 share: `backbone_case(weights=None)` -> BackboneCase.
+    """The setup experiments 3-5 share: `backbone_case(weights=None, paired=False)` -> BackboneCase.
 
     `weights` is `imagenet` or `none`; None takes the run's --weights. Weights are resolved
-    before any data loads, so that a case without its weights is skipped at once.
+    before any data loads, so that a case without its weights is skipped at once. A `paired`
+    case is one arm of ImageNet against random weights: in a run with ImageNet weights, its
+    random arm is a control and is skipped where the ImageNet arm cannot run (offline without
+    the file), since alone it answers nothing.
     """
     backbone = get_backbone(backbone_name)
 
-    def make(weights: str | None = None) -> BackboneCase:
+    def make(weights: str | None = None, paired: bool = False) -> BackboneCase:
+        if paired and weights == "none" and run_config.weights == "imagenet":
+            backbone_weights(backbone, "imagenet", control=True)
         resolved = backbone_weights(backbone, weights)
         return BackboneCase(backbone, resolved, backbone_data(backbone), run_config.augment)
 

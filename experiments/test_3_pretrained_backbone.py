@@ -81,7 +81,7 @@ def test_pretrained_features_classify_flowers(
     if run_config.augment:
         pytest.skip("the head trains on features computed once from unaugmented images, which --augment "
                     "would make wrong: run without --augment for this case")
-    case = backbone_case(weights_kind)
+    case = backbone_case(weights_kind, paired=True)
     backbone, data = case.backbone, case.data
 
     classifier = case.classifier()

@@ -32,7 +32,7 @@ CACHED_FEATURES = Table("Cached features: one extraction, then head-only epochs"
 def test_frozen_base_trains_only_the_head(
     weights_kind, seed, backbone_case, profile, keras_verbose, tensorboard_dir, record
 ):
-    case = backbone_case(weights_kind)
+    case = backbone_case(weights_kind, paired=True)
     model = case.classifier()
     freezing.freeze_base(model)
     models.compile_for_classification(model)

@@ -128,7 +128,29 @@ def _pairs(
                 answers.append(statistics.not_compared(question, a_name, b_name, reason))
                 continue
             answers.append(_paired(results, question, a_name, arms[a], b_name, arms[b]))
+    for question, a, b, reason in _arms_that_never_ran(results, experiment, pairs, {a.question for a in answers}):
+        answers.append(statistics.not_compared(question, names.get(a, a), names.get(b, b), reason))
     return answers
+
+
+def _arms_that_never_ran(
+    results: Results, experiment: int, pairs: list[tuple[str, str]], asked: set[str]
+) -> list[tuple[str, str, str, str]]:
+    """(question, A, B, why) for contexts where neither arm recorded a result (both skipped,
+    say: a random-weights control is skipped with its ImageNet case), named from the test ids."""
+    unasked = {}
+    for outcome in results.outcomes:
+        if outcome.outcome == "passed" or not _answers_question(outcome.test, experiment) or "[" not in outcome.test:
+            continue
+        parameters = outcome.test[outcome.test.index("[") + 1:].rstrip("]").split("-")
+        for a, b in pairs:
+            if a not in parameters and b not in parameters:
+                continue
+            context = [value for value in parameters if value not in (a, b) and not re.fullmatch(r"seed\d+", value)]
+            question = ", ".join([f"Experiment {experiment}", *context])
+            if question not in asked and question not in unasked:
+                unasked[question] = (question, a, b, _why_missing(results, experiment, a, context))
+    return list(unasked.values())
 
 
 def _strategies(results: Results) -> list[Comparison]:

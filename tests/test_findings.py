@@ -104,6 +104,21 @@ def test_an_arm_that_did_not_run_is_not_compared_with_its_reason():
     )
 
 
+def test_a_question_whose_arms_were_both_skipped_is_still_asked_with_the_reason():
+    test = "experiments/test_3_pretrained_backbone.py::test_pretrained_features_classify_flowers"
+    answered = _record(3, "A head", ("backbone", "weights"), {"backbone": "mobilenet", "weights": "none"},
+                       _predictions(40))
+    outcomes = [Outcome(f"{test}[seed0-resnet50-imagenet]", "skipped", "no ImageNet weights for resnet50 offline"),
+                Outcome(f"{test}[seed0-resnet50-none]", "skipped", "random-weights control of an ImageNet case"),
+                Outcome(f"{test}[seed0-mobilenet-none]", "passed")]
+
+    first, resnet = findings.comparisons(_results([answered], outcomes=outcomes))
+
+    assert (first.question, resnet.question) == ("Experiment 3, mobilenet", "Experiment 3, resnet50")
+    assert resnet.verdict == statistics.NOT_COMPARED
+    assert "imagenet skipped" in resnet.reason and "no ImageNet weights for resnet50 offline" in resnet.reason
+
+
 def test_the_cnn_is_compared_with_one_over_the_number_of_classes():
     record = _record(1, "The lab CNN", ("filters",), {"filters": "32-64-128"}, _predictions(45))
 

@@ -263,3 +263,30 @@ def test_absolute_paths_in_messages_are_shortened_and_nothing_else_is():
 def test_mixed_precision_without_a_gpu_is_warned_about(gpus):
     warnings = environment.run_warnings(mixed_precision=True, deterministic=False, device={"gpu_count": gpus})
     assert bool(warnings) == (gpus == 0)
+
+
+# Loaded with -p: the child machine cannot reach the download server.
+OFFLINE = """
+from lab import network
+
+network.can_reach = lambda *args, **kwargs: False
+"""
+
+
+def test_offline_the_random_control_of_a_skipped_imagenet_case_is_skipped_and_the_question_still_asked(tmp_path):
+    (tmp_path / "offline_machine.py").write_text(OFFLINE)
+    (tmp_path / "keras-home").mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "KERAS_HOME": str(tmp_path / "keras-home")}
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "offline_machine", "experiments", "-k",
+         "pretrained_features and resnet50", "--data-source", "mock", f"--report-dir={tmp_path / 'reports'}",
+         "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
+    )
+
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    outcomes = {outcome["test"].rsplit("-", 1)[-1].rstrip("]"): outcome
+                for outcome in saved_results(tmp_path / "reports")["outcomes"]}
+    assert {arm: outcome["outcome"] for arm, outcome in outcomes.items()} == {"imagenet": "skipped", "none": "skipped"}
+    assert "random-weights control of an ImageNet case that cannot run" in outcomes["none"]["reason"]
+    assert "finding: Experiment 3, resnet50: ImageNet features against random features: not compared" in process.stdout
