@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from lab import models, timesplit
+from lab import models, network, timesplit
 from lab.backbones import Backbone, WeightsSource, get_backbone
 from lab.data import ImageData
 from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table, ValidationSet
@@ -117,7 +117,8 @@ def backbone_case(backbone_name, backbone_weights, backbone_data, run_config):
     backbone = get_backbone(backbone_name)
 
     def make(weights: str | None = None, paired: bool = False) -> BackboneCase:
-        if paired and weights == "none" and run_config.weights == "imagenet":
+        # Offline, resolving cannot download: it finds the file or says why the ImageNet arm cannot run.
+        if paired and weights == "none" and run_config.weights == "imagenet" and not network.can_reach():
             backbone_weights(backbone, "imagenet", control=True)
         resolved = backbone_weights(backbone, weights)
         return BackboneCase(backbone, resolved, backbone_data(backbone), run_config.augment)

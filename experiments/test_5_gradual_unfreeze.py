@@ -163,4 +163,3 @@ def test_unfreeze_strategy(
         validation=case.data,
         predictions=predicted_classes(model, case.data.batches("validation", profile.batch_size)),
     )
-

@@ -140,9 +140,9 @@ def _arms_that_never_ran(
     say: a random-weights control is skipped with its ImageNet case), named from the test ids."""
     unasked = {}
     for outcome in results.outcomes:
-        if outcome.outcome == "passed" or not _answers_question(outcome.test, experiment) or "[" not in outcome.test:
+        if outcome.outcome == "passed" or not _answers_question(outcome.test, experiment):
             continue
-        parameters = outcome.test[outcome.test.index("[") + 1:].rstrip("]").split("-")
+        parameters = _parameter_text(outcome.test).split("-")
         for a, b in pairs:
             if a not in parameters and b not in parameters:
                 continue
@@ -262,10 +262,15 @@ def _answers_question(test: str, experiment: int) -> bool:
 
 
 def _is_case_of(test: str, experiment: int, values: list[str]) -> bool:
-    if not test.startswith(f"experiments/test_{experiment}_") or "[" not in test:
-        return False
-    parameters = test[test.index("[") + 1:].rstrip("]")
-    return all(value in parameters for value in values)
+    parameters = _parameter_text(test)
+    return test.startswith(f"experiments/test_{experiment}_") and bool(parameters) and all(
+        value in parameters for value in values
+    )
+
+
+def _parameter_text(test: str) -> str:
+    """`seed0-resnet50-imagenet` of `...::test_x[seed0-resnet50-imagenet]`; "" for a test without parameters."""
+    return test[test.index("[") + 1:].rstrip("]") if "[" in test else ""
 
 
 def _seed_list(arm: dict[int, Record]) -> str:
