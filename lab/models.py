@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from lab.adam import FusedAdam
 from lab.backbones import Backbone, get_backbone
 
 BASE_LAYER_NAME = "base"
@@ -150,7 +151,7 @@ def compile_for_classification(
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     optimizer: keras.optimizers.Optimizer | None = None,
 ) -> None:
-    """Adam and sparse categorical cross-entropy, as the lab asks, tracking accuracy.
+    """Adam (`lab.adam.FusedAdam`) and sparse categorical cross-entropy, as the lab asks, tracking accuracy.
 
     XLA is off: on a CPU it triples tracing time and slows every step of these models.
 
@@ -161,7 +162,7 @@ def compile_for_classification(
             the discriminative rates of `lab.optimizers.discriminative_optimizer`).
     """
     model.compile(
-        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer or FusedAdam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=False,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import ops
 
+from lab.adam import FusedAdam
 from lab.backbones import Backbone
 from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
@@ -97,7 +98,7 @@ def parameter_groups(
 
 def discriminative_optimizer(
     groups: Sequence[ParameterGroup],
-    optimizer_class: Callable[..., keras.optimizers.Optimizer] = keras.optimizers.Adam,
+    optimizer_class: Callable[..., keras.optimizers.Optimizer] = FusedAdam,
     schedule: str = "constant",
     steps: int | None = None,
 ) -> keras.optimizers.MultiOptimizer:

@@ -1,0 +1,53 @@
+"""lab/adam.py: the fused Adam updates as Keras's Adam does, with one operation per update."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lab.adam import FusedAdam
+
+STEPS = 5
+
+
+def updated(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
+    """Two variables and the optimizer's moments after `STEPS` traced updates with fixed gradients.
+
+    The gradients do not depend on the weights, so a difference between two optimizers is their
+    arithmetic's, not round-off amplified by training.
+    """
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.standard_normal(shape).astype("float32")) for shape in ((4, 5), (5,))]
+    optimizer.build(variables)
+
+    @tf.function
+    def step(gradients):
+        optimizer.apply(gradients, variables)
+
+    for _ in range(STEPS):
+        step([tf.constant(rng.standard_normal(variable.shape).astype("float32")) for variable in variables])
+    return [keras.ops.convert_to_numpy(variable) for variable in [*variables, *optimizer.variables]]
+
+
+def test_fused_adam_updates_as_keras_adam_within_float32_rounding():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=2, decay_rate=0.5)
+    keras_values = updated(keras.optimizers.Adam(schedule, beta_1=0.8, beta_2=0.95, epsilon=1e-3))
+    fused_values = updated(FusedAdam(schedule, beta_1=0.8, beta_2=0.95, epsilon=1e-3))
+    assert len(fused_values) == len(keras_values) == 2 + 1 + 4
+    for keras_value, fused_value in zip(keras_values, fused_values, strict=True):
+        # The kernel rounds its intermediate results otherwise than Keras's separate operations:
+        # a couple of float32 steps of the value's size per update, at most.
+        tolerance = 2 * STEPS * np.spacing(np.abs(keras_value).max())
+        np.testing.assert_allclose(fused_value, keras_value, rtol=0, atol=tolerance)
+
+
+def test_each_variable_update_is_one_fused_operation():
+    variables = [keras.Variable(np.zeros(shape, "float32")) for shape in ((4, 5), (5,), (5, 3), (3,))]
+    optimizer = FusedAdam(1e-3)
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        optimizer.apply([tf.ones_like(variable) for variable in variables], variables)
+
+    operations = [operation.type for operation in step.get_concrete_function().graph.get_operations()]
+    assert operations.count("ResourceApplyAdam") == len(variables)
