@@ -88,8 +88,9 @@ def test_pretrained_features_classify_flowers(
     assert classifier.output_shape == (None, data.num_classes)
     assert classifier.get_layer(models.BASE_LAYER_NAME).output_shape[-1] == backbone.feature_channels
 
-    train_features = features.extract_features(classifier, data.batches("train", profile.batch_size))
-    validation_features = features.extract_features(classifier, data.batches("validation", profile.batch_size))
+    train_features, validation_features = features.extract_features(
+        classifier, data.batches("train", profile.batch_size), data.batches("validation", profile.batch_size)
+    )
     assert train_features.shape == (data.train_count, backbone.feature_channels)
     head = features.standalone_head(classifier)
     result = fit(

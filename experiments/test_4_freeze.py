@@ -168,7 +168,7 @@ def test_epoch_time_frozen_cached(epoch_timing, profile, run_config, benchmark, 
     freezing.freeze_base(model)
     in_order = data.batches("train", profile.batch_size, limit=profile.benchmark_images)
     started = time.perf_counter()
-    cached = features.extract_features(model, in_order)
+    (cached,) = features.extract_features(model, in_order)
     extraction_seconds = time.perf_counter() - started
     head = features.standalone_head(model)
     feature_batches = features.features_dataset(

@@ -20,9 +20,14 @@ def feature_extractor(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.inputs, head.input, name="feature_extractor")
 
 
-def extract_features(classifier: keras.Model, images: tf.data.Dataset) -> np.ndarray:
-    """Runs the frozen part of `classifier` once over batched images in [0, 1]."""
-    return feature_extractor(classifier).predict(images, verbose=0)
+def extract_features(classifier: keras.Model, *images: tf.data.Dataset) -> tuple[np.ndarray, ...]:
+    """Runs the frozen part of `classifier` once over each dataset of batched images in [0, 1].
+
+    One extractor serves them all: each new model traces its own predict graph, which takes
+    longer than the pass itself at the smoke profile's sizes.
+    """
+    extractor = feature_extractor(classifier)
+    return tuple(extractor.predict(batches, verbose=0) for batches in images)
 
 
 def standalone_head(classifier: keras.Model) -> keras.Model:

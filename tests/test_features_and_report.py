@@ -32,7 +32,7 @@ def test_head_on_cached_features_predicts_like_the_classifier(tiny_flowers, samp
     # would let a wrong feature path pass unnoticed.
     backbone = get_backbone("mobilenet")
     classifier = models.backbone_classifier(backbone, 32, 5, str(sample_weights_dir / backbone.weights_file))
-    cached = features.extract_features(classifier, tiny_flowers.batches("train", 4))
+    (cached,) = features.extract_features(classifier, tiny_flowers.batches("train", 4))
     assert cached.shape == (tiny_flowers.train_count, backbone.feature_channels)
 
     head = features.standalone_head(classifier)
