@@ -2,8 +2,10 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from lab import models
 from lab.adam import FusedAdam
 
 STEPS = 5
@@ -51,3 +53,22 @@ def test_each_variable_update_is_one_fused_operation():
 
     operations = [operation.type for operation in step.get_concrete_function().graph.get_operations()]
     assert operations.count("ResourceApplyAdam") == len(variables)
+
+
+def test_the_labs_compile_trains_with_the_fused_update_inside_fit(monkeypatch):
+    # Keras's trainer could run updates under a strategy one day, where this Adam steps aside:
+    # then its per-operation update would run, silently slower.
+    def per_operation_update(*args, **kwargs):
+        raise AssertionError("Keras's per-operation Adam update ran")
+
+    monkeypatch.setattr(keras.optimizers.Adam, "update_step", per_operation_update)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    models.compile_for_classification(model)
+    before = [keras.ops.convert_to_numpy(weight) for weight in model.weights]
+    model.fit(np.ones((8, 6), np.float32), np.zeros(8), batch_size=4, epochs=1, verbose=0)
+
+    assert isinstance(model.optimizer, FusedAdam)
+    after = [keras.ops.convert_to_numpy(weight) for weight in model.weights]
+    assert all(not np.array_equal(old, new) for old, new in zip(before, after, strict=True))
+    with pytest.raises(AssertionError, match="per-operation"):
+        FusedAdam(amsgrad=True).update_step(tf.ones(3), keras.Variable(tf.zeros(3)), 0.1)
