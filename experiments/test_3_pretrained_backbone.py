@@ -93,15 +93,18 @@ def test_pretrained_features_classify_flowers(
     )
     assert train_features.shape == (data.train_count, backbone.feature_channels)
     head = features.standalone_head(classifier)
+    validation_batches = features.features_dataset(
+        validation_features, data.validation_labels, profile.batch_size, None
+    )
     result = fit(
         head,
         features.features_dataset(train_features, data.train_labels, profile.batch_size, seed),
         profile.cached_head_epochs,
-        validation=features.features_dataset(validation_features, data.validation_labels, profile.batch_size, None),
+        validation=validation_batches,
         verbose=keras_verbose,
         callbacks=tensorboard_callbacks(tensorboard_dir),
     )
-    predictions = predicted_classes(head, validation_features, profile.batch_size)
+    predictions = predicted_classes(head, validation_batches)
     features.put_head_back(classifier, head)
 
     record(

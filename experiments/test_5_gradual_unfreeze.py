@@ -19,7 +19,7 @@ seed) reuses its compiled models (lab/reuse.py), so that its graphs are traced o
 import numpy as np
 import pytest
 
-from lab import fine_tuning, freezing, optimizers, stage_cache, timesplit
+from lab import fine_tuning, freezing, optimizers, prediction, stage_cache, timesplit
 from lab.results import StageCurve, Table
 from lab.training import fit, predicted_classes, tensorboard_callbacks
 
@@ -107,8 +107,8 @@ def test_unfreeze_strategy(
         if cache.cached:
             # The classifier holds what its top learned: it predicts what the top predicted.
             with timesplit.evaluating():
-                on_images = model.predict(case.data.batches("validation", profile.batch_size), verbose=0)
-                on_activations = trained.predict(validation_batches, verbose=0)
+                on_images = prediction.predict(model, case.data.batches("validation", profile.batch_size))
+                on_activations = prediction.predict(trained, validation_batches)
             np.testing.assert_allclose(on_images, on_activations, atol=1e-5)
 
         # Exactly the groups with trainable weights stepped, each at its own configured rate.

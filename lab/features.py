@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lab import prediction
 from lab.data import batched_pairs
 from lab.models import HEAD_LAYER_NAME, compile_for_classification
 
@@ -27,7 +28,7 @@ def extract_features(classifier: keras.Model, *images: tf.data.Dataset) -> tuple
     longer than the pass itself at the smoke profile's sizes.
     """
     extractor = feature_extractor(classifier)
-    return tuple(extractor.predict(batches, verbose=0) for batches in images)
+    return tuple(prediction.predict(extractor, batches) for batches in images)
 
 
 def standalone_head(classifier: keras.Model) -> keras.Model:

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lab import prediction
 from lab.data import ImageData, batched_pairs
 from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME
@@ -393,8 +394,8 @@ def cache_stage(
     if not shared:
         prefix_pass = _PrefixPass(
             data,
-            tuple(_as_list(split.prefix.predict(data.batches("train", batch_size), verbose=0))),
-            tuple(_as_list(split.prefix.predict(data.batches("validation", batch_size), verbose=0))),
+            tuple(_as_list(prediction.predict(split.prefix, data.batches("train", batch_size)))),
+            tuple(_as_list(prediction.predict(split.prefix, data.batches("validation", batch_size)))),
         )
         if earlier_passes:
             earlier_passes.keep(key, prefix_pass)

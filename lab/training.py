@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lab import timesplit
+from lab import prediction, timesplit
 from lab.data import ImageData
 from lab.results import Curves
 from lab.timing import EpochTimes
@@ -150,13 +150,13 @@ def fit_on(
     )
 
 
-def predicted_classes(model: keras.Model, inputs, batch_size: int | None = None) -> np.ndarray:
-    """The class `model` predicts for each input (a dataset of batches, or an array batched by `batch_size`).
+def predicted_classes(model: keras.Model, batches: tf.data.Dataset) -> np.ndarray:
+    """The class `model` predicts for each input of a dataset of batches (of inputs, or of pairs).
 
     Its seconds count as evaluation in the session's time split.
     """
     with timesplit.evaluating():
-        return np.argmax(model.predict(inputs, batch_size=batch_size, verbose=0), axis=-1)
+        return np.argmax(prediction.predict(model, batches), axis=-1)
 
 
 def tensorboard_log_dir(root: str, names: Sequence[str], seed: int) -> str:
