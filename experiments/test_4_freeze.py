@@ -17,25 +17,31 @@ import pytest
 import tensorflow as tf
 
 from lab import features, freezing, models, timesplit
+from lab.adam import FusedAdam
 from lab.data import ImageData
 from lab.results import Table
+from lab.stage_cache import CachedStage
 from lab.timing import EpochTimes
 from lab.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(4, backbones="freeze")
 
 FROZEN_BASE = Table("Frozen base, trained head ({dataset})", keys=("backbone", "weights"))
+# The frozen-base case trains the classifier itself, not a head on cached features.
+WHOLE_CLASSIFIER = CachedStage("the frozen-base case trains the whole classifier", None)
 CACHED_FEATURES = Table("Cached features: one extraction, then head-only epochs", keys=("backbone",))
 
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_frozen_base_trains_only_the_head(
-    weights_kind, seed, backbone_case, profile, keras_verbose, tensorboard_dir, record
+    weights_kind, seed, backbone_case, profile, keras_verbose, tensorboard_dir, record, compiled_models
 ):
     case = backbone_case(weights_kind, paired=True)
-    model = case.classifier()
+    # Another seed of this case puts its fresh weights into the model compiled for the first.
+    run = compiled_models.start((case.name, case.image_size, weights_kind, "frozen base"), case.classifier())
+    model = run.classifier
     freezing.freeze_base(model)
-    models.compile_for_classification(model)
+    trained, _ = run.span_model(0, WHOLE_CLASSIFIER, FusedAdam)
     base = freezing.base_of(model)
     head = model.get_layer(models.HEAD_LAYER_NAME)
 
@@ -46,7 +52,7 @@ def test_frozen_base_trains_only_the_head(
     base_before = freezing.weight_bytes(base.layers)
     head_before = freezing.weight_bytes([head])
     result = fit_on(
-        model, case.data, profile.backbone_epochs, profile.batch_size, seed, keras_verbose,
+        trained, case.data, profile.backbone_epochs, profile.batch_size, seed, keras_verbose,
         tensorboard_callbacks(tensorboard_dir),
     )
 
