@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 
 from lab import features, freezing, models, timesplit
-from lab.adam import FusedAdam
 from lab.data import ImageData
 from lab.results import Table
 from lab.stage_cache import CachedStage
@@ -41,7 +40,7 @@ def test_frozen_base_trains_only_the_head(
     run = compiled_models.start((case.name, case.image_size, weights_kind, "frozen base"), case.classifier())
     model = run.classifier
     freezing.freeze_base(model)
-    trained, _ = run.span_model(0, WHOLE_CLASSIFIER, FusedAdam)
+    trained, _ = run.span_model(0, WHOLE_CLASSIFIER)
     base = freezing.base_of(model)
     head = model.get_layer(models.HEAD_LAYER_NAME)
 

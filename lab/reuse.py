@@ -132,7 +132,7 @@ class CompiledRun:
     reused: bool = False
 
     def span_model(
-        self, number: int, cache: CachedStage, optimizer: Callable[[], keras.optimizers.Optimizer]
+        self, number: int, cache: CachedStage, optimizer: Callable[[], keras.optimizers.Optimizer] | None = None
     ) -> tuple[keras.Model, bool]:
         """The compiled model that span `number` trains, and whether an earlier run compiled it.
 
@@ -144,7 +144,8 @@ class CompiledRun:
         Args:
             number: the span's first stage.
             cache: this span's `lab.stage_cache.cache_stage`, given the span's earlier split.
-            optimizer: makes the span's fresh optimizer, for a span compiled here.
+            optimizer: makes the span's fresh optimizer, for a span compiled here; None for
+                `lab.models.compile_for_classification`'s own.
         """
         span = self.spans.get(number)
         if span is not None and span.split == cache.split:
@@ -153,7 +154,7 @@ class CompiledRun:
         model = cache.top if cache.cached else keras.Model(
             self.classifier.inputs, self.classifier.outputs, name=f"{self.classifier.name}_span{number}"
         )
-        models.compile_for_classification(model, optimizer=optimizer())
+        models.compile_for_classification(model, optimizer=optimizer() if optimizer else None)
         self.spans[number] = CompiledSpan(ReusableModel.of(model), cache.split)
         return model, False
 
