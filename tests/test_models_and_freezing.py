@@ -259,3 +259,37 @@ def test_mixed_precision_computes_in_float16_and_keeps_softmax_in_float32(mixed_
     assert classifier(np.zeros((1, 32, 32, 3), np.float32)).dtype == "float32"
     assert cnn.layers[0].compute_dtype == "float16"
     assert cnn(np.zeros((1, 32, 32, 3), np.float32)).dtype == "float32"
+
+
+def _train_step_traces(model: keras.Model) -> int:
+    """How many times two epochs of `fit` trace `model`'s train step (full batches only)."""
+    traces = []
+    step = model.train_step
+
+    def counted(data):
+        traces.append(data)
+        return step(data)
+
+    model.train_step = counted
+    rng = np.random.default_rng(0)
+    size = model.input_shape[1]
+    model.fit(rng.random((64, size, size, 3), dtype=np.float32), rng.integers(0, 5, 64), batch_size=32, epochs=2,
+              verbose=0)
+    return len(traces)
+
+
+@pytest.mark.parametrize("sequential", [True, False], ids=["lab_cnn", "classifier"])
+def test_first_fit_after_compile_traces_the_train_step_once(sequential, classifier):
+    model = models.lab_cnn(5, 16, (4, 8, 8)) if sequential else classifier
+    if not sequential:
+        freezing.freeze_base(model)
+    models.compile_for_classification(model)
+    assert _train_step_traces(model) == 1
+
+
+def test_keras_alone_traces_the_first_fit_twice(monkeypatch):
+    # Keras creates the optimizer's and metrics' variables in the first trace, then traces again.
+    monkeypatch.setattr(models, "build_training_state", lambda model: None)
+    model = models.lab_cnn(5, 16, (4, 8, 8))
+    models.compile_for_classification(model)
+    assert _train_step_traces(model) == 2
