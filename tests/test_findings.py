@@ -274,22 +274,33 @@ def test_compare_says_whether_two_runs_differ_beyond_their_intervals():
     assert rows == {"transferred": "yes: A higher", "scratch": "no: the intervals overlap"}
 
 
-def _session(tmp_path, name, *seeds):
-    report_dir = tmp_path / name
-    process = subprocess.run(
-        [sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "-k", "narrow", "--deterministic",
-         "--data-source", "mock", "--weights", "none", "--subset", "32", "--epochs", "2", "-p", "no:cacheprovider",
-         "--report-dir", str(report_dir), *seeds],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
-    (folder,) = [entry for entry in report_dir.iterdir() if entry.is_dir()]
-    results = json.loads((folder / "results.json").read_text())
-    return process.stdout, (report_dir / "latest-smoke.md").read_text(), results
+def _sessions(tmp_path, *seed_options):
+    """Runs experiment 1's narrow CNN in one pytest process per `--seeds` value, side by side.
+
+    Returns, per process: its stdout, its markdown report and its results.json.
+    """
+    report_dirs = [tmp_path / f"seeds{seeds}" for seeds in seed_options]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "-k", "narrow", "--deterministic",
+             "--data-source", "mock", "--weights", "none", "--subset", "32", "--epochs", "2", "-p",
+             "no:cacheprovider", "--report-dir", str(report_dir), "--seeds", seeds],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for seeds, report_dir in zip(seed_options, report_dirs, strict=True)
+    ]
+    sessions = []
+    for process, report_dir in zip(processes, report_dirs, strict=True):
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        (folder,) = [entry for entry in report_dir.iterdir() if entry.is_dir()]
+        results = json.loads((folder / "results.json").read_text())
+        sessions.append((stdout, (report_dir / "latest-smoke.md").read_text(), results))
+    return sessions
 
 
 def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repeats_exactly(tmp_path):
-    stdout, markdown, results = _session(tmp_path, "two", "--seeds", "2")
+    (stdout, markdown, results), (_, _, again) = _sessions(tmp_path, "2", "1")
 
     tests = sorted(outcome["test"].split("::")[1] for outcome in results["outcomes"])
     assert tests == ["test_base_model[seed0-narrow]", "test_base_model[seed1-narrow]"]
@@ -302,8 +313,6 @@ def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repe
     (line,) = statistics.findings(Results.from_json(results).comparisons)
     assert line.startswith("Experiment 1, filters 16-32-64: ") and "2 seeds, 100 validation images" in line
     assert f"- {line}" in markdown and f"finding: {line}" in stdout
-
-    _, _, again = _session(tmp_path, "again", "--seeds", "1")
 
     (record,) = again["records"]
     assert (record["row"]["validation accuracy"], record["predictions"]) == (

@@ -75,15 +75,19 @@ TRAINER = """
 """
 
 
-def _trained_digest(seed: int) -> str:
-    trainer = _python(TRAINER, str(seed))
-    out, err = trainer.communicate(timeout=120)
-    assert trainer.returncode == 0, err
-    return out.strip().splitlines()[-1]
+def _trained_digests(*seeds: int) -> list[str]:
+    """The weights digest of one training process per seed, run side by side."""
+    trainers = [_python(TRAINER, str(seed)) for seed in seeds]
+    digests = []
+    for trainer in trainers:
+        out, err = trainer.communicate(timeout=120)
+        assert trainer.returncode == 0, err
+        digests.append(out.strip().splitlines()[-1])
+    return digests
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not():
-    first, again, other = (_trained_digest(seed) for seed in (0, 0, 1))
+    first, again, other = _trained_digests(0, 0, 1)
     assert first == again
     assert first != other
 
