@@ -142,8 +142,8 @@ def prefix_activations(run_config) -> PrefixActivations:
     """This process's frozen-prefix passes (`lab.stage_cache.PrefixActivations`), within --cache-budget.
 
     Stages that cut the same starting weights at the same place over the same images (the
-    head stage of every cached strategy, any stage of another seed on ImageNet weights) use
-    one pass instead of running the prefix again.
+    head stage of every cached strategy and experiment 3's head on pooled features, any stage
+    of another seed on ImageNet weights) use one pass instead of running the prefix again.
     """
     return PrefixActivations(run_config.cache_budget)
 

@@ -10,7 +10,7 @@ pretrained base, against the same head on a randomly initialised base, same data
 import numpy as np
 import pytest
 
-from lab import features, models
+from lab import freezing, models, stage_cache
 from lab.backbones import get_backbone, weights_file_tensors
 from lab.results import Table
 from lab.training import fit, predicted_classes, tensorboard_callbacks
@@ -76,7 +76,8 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_pretrained_features_classify_flowers(
-    weights_kind, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record
+    weights_kind, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record,
+    prefix_activations,
 ):
     if run_config.augment:
         pytest.skip("the head trains on features computed once from unaugmented images, which --augment "
@@ -88,24 +89,29 @@ def test_pretrained_features_classify_flowers(
     assert classifier.output_shape == (None, data.num_classes)
     assert classifier.get_layer(models.BASE_LAYER_NAME).output_shape[-1] == backbone.feature_channels
 
-    train_features, validation_features = features.extract_features(
-        classifier, data.batches("train", profile.batch_size), data.batches("validation", profile.batch_size)
+    # The base's pooled features, computed once: ImageNet's are the same for every seed, and
+    # the same as experiment 5's head stage, which finds them kept.
+    freezing.freeze_base(classifier)
+    features = stage_cache.cache_stage(
+        classifier, data, profile.batch_size, run_config.cache_budget, earlier_passes=prefix_activations
     )
-    assert train_features.shape == (data.train_count, backbone.feature_channels)
-    head = features.standalone_head(classifier)
-    validation_batches = features.features_dataset(
-        validation_features, data.validation_labels, profile.batch_size, None
-    )
+    assert features.cached, features.reason
+    assert features.crossing == ("pooling",)
+    assert [array.shape for array in features.train_activations] == [(data.train_count, backbone.feature_channels)]
+    head = features.top
+    head_layer = classifier.get_layer(models.HEAD_LAYER_NAME)
+    assert [w.path for w in head.trainable_weights] == [w.path for w in head_layer.weights]
+    models.compile_for_classification(head)
+    validation_batches = features.validation_batches(profile.batch_size)
     result = fit(
         head,
-        features.features_dataset(train_features, data.train_labels, profile.batch_size, seed),
+        features.train_batches(profile.batch_size, seed),
         profile.cached_head_epochs,
         validation=validation_batches,
         verbose=keras_verbose,
         callbacks=tensorboard_callbacks(tensorboard_dir),
     )
     predictions = predicted_classes(head, validation_batches)
-    features.put_head_back(classifier, head)
 
     record(
         PRETRAINED_HEAD,
