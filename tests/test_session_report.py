@@ -8,9 +8,11 @@ import dataclasses
 import errno
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -36,16 +38,78 @@ def pytest_runtest_logreport(report):
 """
 
 
-def run_pytest(tmp_path, *args, stop_with=None):
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    if stop_with:
-        (tmp_path / "interrupter.py").write_text(INTERRUPTER)
-        env["STOP_WITH"] = stop_with
-        args = ("-p", "interrupter", *args)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", *args, *CHEAP],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
+# Loaded with -p: the child machine cannot reach the download server.
+OFFLINE = """
+from lab import network
+
+network.can_reach = lambda *args, **kwargs: False
+"""
+
+
+@dataclasses.dataclass
+class Session:
+    """A pytest session in a subprocess, running from the moment `start_session` made it."""
+
+    directory: pathlib.Path
+    process: subprocess.Popen
+
+    @property
+    def report_dir(self) -> pathlib.Path:
+        return self.directory / "reports"
+
+    def finished(self) -> subprocess.CompletedProcess:
+        """Waits for the session to end: its exit status and output."""
+        stdout, stderr = self.process.communicate(timeout=300)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, stdout, stderr)
+
+
+def start_session(directory: pathlib.Path, *args: str, plugins: dict[str, str] | None = None, **env: str) -> Session:
+    """Starts `pytest ARGS` from the repository root, its report going to `directory/reports`.
+
+    Args:
+        directory: the session's own folder.
+        plugins: module name -> source of plugins to load with -p, written to `directory`.
+        env: variables to add to the environment.
+    """
+    plugins = plugins or {}
+    for name, source in plugins.items():
+        (directory / f"{name}.py").write_text(source)
+    loaded = [option for name in plugins for option in ("-p", name)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *loaded, *args, f"--report-dir={directory / 'reports'}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": f"{directory}{os.pathsep}{ROOT}", **env},
     )
+    return Session(directory, process)
+
+
+# The real sessions of this module, by name: each starts its own in a folder of its own.
+SESSION_STARTS: dict[str, Callable[[pathlib.Path], Session]] = {}
+
+
+def session_start(name: str):
+    """Registers the function below as the start of the session `name` (`sessions[name]`)."""
+
+    def register(start: Callable[[pathlib.Path], Session]) -> Callable[[pathlib.Path], Session]:
+        SESSION_STARTS[name] = start
+        return start
+
+    return register
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Session]:
+    """This module's real sessions (`SESSION_STARTS`), started side by side; a test waits for its own.
+
+    Each spends most of its seconds importing TensorFlow, so all of them start together, even
+    when one test alone is selected.
+    """
+    started = {name: start(tmp_path_factory.mktemp(name.replace(" ", "-"))) for name, start in SESSION_STARTS.items()}
+    yield started
+    for session in started.values():
+        if session.process.poll() is None:
+            session.process.kill()
+            session.process.communicate()
 
 
 def saved_results(report_dir) -> dict:
@@ -57,33 +121,37 @@ def report_files(report_dir) -> list[str]:
     return sorted(str(path.relative_to(report_dir)) for path in report_dir.rglob("*"))
 
 
-def test_a_selection_that_all_passed_is_complete(tmp_path):
+@session_start("complete")
+def _complete_session(directory: pathlib.Path) -> Session:
+    (directory / "weights").mkdir()
+    return start_session(
+        directory, "experiments/test_3_pretrained_backbone.py", "tests/test_reliability.py",
+        "-m", "experiment", "-k", "structure", "--deselect", f"{STRUCTURE}[mobilenet_v2]",
+        "--backbones", "mobilenet,mobilenet_v2", f"--weights-dir={directory / 'weights'}", "--mixed-precision",
+        *CHEAP,
+    )
+
+
+def test_a_selection_that_all_passed_is_complete(sessions):
     """-m, -k and --deselect each leave tests out; none of those is a test that did not run.
 
     The same run checks that no absolute path reaches the report and that mixed precision
     on a CPU is warned about, so that CI pays for one session instead of three.
     """
-    report_dir = tmp_path / "reports"
-    weights_dir = tmp_path / "weights"
-    weights_dir.mkdir()
-    process = run_pytest(
-        tmp_path, "experiments/test_3_pretrained_backbone.py", "tests/test_reliability.py",
-        "-m", "experiment", "-k", "structure", "--deselect", f"{STRUCTURE}[mobilenet_v2]",
-        "--backbones", "mobilenet,mobilenet_v2", "--weights-dir", str(weights_dir), "--mixed-precision",
-        "--report-dir", str(report_dir),
-    )
+    session = sessions["complete"]
+    process = session.finished()
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
 
-    results = saved_results(report_dir)
+    results = saved_results(session.report_dir)
     assert results["run"]["complete"] is True, results["run"]["incomplete_reason"]
     assert [(o["test"], o["outcome"]) for o in results["outcomes"]] == [(f"{STRUCTURE}[mobilenet]", "passed")]
-    markdown = (report_dir / "latest-smoke.md").read_text()
+    markdown = (session.report_dir / "latest-smoke.md").read_text()
     assert "Incomplete run" not in markdown
 
-    texts = [path.read_text() for path in report_dir.rglob("*") if path.suffix in (".md", ".json")]
-    for leak in (str(tmp_path), ROOT):
+    texts = [path.read_text() for path in session.report_dir.rglob("*") if path.suffix in (".md", ".json")]
+    for leak in (str(session.directory), ROOT):
         assert not [text for text in texts if leak in text], f"{leak} is in the report"
-    assert results["run"]["weights_description"].endswith(f"--weights-dir {tmp_path.name}/weights")
+    assert results["run"]["weights_description"].endswith(f"--weights-dir {session.directory.name}/weights")
 
     if not results["run"]["device"]["gpu_count"]:
         assert any("--mixed-precision without a GPU" in w for w in results["run"]["warnings"])
@@ -91,37 +159,47 @@ def test_a_selection_that_all_passed_is_complete(tmp_path):
         assert "--mixed-precision without a GPU" in markdown
 
 
-def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run(tmp_path):
-    """SIGTERM (what `timeout` and CI cancellation send) ends a session as Ctrl-C does."""
-    report_dir = tmp_path / "reports"
-    process = run_pytest(
-        tmp_path, "experiments/test_3_pretrained_backbone.py", "-k", "structure",
-        "--backbones", "mobilenet,mobilenet_v2", "--report-dir", str(report_dir), stop_with="sigterm",
+@session_start("sigterm")
+def _sigterm_session(directory: pathlib.Path) -> Session:
+    return start_session(
+        directory, "experiments/test_3_pretrained_backbone.py", "-k", "structure",
+        "--backbones", "mobilenet,mobilenet_v2", *CHEAP, plugins={"interrupter": INTERRUPTER}, STOP_WITH="sigterm",
     )
+
+
+def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run(sessions):
+    """SIGTERM (what `timeout` and CI cancellation send) ends a session as Ctrl-C does."""
+    session = sessions["sigterm"]
+    process = session.finished()
     assert process.returncode == pytest.ExitCode.INTERRUPTED, process.stdout[-3000:] + process.stderr[-3000:]
 
-    markdown = (report_dir / "latest-smoke.md").read_text()
+    markdown = (session.report_dir / "latest-smoke.md").read_text()
     assert "**Incomplete run**: terminated (SIGTERM); 1 tests did not run" in markdown
     assert "**Mock data**" in markdown
     assert "| mobilenet " in markdown, "the finished test's results are missing"
     assert "test_backbone_matches_keras_structure[mobilenet_v2] | not run" in markdown.replace("  ", "")
-    results = saved_results(report_dir)
+    results = saved_results(session.report_dir)
     assert results["run"]["complete"] is False
     assert [record["row"]["backbone"] for record in results["records"]] == ["mobilenet"]
-    assert not [name for name in report_files(report_dir) if ".partial" in name]
+    assert not [name for name in report_files(session.report_dir) if ".partial" in name]
 
 
-def test_a_run_cut_short_under_xdist_lists_the_selected_tests_that_did_not_run(tmp_path):
-    """Ctrl-C in the controller of `-n 2`, after the first test: the rest of the selection did not run."""
-    report_dir = tmp_path / "reports"
-    process = run_pytest(
-        tmp_path, "experiments/test_3_pretrained_backbone.py", "-n", "2", "-k", "structure",
-        "--deselect", f"{STRUCTURE}[vgg16]", "--backbones", "mobilenet,mobilenet_v2,vgg16",
-        "--report-dir", str(report_dir), stop_with="ctrl-c",
+@session_start("xdist")
+def _xdist_session(directory: pathlib.Path) -> Session:
+    return start_session(
+        directory, "experiments/test_3_pretrained_backbone.py", "-n", "2", "-k", "structure",
+        "--deselect", f"{STRUCTURE}[vgg16]", "--backbones", "mobilenet,mobilenet_v2,vgg16", *CHEAP,
+        plugins={"interrupter": INTERRUPTER}, STOP_WITH="ctrl-c",
     )
+
+
+def test_a_run_cut_short_under_xdist_lists_the_selected_tests_that_did_not_run(sessions):
+    """Ctrl-C in the controller of `-n 2`, after the first test: the rest of the selection did not run."""
+    session = sessions["xdist"]
+    process = session.finished()
     assert process.returncode == pytest.ExitCode.INTERRUPTED, process.stdout[-3000:] + process.stderr[-3000:]
 
-    results = saved_results(report_dir)
+    results = saved_results(session.report_dir)
     outcomes = {outcome["test"]: outcome["outcome"] for outcome in results["outcomes"]}
     # The controller collects nothing: what was selected comes from the workers' collections.
     assert set(outcomes) == {f"{STRUCTURE}[mobilenet]", f"{STRUCTURE}[mobilenet_v2]"}
@@ -131,9 +209,14 @@ def test_a_run_cut_short_under_xdist_lists_the_selected_tests_that_did_not_run(t
     assert results["run"]["incomplete_reason"].endswith("tests did not run")
 
 
-def test_k_freeze_selects_experiments_4_and_5_only(tmp_path):
+@session_start("k freeze")
+def _k_freeze_session(directory: pathlib.Path) -> Session:
+    return start_session(directory, "experiments", "-k", "freeze", "--collect-only", "-q", *CHEAP)
+
+
+def test_k_freeze_selects_experiments_4_and_5_only(sessions):
     """Marker arguments (`backbones="freeze"`) must not make -k match other modules."""
-    process = run_pytest(tmp_path, "experiments", "-k", "freeze", "--collect-only", "-q")
+    process = sessions["k freeze"].finished()
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     modules = {line.split("::")[0] for line in process.stdout.splitlines() if "::" in line}
     assert modules == {"experiments/test_4_freeze.py", "experiments/test_5_gradual_unfreeze.py"}
@@ -265,28 +348,22 @@ def test_mixed_precision_without_a_gpu_is_warned_about(gpus):
     assert bool(warnings) == (gpus == 0)
 
 
-# Loaded with -p: the child machine cannot reach the download server.
-OFFLINE = """
-from lab import network
-
-network.can_reach = lambda *args, **kwargs: False
-"""
-
-
-def test_offline_the_random_control_of_a_skipped_imagenet_case_is_skipped_and_the_question_still_asked(tmp_path):
-    (tmp_path / "offline_machine.py").write_text(OFFLINE)
-    (tmp_path / "keras-home").mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "KERAS_HOME": str(tmp_path / "keras-home")}
-    process = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "offline_machine", "experiments", "-k",
-         "pretrained_features and resnet50", "--data-source", "mock", f"--report-dir={tmp_path / 'reports'}",
-         "-p", "no:cacheprovider"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False,
+@session_start("offline")
+def _offline_session(directory: pathlib.Path) -> Session:
+    (directory / "keras-home").mkdir()
+    return start_session(
+        directory, "experiments", "-k", "pretrained_features and resnet50", "--data-source", "mock",
+        "-p", "no:cacheprovider", plugins={"offline_machine": OFFLINE}, KERAS_HOME=str(directory / "keras-home"),
     )
+
+
+def test_offline_the_random_control_of_a_skipped_imagenet_case_is_skipped_and_the_question_still_asked(sessions):
+    session = sessions["offline"]
+    process = session.finished()
 
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     outcomes = {outcome["test"].rsplit("-", 1)[-1].rstrip("]"): outcome
-                for outcome in saved_results(tmp_path / "reports")["outcomes"]}
+                for outcome in saved_results(session.report_dir)["outcomes"]}
     assert {arm: outcome["outcome"] for arm, outcome in outcomes.items()} == {"imagenet": "skipped", "none": "skipped"}
     assert "random-weights control of an ImageNet case that cannot run" in outcomes["none"]["reason"]
     assert "finding: Experiment 3, resnet50: ImageNet features against random features: not compared" in process.stdout
