@@ -92,20 +92,20 @@ def test_pretrained_features_classify_flowers(
     # The base's pooled features, computed once: ImageNet's are the same for every seed, and
     # the same as experiment 5's head stage, which finds them kept.
     freezing.freeze_base(classifier)
-    features = stage_cache.cache_stage(
+    head_stage = stage_cache.cache_stage(
         classifier, data, profile.batch_size, run_config.cache_budget, earlier_passes=prefix_activations
     )
-    assert features.cached, features.reason
-    assert features.crossing == ("pooling",)
-    assert [array.shape for array in features.train_activations] == [(data.train_count, backbone.feature_channels)]
-    head = features.top
+    assert head_stage.cached, head_stage.reason
+    assert head_stage.crossing == ("pooling",)
+    assert [array.shape for array in head_stage.train_activations] == [(data.train_count, backbone.feature_channels)]
+    head = head_stage.top
     head_layer = classifier.get_layer(models.HEAD_LAYER_NAME)
     assert [w.path for w in head.trainable_weights] == [w.path for w in head_layer.weights]
     models.compile_for_classification(head)
-    validation_batches = features.validation_batches(profile.batch_size)
+    validation_batches = head_stage.validation_batches(profile.batch_size)
     result = fit(
         head,
-        features.train_batches(profile.batch_size, seed),
+        head_stage.train_batches(profile.batch_size, seed),
         profile.cached_head_epochs,
         validation=validation_batches,
         verbose=keras_verbose,

@@ -191,4 +191,5 @@ def build_training_state(model: keras.Model) -> None:
         compute_output_spec(
             model._compute_loss, inputs, labels, predictions, sample_weight=None, training=False
         )
-        model.optimizer.build(model.trainable_variables)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
