@@ -12,7 +12,8 @@ With --cached auto each compile trains only the layers above the lowest thawed o
 activations of the frozen layers below it, computed once (lab/stage_cache.py), where that is
 the same training; the top shares the classifier's layers, so every assertion holds on the
 classifier itself. Those layers have never trained, so a pass is shared by every stage that
-cuts the same starting weights at the same place. A configuration trained again (another
+cuts the same starting weights at the same place, and a strategy's first pass gives the
+activations of its later, lower cuts as well. A configuration trained again (another
 seed) reuses its compiled models (lab/reuse.py), so that its graphs are traced once.
 """
 
@@ -45,6 +46,9 @@ def test_unfreeze_strategy(
     compile_spans = freezing.compile_spans(stages)
     steps_per_epoch = fine_tuning.steps_per_epoch(case.data.train_count, profile.batch_size)
     rate_curves = fine_tuning.RateCurves()
+    # A stage's layers below the cut have not trained yet, nor have a later stage's, lower down:
+    # the first prefix pass that runs gives the later stages' activations too.
+    later_cuts = stage_cache.stage_cuts(model, [set(stage.trainable_layers) for stage in stages])
 
     previous_count, accuracies, total_seconds, cached_stages = -1, [], 0.0, 0
     for number, stage in enumerate(stages):
@@ -55,7 +59,7 @@ def test_unfreeze_strategy(
             cache = (
                 stage_cache.cache_stage(
                     model, case.data, profile.batch_size, run_config.cache_budget, span and span.split,
-                    prefix_activations,
+                    prefix_activations, later_cuts[number + 1:],
                 )
                 if run_config.cached == "auto"
                 else stage_cache.CachedStage("--cached off", None)

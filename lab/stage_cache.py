@@ -4,7 +4,8 @@ At a stage of gradual unfreezing, every layer below the lowest trainable one com
 activations every epoch. `cache_stage` cuts the classifier there into a prefix, from the images
 to every tensor that crosses the cut (several where a residual connection crosses it), and a
 top that takes all of those tensors. The prefix runs once over the training and validation
-images; the top trains on its activations.
+images; the top trains on its activations. A later stage cuts lower, below layers that have
+not trained yet either: the same pass gives its activations too (`stage_cuts`, `later_cuts`).
 
 The top is built from the classifier's own layer objects (Keras builds a Functional model from
 intermediate tensors by sharing layers), not from clones: training the top trains the classifier,
@@ -26,15 +27,16 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from lab import prediction
+from lab import freezing, prediction
 from lab.data import ImageData, batched_pairs
 from lab.errors import LabInputError
-from lab.models import BASE_LAYER_NAME
+from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 
 DEFAULT_CACHE_BUDGET = 2 * 1024**3
 _BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
@@ -223,6 +225,25 @@ def _crossing(model: keras.Model, cut_layer: keras.layers.Layer) -> tuple[keras.
     return tuple(sorted(crossing.values(), key=made_at))
 
 
+def stage_cuts(classifier: keras.Model, trainable_per_stage: Sequence[set[str]]) -> list[Cut | None]:
+    """The cut of each stage, from the base layers it trains (as `lab.freezing.set_base_trainable` sets them).
+
+    Leaves the classifier's layers as trainable as they were.
+    """
+    base = freezing.base_of(classifier)
+    # The base first: setting its flag sets every layer's inside it.
+    before = [(layer, layer.trainable) for layer in (base, *base.layers, classifier.get_layer(HEAD_LAYER_NAME))]
+    try:
+        cuts = []
+        for trainable in trainable_per_stage:
+            freezing.set_base_trainable(classifier, trainable)
+            cuts.append(find_cut(classifier))
+        return cuts
+    finally:
+        for layer, trainable in before:
+            layer.trainable = trainable
+
+
 def prefix_problems(cut: Cut) -> list[str]:
     """Why the prefix below `cut` would compute other activations in training than once; [] if none."""
     problems = []
@@ -336,6 +357,28 @@ def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def joint_prefix(classifier: keras.Model, cuts: Sequence[Cut]) -> keras.Model:
+    """One model from the images to the crossing tensors of every cut, cut after cut: one pass gives them all.
+
+    It computes each layer once, up to the highest tensor it gives, on the classifier's own layers.
+    """
+    inner = [tensor for cut in cuts if cut.inside_base for tensor in cut.crossing]
+    outer = [tensor for cut in cuts if not cut.inside_base for tensor in cut.crossing]
+    if not inner:
+        return keras.Model(classifier.inputs, outer, name="joint_prefix")
+    base = classifier.get_layer(BASE_LAYER_NAME)
+    (base_node,) = [node for node in _graph_nodes(classifier) if node.operation is base]
+    base_outputs = list(base_node.output_tensors) if outer else []
+    through_base = keras.Model(base.inputs, [*inner, *base.outputs] if outer else inner, name="joint_base_prefix")
+    values = _as_list(through_base(base_node.arguments.args[0]))
+    inner_values = iter(values[: len(inner)])
+    outer_values = iter(
+        _as_list(keras.Model(base_outputs, outer, name="joint_tail")(values[len(inner):])) if outer else []
+    )
+    outputs = [next(inner_values if cut.inside_base else outer_values) for cut in cuts for _ in cut.crossing]
+    return keras.Model(classifier.inputs, outputs, name="joint_prefix")
+
+
 def cache_stage(
     classifier: keras.Model,
     data: ImageData,
@@ -343,6 +386,7 @@ def cache_stage(
     budget_bytes: int = DEFAULT_CACHE_BUDGET,
     split: StageModels | None = None,
     earlier_passes: PrefixActivations | None = None,
+    later_cuts: Sequence[Cut | None] = (),
 ) -> CachedStage:
     """Runs the frozen prefix of `classifier`'s current stage once, or says why it cannot.
 
@@ -359,6 +403,9 @@ def cache_stage(
             compiled or not, are used again, so that their traced functions are too.
         earlier_passes: the process's prefix passes: one of the same frozen weights over the
             same images is used instead of running the prefix again, and a new one is kept.
+        later_cuts: the cuts of the classifier's later stages (`stage_cuts`), whose layers
+            below have not trained either: with `earlier_passes`, a prefix pass that runs
+            gives their activations too, within the budget, and keeps them for those stages.
 
     Raises:
         ValueError: the classifier's graph passes tensors around its base (not a classifier
@@ -392,12 +439,21 @@ def cache_stage(
     prefix_pass = earlier_passes.find(key, data) if earlier_passes else None
     shared = prefix_pass is not None
     if not shared:
-        prefix_pass = _PrefixPass(
-            data,
-            tuple(_as_list(prediction.predict(split.prefix, data.batches("train", batch_size)))),
-            tuple(_as_list(prediction.predict(split.prefix, data.batches("validation", batch_size)))),
-        )
+        along = _cuts_along(cut, size, later_cuts, data, budget_bytes, earlier_passes)
+        cuts = [cut, *(later for later, _ in along)]
+        prefix = joint_prefix(classifier, cuts) if along else split.prefix
+        train = _as_list(prediction.predict(prefix, data.batches("train", batch_size)))
+        validation = _as_list(prediction.predict(prefix, data.batches("validation", batch_size)))
+        passes = []
+        for each in cuts:
+            width = len(each.crossing)
+            passes.append(_PrefixPass(data, tuple(train[:width]), tuple(validation[:width])))
+            train, validation = train[width:], validation[width:]
+        prefix_pass = passes[0]
         if earlier_passes:
+            # This stage's pass last: the most recent is the last the budget would drop.
+            for (_, later_key), later_pass in zip(along, passes[1:], strict=True):
+                earlier_passes.keep(later_key, later_pass)
             earlier_passes.keep(key, prefix_pass)
     return dataclasses.replace(
         stage,
@@ -410,3 +466,30 @@ def cache_stage(
         train_labels=data.train_labels,
         validation_labels=data.validation_labels,
     )
+
+
+def _cuts_along(
+    cut: Cut,
+    cut_bytes: int,
+    later_cuts: Sequence[Cut | None],
+    data: ImageData,
+    budget_bytes: int,
+    earlier_passes: PrefixActivations | None,
+) -> list[tuple[Cut, tuple]]:
+    """The later cuts whose activations the pass below `cut` gives as well, with their keys:
+    cacheable, not kept yet, and within the budget together with `cut`'s own."""
+    if earlier_passes is None:
+        return []
+    images = data.train_count + data.validation_count
+    along, total = [], cut_bytes
+    for later in later_cuts:
+        if later is None or later.cut_layer == cut.cut_layer or prefix_problems(later):
+            continue
+        later_bytes = later.cache_bytes(images)
+        key = PrefixActivations.key(later)
+        kept = earlier_passes.find(key, data) is not None
+        if kept or key in [along_key for _, along_key in along] or total + later_bytes > budget_bytes:
+            continue
+        along.append((later, key))
+        total += later_bytes
+    return along

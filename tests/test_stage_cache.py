@@ -295,3 +295,34 @@ def test_prefix_passes_over_the_budget_are_not_kept(tiny_flowers, sample_weights
     stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes)
 
     assert not stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes).prefix_shared
+
+
+def test_one_prefix_pass_gives_the_later_stages_activations_as_their_own_passes_would(
+    tiny_flowers, sample_weights_dir
+):
+    classifier = pretrained_classifier("mobilenet_v2", sample_weights_dir)
+    base = freezing.base_of(classifier)
+    names = [layer.name for layer in base.layers]
+    # Head only, then the top block, then down into a residual block (two tensors cross).
+    stages = [set(), set(names[names.index("block_16_expand"):]), set(names[names.index("block_5_project"):])]
+    flags = [layer.trainable for layer in base.layers]
+    cuts = stage_cache.stage_cuts(classifier, stages)
+    assert [layer.trainable for layer in base.layers] == flags
+    assert [cut.cut_layer for cut in cuts] == [models.HEAD_LAYER_NAME, "block_16_expand", "block_5_project"]
+
+    passes = stage_cache.PrefixActivations()
+    for number, trainable in enumerate(stages):
+        freezing.set_base_trainable(classifier, trainable)
+        stage = stage_cache.cache_stage(
+            classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes, later_cuts=cuts[number + 1:]
+        )
+        alone = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
+
+        assert stage.prefix_shared == (number > 0)
+        assert stage.crossing == alone.crossing
+        for joint, own in zip(
+            stage.train_activations + stage.validation_activations,
+            alone.train_activations + alone.validation_activations,
+            strict=True,
+        ):
+            np.testing.assert_allclose(joint, own, rtol=1e-5, atol=1e-6)
