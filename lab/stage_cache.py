@@ -368,12 +368,13 @@ def joint_prefix(classifier: keras.Model, cuts: Sequence[Cut]) -> keras.Model:
         return keras.Model(classifier.inputs, outer, name="joint_prefix")
     base = classifier.get_layer(BASE_LAYER_NAME)
     (base_node,) = [node for node in _graph_nodes(classifier) if node.operation is base]
-    base_outputs = list(base_node.output_tensors) if outer else []
     through_base = keras.Model(base.inputs, [*inner, *base.outputs] if outer else inner, name="joint_base_prefix")
     values = _as_list(through_base(base_node.arguments.args[0]))
     inner_values = iter(values[: len(inner)])
     outer_values = iter(
-        _as_list(keras.Model(base_outputs, outer, name="joint_tail")(values[len(inner):])) if outer else []
+        _as_list(keras.Model(list(base_node.output_tensors), outer, name="joint_tail")(values[len(inner):]))
+        if outer
+        else []
     )
     outputs = [next(inner_values if cut.inside_base else outer_values) for cut in cuts for _ in cut.crossing]
     return keras.Model(classifier.inputs, outputs, name="joint_prefix")
