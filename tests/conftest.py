@@ -8,6 +8,7 @@ sample (lab/sample/weights), which every clone has.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -164,3 +165,45 @@ def run_python():
         return completed, time.perf_counter() - started
 
     return run
+
+
+@dataclasses.dataclass
+class PytestProcess:
+    """A pytest session in a subprocess, running from the moment `start_pytest` started it."""
+
+    directory: pathlib.Path
+    process: subprocess.Popen
+
+    @property
+    def report_dir(self) -> pathlib.Path:
+        return self.directory / "reports"
+
+    def finished(self) -> subprocess.CompletedProcess:
+        """Waits for the session to end: its exit status and output."""
+        stdout, stderr = self.process.communicate(timeout=300)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def start_pytest():
+    """Starts `pytest ARGS` from the repository root without waiting for it, so that several run
+    side by side (each spends most of its seconds importing TensorFlow).
+
+    `start_pytest(directory, *args, plugins=None, **env)` -> `PytestProcess`: its report goes to
+    `directory/reports`; `plugins` (module name -> source) are written to `directory` and loaded
+    with -p; `env` adds environment variables.
+    """
+
+    def start(directory: pathlib.Path, *args: str, plugins: dict[str, str] | None = None, **env: str):
+        plugins = plugins or {}
+        for name, source in plugins.items():
+            (directory / f"{name}.py").write_text(source)
+        loaded = [option for name in plugins for option in ("-p", name)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *loaded, *args, f"--report-dir={directory / 'reports'}"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": f"{directory}{os.pathsep}{REPO_ROOT}", **env},
+        )
+        return PytestProcess(directory, process)
+
+    return start

@@ -4,9 +4,6 @@ with `--seeds 2` (then the same seed again) on mock data."""
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ import pytest
 from lab import compare, findings, render, statistics
 from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = [index % 5 for index in range(100)]
 FLOWERS = "tf_flowers (mock), 32px, 100 images"
 
@@ -274,33 +270,33 @@ def test_compare_says_whether_two_runs_differ_beyond_their_intervals():
     assert rows == {"transferred": "yes: A higher", "scratch": "no: the intervals overlap"}
 
 
-def _sessions(tmp_path, *seed_options):
+def _sessions(start_pytest, tmp_path, *seed_options):
     """Runs experiment 1's narrow CNN in one pytest process per `--seeds` value, side by side.
 
     Returns, per process: its stdout, its markdown report and its results.json.
     """
-    report_dirs = [tmp_path / f"seeds{seeds}" for seeds in seed_options]
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "-k", "narrow", "--deterministic",
-             "--data-source", "mock", "--weights", "none", "--subset", "32", "--epochs", "2", "-p",
-             "no:cacheprovider", "--report-dir", str(report_dir), "--seeds", seeds],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_pytest(
+            tmp_path / f"seeds{seeds}",
+            "experiments/test_1_base_model.py", "-k", "narrow", "--deterministic", "--data-source", "mock",
+            "--weights", "none", "--subset", "32", "--epochs", "2", "-p", "no:cacheprovider", "--seeds", seeds,
         )
-        for seeds, report_dir in zip(seed_options, report_dirs, strict=True)
+        for seeds in seed_options
     ]
     sessions = []
-    for process, report_dir in zip(processes, report_dirs, strict=True):
-        stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
-        (folder,) = [entry for entry in report_dir.iterdir() if entry.is_dir()]
+    for process in processes:
+        finished = process.finished()
+        assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+        (folder,) = [entry for entry in process.report_dir.iterdir() if entry.is_dir()]
         results = json.loads((folder / "results.json").read_text())
-        sessions.append((stdout, (report_dir / "latest-smoke.md").read_text(), results))
+        sessions.append((finished.stdout, (process.report_dir / "latest-smoke.md").read_text(), results))
     return sessions
 
 
-def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repeats_exactly(tmp_path):
-    (stdout, markdown, results), (_, _, again) = _sessions(tmp_path, "2", "1")
+def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repeats_exactly(
+    tmp_path, start_pytest
+):
+    (stdout, markdown, results), (_, _, again) = _sessions(start_pytest, tmp_path, "2", "1")
 
     tests = sorted(outcome["test"].split("::")[1] for outcome in results["outcomes"])
     assert tests == ["test_base_model[seed0-narrow]", "test_base_model[seed1-narrow]"]

@@ -10,8 +10,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -46,51 +44,15 @@ network.can_reach = lambda *args, **kwargs: False
 """
 
 
-@dataclasses.dataclass
-class Session:
-    """A pytest session in a subprocess, running from the moment `start_session` made it."""
-
-    directory: pathlib.Path
-    process: subprocess.Popen
-
-    @property
-    def report_dir(self) -> pathlib.Path:
-        return self.directory / "reports"
-
-    def finished(self) -> subprocess.CompletedProcess:
-        """Waits for the session to end: its exit status and output."""
-        stdout, stderr = self.process.communicate(timeout=300)
-        return subprocess.CompletedProcess(self.process.args, self.process.returncode, stdout, stderr)
-
-
-def start_session(directory: pathlib.Path, *args: str, plugins: dict[str, str] | None = None, **env: str) -> Session:
-    """Starts `pytest ARGS` from the repository root, its report going to `directory/reports`.
-
-    Args:
-        directory: the session's own folder.
-        plugins: module name -> source of plugins to load with -p, written to `directory`.
-        env: variables to add to the environment.
-    """
-    plugins = plugins or {}
-    for name, source in plugins.items():
-        (directory / f"{name}.py").write_text(source)
-    loaded = [option for name in plugins for option in ("-p", name)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *loaded, *args, f"--report-dir={directory / 'reports'}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": f"{directory}{os.pathsep}{ROOT}", **env},
-    )
-    return Session(directory, process)
-
-
-# The real sessions of this module, by name: each starts its own in a folder of its own.
-SESSION_STARTS: dict[str, Callable[[pathlib.Path], Session]] = {}
+# The real sessions of this module, by name: each starts its own (with the `start_pytest`
+# fixture) in a folder of its own.
+SESSION_STARTS: dict[str, Callable] = {}
 
 
 def session_start(name: str):
     """Registers the function below as the start of the session `name` (`sessions[name]`)."""
 
-    def register(start: Callable[[pathlib.Path], Session]) -> Callable[[pathlib.Path], Session]:
+    def register(start: Callable) -> Callable:
         SESSION_STARTS[name] = start
         return start
 
@@ -98,13 +60,16 @@ def session_start(name: str):
 
 
 @pytest.fixture(scope="module")
-def sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Session]:
+def sessions(tmp_path_factory: pytest.TempPathFactory, start_pytest) -> dict:
     """This module's real sessions (`SESSION_STARTS`), started side by side; a test waits for its own.
 
     Each spends most of its seconds importing TensorFlow, so all of them start together, even
     when one test alone is selected.
     """
-    started = {name: start(tmp_path_factory.mktemp(name.replace(" ", "-"))) for name, start in SESSION_STARTS.items()}
+    started = {
+        name: start(start_pytest, tmp_path_factory.mktemp(name.replace(" ", "-")))
+        for name, start in SESSION_STARTS.items()
+    }
     yield started
     for session in started.values():
         if session.process.poll() is None:
@@ -122,9 +87,9 @@ def report_files(report_dir) -> list[str]:
 
 
 @session_start("complete")
-def _complete_session(directory: pathlib.Path) -> Session:
+def _complete_session(start_pytest, directory: pathlib.Path):
     (directory / "weights").mkdir()
-    return start_session(
+    return start_pytest(
         directory, "experiments/test_3_pretrained_backbone.py", "tests/test_reliability.py",
         "-m", "experiment", "-k", "structure", "--deselect", f"{STRUCTURE}[mobilenet_v2]",
         "--backbones", "mobilenet,mobilenet_v2", f"--weights-dir={directory / 'weights'}", "--mixed-precision",
@@ -160,8 +125,8 @@ def test_a_selection_that_all_passed_is_complete(sessions):
 
 
 @session_start("sigterm")
-def _sigterm_session(directory: pathlib.Path) -> Session:
-    return start_session(
+def _sigterm_session(start_pytest, directory: pathlib.Path):
+    return start_pytest(
         directory, "experiments/test_3_pretrained_backbone.py", "-k", "structure",
         "--backbones", "mobilenet,mobilenet_v2", *CHEAP, plugins={"interrupter": INTERRUPTER}, STOP_WITH="sigterm",
     )
@@ -185,8 +150,8 @@ def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run
 
 
 @session_start("xdist")
-def _xdist_session(directory: pathlib.Path) -> Session:
-    return start_session(
+def _xdist_session(start_pytest, directory: pathlib.Path):
+    return start_pytest(
         directory, "experiments/test_3_pretrained_backbone.py", "-n", "2", "-k", "structure",
         "--deselect", f"{STRUCTURE}[vgg16]", "--backbones", "mobilenet,mobilenet_v2,vgg16", *CHEAP,
         plugins={"interrupter": INTERRUPTER}, STOP_WITH="ctrl-c",
@@ -210,8 +175,8 @@ def test_a_run_cut_short_under_xdist_lists_the_selected_tests_that_did_not_run(s
 
 
 @session_start("k freeze")
-def _k_freeze_session(directory: pathlib.Path) -> Session:
-    return start_session(directory, "experiments", "-k", "freeze", "--collect-only", "-q", *CHEAP)
+def _k_freeze_session(start_pytest, directory: pathlib.Path):
+    return start_pytest(directory, "experiments", "-k", "freeze", "--collect-only", "-q", *CHEAP)
 
 
 def test_k_freeze_selects_experiments_4_and_5_only(sessions):
@@ -349,9 +314,9 @@ def test_mixed_precision_without_a_gpu_is_warned_about(gpus):
 
 
 @session_start("offline")
-def _offline_session(directory: pathlib.Path) -> Session:
+def _offline_session(start_pytest, directory: pathlib.Path):
     (directory / "keras-home").mkdir()
-    return start_session(
+    return start_pytest(
         directory, "experiments", "-k", "pretrained_features and resnet50", "--data-source", "mock",
         "-p", "no:cacheprovider", plugins={"offline_machine": OFFLINE}, KERAS_HOME=str(directory / "keras-home"),
     )
