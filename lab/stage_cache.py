@@ -487,9 +487,11 @@ def _cuts_along(
         if later is None or later.cut_layer == cut.cut_layer or prefix_problems(later):
             continue
         later_bytes = later.cache_bytes(images)
+        if total + later_bytes > budget_bytes:
+            continue
+        # The key hashes every weight below the cut: only for a cut the budget allows.
         key = PrefixActivations.key(later)
-        kept = earlier_passes.find(key, data) is not None
-        if kept or key in [along_key for _, along_key in along] or total + later_bytes > budget_bytes:
+        if earlier_passes.find(key, data) is not None or key in [along_key for _, along_key in along]:
             continue
         along.append((later, key))
         total += later_bytes
