@@ -22,7 +22,7 @@ from lab import models, network, timesplit
 from lab.backbones import Backbone, WeightsSource, get_backbone
 from lab.data import ImageData
 from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table, ValidationSet
-from lab.reuse import CompiledRuns
+from lab.reuse import CompiledRun, CompiledRuns
 from lab.stage_cache import PrefixActivations
 from pytest_lab import RUN_CONFIG
 
@@ -96,11 +96,25 @@ class BackboneCase:
     def image_size(self) -> int:
         return self.data.image_size
 
-    def classifier(self) -> keras.Model:
-        """A new classifier: the backbone with these weights, pooled, under a softmax head
-        (behind the augmentation layers with --augment)."""
+    def classifier(self, seed: int) -> keras.Model:
+        """A new classifier: the backbone with these weights, pooled, under a softmax head seeded
+        with `seed` (behind the augmentation layers with --augment)."""
         return models.backbone_classifier(
-            self.backbone, self.image_size, self.data.num_classes, self.weights.path, self.augment
+            self.backbone, self.image_size, self.data.num_classes, self.weights.path, self.augment, head_seed=seed
+        )
+
+    def run(self, compiled_models: CompiledRuns, purpose: str, seed: int) -> CompiledRun:
+        """This case's run of `purpose` ("frozen base", a strategy...) for `seed` (`lab.reuse.CompiledRuns`).
+
+        Another seed of the run reuses the models compiled for the first. With a base from a
+        weights file and no augmentation only the head depends on the seed, so it is drawn
+        again in the kept classifier instead of building a new one.
+        """
+        head_only_seeded = self.weights.path is not None and not self.augment
+        return compiled_models.start(
+            (self.name, self.image_size, self.weights.kind, purpose),
+            lambda: self.classifier(seed),
+            head_seed=seed if head_only_seeded else None,
         )
 
 

@@ -77,7 +77,7 @@ def test_imagenet_weights_equal_the_file(backbone_name, backbone_weights, profil
 @pytest.mark.parametrize("weights_kind", ["imagenet", "none"])
 def test_pretrained_features_classify_flowers(
     weights_kind, seed, backbone_case, profile, run_config, keras_verbose, tensorboard_dir, record,
-    prefix_activations,
+    prefix_activations, compiled_models,
 ):
     if run_config.augment:
         pytest.skip("the head trains on features computed once from unaugmented images, which --augment "
@@ -85,23 +85,25 @@ def test_pretrained_features_classify_flowers(
     case = backbone_case(weights_kind, paired=True)
     backbone, data = case.backbone, case.data
 
-    classifier = case.classifier()
+    run = case.run(compiled_models, "pretrained head", seed)
+    classifier = run.classifier
     assert classifier.output_shape == (None, data.num_classes)
     assert classifier.get_layer(models.BASE_LAYER_NAME).output_shape[-1] == backbone.feature_channels
 
     # The base's pooled features, computed once: ImageNet's are the same for every seed, and
     # the same as experiment 5's head stage, which finds them kept.
     freezing.freeze_base(classifier)
+    span = run.spans.get(0)
     head_stage = stage_cache.cache_stage(
-        classifier, data, profile.batch_size, run_config.cache_budget, earlier_passes=prefix_activations
+        classifier, data, profile.batch_size, run_config.cache_budget, span and span.split, prefix_activations
     )
     assert head_stage.cached, head_stage.reason
     assert head_stage.crossing == ("pooling",)
     assert [array.shape for array in head_stage.train_activations] == [(data.train_count, backbone.feature_channels)]
-    head = head_stage.top
+    head, _ = run.span_model(0, head_stage)
+    assert head is head_stage.top
     head_layer = classifier.get_layer(models.HEAD_LAYER_NAME)
     assert [w.path for w in head.trainable_weights] == [w.path for w in head_layer.weights]
-    models.compile_for_classification(head)
     validation_batches = head_stage.validation_batches(profile.batch_size)
     result = fit(
         head,

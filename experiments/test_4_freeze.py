@@ -36,8 +36,7 @@ def test_frozen_base_trains_only_the_head(
     weights_kind, seed, backbone_case, profile, keras_verbose, tensorboard_dir, record, compiled_models
 ):
     case = backbone_case(weights_kind, paired=True)
-    # Another seed of this case puts its fresh weights into the model compiled for the first.
-    run = compiled_models.start((case.name, case.image_size, weights_kind, "frozen base"), case.classifier())
+    run = case.run(compiled_models, "frozen base", seed)
     model = run.classifier
     freezing.freeze_base(model)
     trained, _ = run.span_model(0, WHOLE_CLASSIFIER)
@@ -124,7 +123,7 @@ def epoch_timing(backbone_case, profile, run_config) -> EpochTiming:
     return EpochTiming(
         backbone=case.name,
         data=case.data,
-        model=case.classifier(),
+        model=case.classifier(run_config.seed),
         batches=case.data.batches("train", profile.batch_size, seed=run_config.seed, limit=limit),
         images_per_epoch=min(case.data.train_count, limit or case.data.train_count),
         rounds=profile.benchmark_rounds,

@@ -37,7 +37,7 @@ def test_unfreeze_strategy(
 ):
     case = backbone_case()
     # Everything else that decides the compiled models is the session's, the same for every test.
-    run = compiled_models.start((case.name, case.image_size, case.weights.kind, strategy), case.classifier())
+    run = case.run(compiled_models, strategy, seed)
     model = run.classifier
     base = freezing.base_of(model)
     stages = freezing.strategy_stages(strategy, case.backbone, base, profile.unfreeze_stages, profile.stage_epochs)

@@ -121,7 +121,12 @@ def augmentation() -> keras.Sequential:
 
 
 def backbone_classifier(
-    backbone: Backbone, image_size: int, num_classes: int, weights_path: str | None, augment: bool = False
+    backbone: Backbone,
+    image_size: int,
+    num_classes: int,
+    weights_path: str | None,
+    augment: bool = False,
+    head_seed: int | None = None,
 ) -> keras.Model:
     """Backbone without its top, GlobalAveragePooling2D, and a Dense softmax head.
 
@@ -137,6 +142,9 @@ def backbone_classifier(
         weights_path: a weights file for the base, or None for a random initialisation.
         augment: put `augmentation()` in front of the preprocessing. Features computed once
             (lab/features.py, lab/stage_cache.py) are then no longer what training sees.
+        head_seed: the seed of the head's starting weights, or None to draw it from Keras's
+            global seed. A seeded head does not depend on how many seeds the base drew, so
+            `draw_head` can give it again without building the base.
     """
     base = backbone.build(image_size, weights_path, name=BASE_LAYER_NAME)
     inputs = keras.Input((image_size, image_size, 3), name="images")
@@ -145,8 +153,23 @@ def backbone_classifier(
     features = base(scaled)
     pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(features)
     # float32 softmax keeps the loss stable under a mixed_float16 policy (--mixed-precision).
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_LAYER_NAME, dtype="float32")(pooled)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=head_initializer(head_seed), name=HEAD_LAYER_NAME,
+        dtype="float32",
+    )(pooled)
     return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def head_initializer(head_seed: int | None) -> keras.initializers.Initializer:
+    """The head's kernel initializer: Keras's default for Dense, seeded with `head_seed` if given."""
+    return keras.initializers.GlorotUniform(seed=head_seed)
+
+
+def draw_head(classifier: keras.Model, head_seed: int) -> None:
+    """Puts into the head of a `backbone_classifier` the starting weights it was built with for `head_seed`."""
+    head = classifier.get_layer(HEAD_LAYER_NAME)
+    head.kernel.assign(head_initializer(head_seed)(head.kernel.shape, head.kernel.dtype))
+    head.bias.assign(head.bias_initializer(head.bias.shape, head.bias.dtype))
 
 
 def compile_for_classification(

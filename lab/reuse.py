@@ -170,22 +170,34 @@ class CompiledRuns:
     def __init__(self, keep: bool):
         self.keep = keep
         self._runs: dict[Hashable, CompiledRun] = {}
+        self._first_weights: dict[Hashable, list[np.ndarray]] = {}
 
-    def start(self, key: Hashable, classifier: keras.Model) -> CompiledRun:
-        """The run of configuration `key`, starting from `classifier`'s weights.
+    def start(self, key: Hashable, build: Callable[[], keras.Model], head_seed: int | None = None) -> CompiledRun:
+        """The run of configuration `key`, starting from the weights `build` gives.
 
         Args:
             key: everything that decides the architecture, the trainable layers of each
                 stage and the optimizers (backbone, input size, strategy, options...).
-            classifier: freshly built for this run (its seed); the kept run of `key`, if any,
-                takes its weights, else it becomes the run's classifier.
+            build: builds this run's classifier (its seed's weights); the kept run of `key`, if
+                any, takes its weights, else it becomes the run's classifier.
+            head_seed: the seed `build` gives the head (`lab.models.backbone_classifier`), where
+                nothing else of the classifier depends on the seed: a base from a weights file
+                and no augmentation. The kept run then takes its first run's starting weights
+                with the head drawn for `head_seed`, without building. None: build.
         """
         run = self._runs.get(key)
         if run is None:
-            run = CompiledRun(classifier)
+            run = CompiledRun(build())
             if self.keep:
                 self._runs[key] = run
+                if head_seed is not None:
+                    self._first_weights[key] = run.classifier.get_weights()
             return run
-        run.classifier.set_weights(classifier.get_weights())
+        first_weights = self._first_weights.get(key)
+        if head_seed is not None and first_weights is not None:
+            run.classifier.set_weights(first_weights)
+            models.draw_head(run.classifier, head_seed)
+        else:
+            run.classifier.set_weights(build().get_weights())
         run.reused = True
         return run

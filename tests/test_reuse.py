@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lab import models, optimizers, stage_cache
+from lab.backbones import get_backbone
 from lab.data import ImageData
 from lab.reuse import CompiledRuns, ReusableModel
 from lab.training import fit
@@ -178,12 +179,12 @@ def train_span(run, data: ImageData, cached: bool, seed: int) -> tuple[list[np.n
 
 @pytest.mark.parametrize("cached", [True, False], ids=["cached", "end-to-end"])
 def test_a_reused_run_trains_like_a_fresh_one_from_the_same_seed(cached, tiny_images):
-    fresh_run = CompiledRuns(keep=True).start("case", tiny_classifier(1))
+    fresh_run = CompiledRuns(keep=True).start("case", lambda: tiny_classifier(1))
     fresh, reused_fresh, _ = train_span(fresh_run, tiny_images, cached, 3)
 
     runs = CompiledRuns(keep=True)
-    first, _, traced = train_span(runs.start("case", tiny_classifier(0)), tiny_images, cached, 3)
-    run = runs.start("case", tiny_classifier(1))
+    first, _, traced = train_span(runs.start("case", lambda: tiny_classifier(0)), tiny_images, cached, 3)
+    run = runs.start("case", lambda: tiny_classifier(1))
     again, reused, traced_again = train_span(run, tiny_images, cached, 3)
 
     assert (reused_fresh, run.reused, reused) == (False, True, True)
@@ -195,5 +196,37 @@ def test_a_reused_run_trains_like_a_fresh_one_from_the_same_seed(cached, tiny_im
 
 def test_one_seed_keeps_nothing():
     runs = CompiledRuns(keep=False)
-    first = runs.start("case", small_model())
-    assert runs.start("case", small_model()) is not first
+    first = runs.start("case", small_model)
+    assert runs.start("case", small_model) is not first
+
+
+def test_a_seeded_head_depends_on_its_seed_alone():
+    def head_kernel(global_seed, head_seed):
+        keras.utils.set_random_seed(global_seed)
+        classifier = models.backbone_classifier(get_backbone("mobilenet"), 32, 5, None, head_seed=head_seed)
+        return classifier.get_layer(models.HEAD_LAYER_NAME).kernel.numpy()
+
+    assert np.array_equal(head_kernel(0, 1), head_kernel(5, 1))
+    assert not np.array_equal(head_kernel(0, 1), head_kernel(0, 2))
+
+
+def test_a_kept_run_of_a_base_from_a_file_draws_its_head_again_without_building(sample_weights_dir):
+    backbone = get_backbone("mobilenet")
+    weights = str(sample_weights_dir / backbone.weights_file)
+    builds = []
+
+    def build(seed):
+        builds.append(seed)
+        return models.backbone_classifier(backbone, 32, 5, weights, head_seed=seed)
+
+    runs = CompiledRuns(keep=True)
+    run = runs.start("case", lambda: build(0), head_seed=0)
+    # As if the first run had trained every weight.
+    run.classifier.set_weights([weight + 1.0 for weight in run.classifier.get_weights()])
+
+    again = runs.start("case", lambda: build(1), head_seed=1)
+
+    assert again is run and run.reused and builds == [0]
+    fresh = build(1)
+    assert all(np.array_equal(*pair) for pair in zip(run.classifier.get_weights(), fresh.get_weights(), strict=True))
+
