@@ -5,6 +5,7 @@
 The backbone is checked against Keras's published structure and against the weights file
 itself; then its features are put to work: a head trained on the pooled features of the
 pretrained base, against the same head on a randomly initialised base, same data and budget.
+Another seed trains the head compiled for the first (lab/reuse.py), with its weights drawn anew.
 """
 
 import numpy as np
@@ -93,9 +94,8 @@ def test_pretrained_features_classify_flowers(
     # The base's pooled features, computed once: ImageNet's are the same for every seed, and
     # the same as experiment 5's head stage, which finds them kept.
     freezing.freeze_base(classifier)
-    span = run.spans.get(0)
     head_stage = stage_cache.cache_stage(
-        classifier, data, profile.batch_size, run_config.cache_budget, span and span.split, prefix_activations
+        classifier, data, profile.batch_size, run_config.cache_budget, run.split(0), prefix_activations
     )
     assert head_stage.cached, head_stage.reason
     assert head_stage.crossing == ("pooling",)

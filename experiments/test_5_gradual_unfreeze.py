@@ -55,10 +55,9 @@ def test_unfreeze_strategy(
         freezing.set_base_trainable(model, set(stage.trainable_layers))
         prefix_seconds, compiled = 0.0, "kept"
         if compile_spans[number]:
-            span = run.spans.get(number)
             cache = (
                 stage_cache.cache_stage(
-                    model, case.data, profile.batch_size, run_config.cache_budget, span and span.split,
+                    model, case.data, profile.batch_size, run_config.cache_budget, run.split(number),
                     prefix_activations, later_cuts[number + 1:],
                 )
                 if run_config.cached == "auto"

@@ -131,6 +131,11 @@ class CompiledRun:
     spans: dict[int, CompiledSpan] = dataclasses.field(default_factory=dict)
     reused: bool = False
 
+    def split(self, number: int) -> StageModels | None:
+        """The cached split an earlier run compiled span `number` with, for `cache_stage`; None if none."""
+        span = self.spans.get(number)
+        return span and span.split
+
     def span_model(
         self, number: int, cache: CachedStage, optimizer: Callable[[], keras.optimizers.Optimizer] | None = None
     ) -> tuple[keras.Model, bool]:

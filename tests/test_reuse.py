@@ -165,9 +165,8 @@ def tiny_images() -> ImageData:
 
 def train_span(run, data: ImageData, cached: bool, seed: int) -> tuple[list[np.ndarray], bool, object]:
     """Trains compile span 0 of `run` for two epochs, as experiment 5 does; (weights, reused, train_function)."""
-    span = run.spans.get(0)
     cache = (
-        stage_cache.cache_stage(run.classifier, data, 8, split=span and span.split)
+        stage_cache.cache_stage(run.classifier, data, 8, split=run.split(0))
         if cached
         else stage_cache.CachedStage("--cached off", None)
     )
