@@ -2,12 +2,19 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
 import time
 
-from lab import storage
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python import pywrap_tfe
+
+from lab import reproducibility, storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +97,35 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not():
     first, again, other = _trained_digests(0, 0, 1)
     assert first == again
     assert first != other
+
+
+def _draws() -> tuple:
+    """One draw from each generator the lab uses."""
+    return (
+        random.random(),
+        float(np.random.rand()),
+        keras.initializers.GlorotUniform()((2, 2)).numpy().tolist(),
+        keras.random.uniform((2,)).numpy().tolist(),
+        list(tf.data.Dataset.range(8).shuffle(8, seed=1).as_numpy_iterator()),
+    )
+
+
+def test_seeding_restarts_every_generator_as_keras_does_and_keeps_the_kernel_cache(monkeypatch):
+    def emptied(context_handle):
+        raise AssertionError("TensorFlow's kernel cache was emptied")
+
+    monkeypatch.setattr(pywrap_tfe, "TFE_ContextClearCaches", emptied)
+    reproducibility.seed_everything(3)
+    first = _draws()
+    _draws()
+    reproducibility.seed_everything(3)
+    assert _draws() == first
+    with pytest.raises(AssertionError, match="emptied"):
+        keras.utils.set_random_seed(3)
+
+    monkeypatch.undo()
+    keras.utils.set_random_seed(3)
+    assert _draws() == first
 
 
 MIRRORED = """
