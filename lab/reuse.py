@@ -125,11 +125,14 @@ class CompiledRun:
         classifier: the classifier every span's model shares its layers with.
         spans: compile span (the number of its first stage) -> its compiled model.
         reused: whether this run started from an earlier run's compiled models.
+        first_weights: the classifier's weights before the first run trained, kept where a
+            later run draws only its head (`CompiledRuns.start`); else None.
     """
 
     classifier: keras.Model
     spans: dict[int, CompiledSpan] = dataclasses.field(default_factory=dict)
     reused: bool = False
+    first_weights: list[np.ndarray] | None = None
 
     def split(self, number: int) -> StageModels | None:
         """The cached split an earlier run compiled span `number` with, for `cache_stage`; None if none."""
@@ -175,7 +178,6 @@ class CompiledRuns:
     def __init__(self, keep: bool):
         self.keep = keep
         self._runs: dict[Hashable, CompiledRun] = {}
-        self._first_weights: dict[Hashable, list[np.ndarray]] = {}
 
     def start(self, key: Hashable, build: Callable[[], keras.Model], head_seed: int | None = None) -> CompiledRun:
         """The run of configuration `key`, starting from the weights `build` gives.
@@ -196,11 +198,10 @@ class CompiledRuns:
             if self.keep:
                 self._runs[key] = run
                 if head_seed is not None:
-                    self._first_weights[key] = run.classifier.get_weights()
+                    run.first_weights = run.classifier.get_weights()
             return run
-        first_weights = self._first_weights.get(key)
-        if head_seed is not None and first_weights is not None:
-            run.classifier.set_weights(first_weights)
+        if head_seed is not None and run.first_weights is not None:
+            run.classifier.set_weights(run.first_weights)
             models.draw_head(run.classifier, head_seed)
         else:
             run.classifier.set_weights(build().get_weights())
