@@ -1,10 +1,15 @@
 """Decoded images cached on disk: each split decoded and resized once, then read a batch at a time.
 
 An entry is a folder named by a hash of everything that determines its images (the source
-and its files' sizes and modification times, or the tensorflow-datasets version and split,
-the image size, this module's format): a changed folder or option is a new entry. It holds
-`images.u8`, the uint8 images row after row, and `labels.npy`. One process builds an entry
-under a file lock, in a temporary folder renamed into place, so xdist workers share it.
+and its files' identities, or the tensorflow-datasets version and split, the image size, this
+module's format): a changed folder or option is a new entry. A file's identity is what git's
+index keys a file on, its size, modification and change times in ns, inode and device, because
+a rewrite that keeps the size and modification time (`cp -p`, `rsync -a`, `tar x`) still moves
+the change time, and stat costs a tenth of a second per 20,000 files where hashing their bytes
+costs one to several seconds. An entry holds `images.u8`, the uint8 images row after row,
+`labels.npy`, and the SHA-256 of both, checked once per process before the entry is read. One
+process builds an entry under a file lock, in a temporary folder renamed into place, so xdist
+workers share it; the next load of an entry deletes what a killed build of it left.
 
 Memory stays flat in the dataset's size because batches are read with `pread` into fresh
 arrays: pages read that way stay in the kernel's page cache. Pages of a memory-mapped file
@@ -15,6 +20,7 @@ returns is for the few rows a caller indexes, and `take` reads around it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -28,11 +34,16 @@ import numpy as np
 from lab.errors import LabInputError
 
 # Part of every key: raise it when the stored layout or the decoding and resizing change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CACHE_DIR_VARIABLE = "LAB_CACHE_DIR"
 IMAGES_FILE = "images.u8"
 LABELS_FILE = "labels.npy"
+CHECKSUMS_FILE = "checksums.json"
 DESCRIPTION_FILE = "description.json"
+
+# The identities of each entry's files (its checksums file's too) when this process last found
+# them matching their checksums: an entry is hashed again only when one of them has changed since.
+_checked: dict[str, list[tuple[int, ...]]] = {}
 
 
 def default_directory() -> str:
@@ -44,13 +55,15 @@ def default_directory() -> str:
     return os.path.join(cache_home, "transfer-lab")
 
 
-def file_fingerprint(paths: Iterable[str]) -> list[tuple[str, int, int]]:
-    """(absolute path, size, modification time in ns) of every file, in order: the key of a folder's split."""
-    fingerprint = []
-    for path in paths:
-        status = os.stat(path)
-        fingerprint.append((os.path.abspath(path), status.st_size, status.st_mtime_ns))
-    return fingerprint
+def file_fingerprint(paths: Iterable[str]) -> list[tuple[str | int, ...]]:
+    """(absolute path, *its identity) of every file, in order: the key of a folder's split."""
+    return [(os.path.abspath(path), *_identity(path)) for path in paths]
+
+
+def _identity(path: str) -> tuple[int, ...]:
+    """What changes whenever a file's content may have: size, modification and change times in ns, inode, device."""
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino, status.st_dev
 
 
 def load_or_build(
@@ -71,23 +84,16 @@ def load_or_build(
         The images, memory-mapped read-only (read batches with `take`), and the int64 labels.
 
     Raises:
-        LabInputError: the cache folder, or an entry in it, is not this user's to write or read.
+        LabInputError: the cache folder is not a folder this user can write, or an entry in it
+            is not this user's to read or is damaged.
     """
     root = os.path.join(directory or default_directory(), "images")
     full_description = {"format": FORMAT_VERSION, "image_size": image_size, **description}
     key = hashlib.sha256(json.dumps(full_description, sort_keys=True).encode()).hexdigest()[:32]
     entry = os.path.join(root, key)
+    lock = _locked(root, entry)
     try:
-        os.makedirs(root, exist_ok=True)
-        # The lock file is the first thing written in `root`: once it is made, the folder is writable.
-        lock = filelock.FileLock(entry + ".lock")
-        lock.acquire()
-    except PermissionError as error:
-        raise LabInputError(
-            f"cannot write the image cache in {root}: permission denied on {error.filename}: set "
-            f"{CACHE_DIR_VARIABLE} to a folder this user can write, or fix the folder's permissions"
-        ) from None
-    try:
+        _delete_partials(entry)
         if not os.path.isdir(entry):
             _build(entry, full_description, image_size, build())
     finally:
@@ -99,6 +105,42 @@ def load_or_build(
             f"cannot read image cache entry {entry}: permission denied on {error.filename}: set "
             f"{CACHE_DIR_VARIABLE} to a folder of this user's own, or delete that entry"
         ) from None
+
+
+def _locked(root: str, entry: str) -> filelock.FileLock:
+    """The build lock of `entry`, acquired, in `root` made if need be."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        # The lock file is the first thing written in `root`: once it is made, the folder is writable.
+        lock = filelock.FileLock(entry + ".lock")
+        lock.acquire()
+    except PermissionError as error:
+        raise LabInputError(
+            f"cannot write the image cache in {root}: permission denied on {error.filename}: set "
+            f"{CACHE_DIR_VARIABLE} to a folder this user can write, or fix the folder's permissions"
+        ) from None
+    except (FileExistsError, NotADirectoryError):
+        raise LabInputError(
+            f"cannot make the image cache folder {root}: {_first_existing(root)} is a file, not a folder: "
+            f"set {CACHE_DIR_VARIABLE} to a folder (or a path where one can be made), or move that file"
+        ) from None
+    return lock
+
+
+def _first_existing(path: str) -> str:
+    """`path`, or the nearest of its parents that exists."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _delete_partials(entry: str) -> None:
+    """Deletes the temporary folders of builds of `entry` that were killed: its lock is held, so none is running."""
+    # The names `_build` gives its temporary folders.
+    pattern = os.path.join(glob.escape(os.path.dirname(entry)), f".{os.path.basename(entry)}.*.partial")
+    for partial in glob.glob(pattern):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -117,7 +159,7 @@ def take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
         for position, index in enumerate(indices):
             read = os.preadv(stream.fileno(), [rows[position]], images.offset + int(index) * row_bytes)
             if read != row_bytes:
-                raise OSError(f"{images.filename} ended early: delete it and its folder to rebuild the cache")
+                raise _damaged(os.path.dirname(images.filename), f"{IMAGES_FILE} ended early")
     return rows
 
 
@@ -137,19 +179,27 @@ def _maps_a_whole_file(images: np.ndarray) -> bool:
 def _build(
     entry: str, description: Mapping, image_size: int, batches: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> None:
-    """Writes the entry into a temporary folder beside it, then renames that into place."""
+    """Writes the entry and its checksums into a temporary folder beside it, then renames that into place."""
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(entry)}.", suffix=".partial", dir=os.path.dirname(entry))
     try:
         labels = []
+        images_digest = hashlib.sha256()
         with open(os.path.join(partial, IMAGES_FILE), "wb") as stream:
             for images, batch_labels in batches:
                 if images.shape[1:] != (image_size, image_size, 3) or images.dtype != np.uint8:
                     raise ValueError(
                         f"expected uint8 images of {image_size}x{image_size}x3, got {images.dtype} {images.shape}"
                     )
-                stream.write(np.ascontiguousarray(images).data)
+                if len(images) != len(batch_labels):
+                    raise ValueError(f"a batch of {len(images)} images came with {len(batch_labels)} labels")
+                rows = np.ascontiguousarray(images).data
+                stream.write(rows)
+                images_digest.update(rows)
                 labels.append(np.asarray(batch_labels, np.int64))
         np.save(os.path.join(partial, LABELS_FILE), np.concatenate(labels) if labels else np.zeros((0,), np.int64))
+        checksums = {IMAGES_FILE: images_digest.hexdigest(), LABELS_FILE: _digest(os.path.join(partial, LABELS_FILE))}
+        with open(os.path.join(partial, CHECKSUMS_FILE), "w", encoding="utf-8") as stream:
+            json.dump(checksums, stream, indent=1)
         with open(os.path.join(partial, DESCRIPTION_FILE), "w", encoding="utf-8") as stream:
             json.dump(description, stream, indent=1)
         os.rename(partial, entry)
@@ -158,16 +208,49 @@ def _build(
         raise
 
 
+def _digest(path: str) -> str:
+    """The SHA-256 of a file, read a chunk at a time."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
 def _open(entry: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entry's images, mapped read-only, and labels, once its files are found to be as built."""
+    _check(entry)
     labels = np.load(os.path.join(entry, LABELS_FILE))
     path = os.path.join(entry, IMAGES_FILE)
     shape = (len(labels), image_size, image_size, 3)
-    if os.path.getsize(path) != int(np.prod(shape)):
-        raise LabInputError(
-            f"image cache entry {entry} holds {os.path.getsize(path)} bytes where {shape} needs "
-            f"{int(np.prod(shape))}: delete that folder and it is rebuilt"
-        )
+    size, needed = os.path.getsize(path), int(np.prod(shape))
+    if size != needed:
+        raise _damaged(entry, f"{IMAGES_FILE} holds {size} bytes where {shape} needs {needed}")
     if not len(labels):
         # An empty file cannot be mapped.
         return np.zeros(shape, np.uint8), labels
     return np.memmap(path, np.uint8, "r", shape=shape), labels
+
+
+def _check(entry: str) -> None:
+    """Raises unless the entry's files match the checksums written with them; hashes them once per change."""
+    try:
+        identities = [_identity(os.path.join(entry, name)) for name in (IMAGES_FILE, LABELS_FILE, CHECKSUMS_FILE)]
+    except FileNotFoundError as error:
+        raise _damaged(entry, f"{os.path.basename(error.filename)} is missing") from None
+    if _checked.get(entry) == identities:
+        return
+    if _stored_checksums(entry) != {name: _digest(os.path.join(entry, name)) for name in (IMAGES_FILE, LABELS_FILE)}:
+        raise _damaged(entry, f"its files do not match the checksums in its {CHECKSUMS_FILE}")
+    _checked[entry] = identities
+
+
+def _stored_checksums(entry: str) -> object:
+    """What the entry's checksums file holds; None where it is not JSON."""
+    try:
+        with open(os.path.join(entry, CHECKSUMS_FILE), encoding="utf-8") as stream:
+            return json.load(stream)
+    except ValueError:
+        return None
+
+
+def _damaged(entry: str, problem: str) -> LabInputError:
+    """The error for an entry that is not as it was built: names the folder to delete."""
+    return LabInputError(f"image cache entry {entry} is damaged ({problem}): delete that folder and it is rebuilt")
