@@ -24,7 +24,7 @@ from lab.config import (
     WEIGHTS_CHOICES,
     RunConfig,
     build_config,
-    path_default,
+    path_option,
 )
 from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
@@ -49,10 +49,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--data-source", choices=data.SOURCES, default=None,
                     help="where images come from (default: folder when --data-dir is given, else the embedded "
                     "sample for the smoke profile and tfds for the full one)")
-    group.addoption("--data-dir", metavar="PATH", default=path_default("data_dir"),
+    group.addoption("--data-dir", metavar="PATH", default=None,
                     help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data); "
                     "default: $LAB_DATA_DIR")
-    group.addoption("--seed", type=int, default=0, help="seeds Python, NumPy and TensorFlow (default 0)")
+    # None, not 0: a list of --seeds given with --seed is an error, so --seed must show it was given.
+    group.addoption("--seed", type=int, default=None, help="seeds Python, NumPy and TensorFlow (default 0)")
     group.addoption("--seeds", metavar="N|S,S...", default="1",
                     help="run every training case once per seed: N seeds from --seed on (default 1), or the "
                     "seeds listed (0,1,2); accuracies then carry their spread over seeds")
@@ -69,10 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--weights", choices=WEIGHTS_CHOICES, default="imagenet",
                     help="backbone weights: imagenet (a --weights-dir file, Keras's cache or a download) "
                     "or none (random)")
-    group.addoption("--weights-dir", metavar="PATH", default=path_default("weights_dir"),
+    group.addoption("--weights-dir", metavar="PATH", default=None,
                     help="a folder holding Keras's official no-top weights files under their own names; "
                     "default: $LAB_WEIGHTS_DIR")
-    group.addoption("--report-dir", metavar="PATH", default=path_default("report_dir", os.path.join(ROOT, "reports")),
+    group.addoption("--report-dir", metavar="PATH", default=None,
                     help="where the session's markdown report goes (default: $LAB_REPORT_DIR, else reports/)")
     group.addoption("--no-report", action="store_true", help="write no report")
     group.addoption("--deterministic", action="store_true",
@@ -153,11 +154,15 @@ def pytest_configure(config: pytest.Config) -> None:
         for warning in caught:
             config.issue_config_time_warning(warning.message, stacklevel=2)
     config.stash[RUN_CONFIG] = run
+    report_dir, report_dir_name = path_option(
+        "report_dir", config.getoption("report_dir"), os.path.join(ROOT, "reports")
+    )
     if not _is_worker(config):
-        report_dir = None if config.getoption("no_report") else config.getoption("report_dir")
-        config.pluginmanager.register(LabSession(config, run, report_dir), "lab-session")
+        config.pluginmanager.register(
+            LabSession(config, run, None if config.getoption("no_report") else report_dir), "lab-session"
+        )
     if not config.getoption("no_report") and not _is_worker(config):
-        _check_writable(config.getoption("report_dir"))
+        _check_writable(report_dir, report_dir_name)
     _pin_worker_gpu(config)
     _apply_run_settings(run)
 
@@ -166,7 +171,8 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _check_writable(report_dir: str) -> None:
+def _check_writable(report_dir: str, name: str) -> None:
+    """A usage error naming `--report-dir` or `LAB_REPORT_DIR`, whichever set `report_dir`, if it cannot be written."""
     try:
         os.makedirs(report_dir, exist_ok=True)
         probe = os.path.join(report_dir, f".write-check-{os.getpid()}")
@@ -174,9 +180,10 @@ def _check_writable(report_dir: str) -> None:
             pass
         os.remove(probe)
     except OSError as error:
-        raise pytest.UsageError(
-            f"cannot write reports to {report_dir} ({error.strerror}): pass --report-dir PATH or --no-report"
-        ) from None
+        fix = "pass --report-dir PATH or --no-report"
+        if name != "--report-dir":
+            fix = f"set {name} to a folder you can write, or unset it; or {fix}"
+        raise pytest.UsageError(f"cannot write reports to {report_dir} ({error.strerror}): {fix}") from None
 
 
 def _pin_worker_gpu(config: pytest.Config) -> None:

@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 WEIGHTS_CHOICES = ("imagenet", "none")
 # Python's, NumPy's and TensorFlow's seeding all accept exactly this range.
 MAX_SEED = 2**32 - 1
+# Every seed is scored on the same validation images, whose sampling bounds the intervals:
+# past this many seeds they narrow by little, while every training case runs once more per seed.
+MAX_SEEDS = 100
+# Block k below the head learns at rate / F**k: past this factor the base's blocks are all but
+# frozen, and the discriminative strategies turn into head-only ones.
+MAX_LR_FACTOR = 100.0
 # The environment variable that gives each path option its default, as TFDS_DATA_DIR and
 # KERAS_HOME do for tensorflow-datasets and Keras; the command line wins over it.
 PATH_VARIABLES = {"data_dir": "LAB_DATA_DIR", "weights_dir": "LAB_WEIGHTS_DIR", "report_dir": "LAB_REPORT_DIR"}
@@ -102,9 +108,32 @@ class RunConfig:
         return "tensorflow-datasets"
 
 
-def path_default(option: str, fallback: str | None = None) -> str | None:
-    """The default of path option `option` (`data_dir`...): its environment variable, if set."""
-    return os.environ.get(PATH_VARIABLES[option]) or fallback
+def path_option(option: str, given: str | None, fallback: str | None = None) -> tuple[str | None, str]:
+    """Path option `option` (`data_dir`...) and the name a message gives it: the command line's
+    value as `--data-dir`, else its environment variable's as `LAB_DATA_DIR`, else `fallback`.
+
+    An empty variable counts as unset.
+    """
+    flag = "--" + option.replace("_", "-")
+    if given is not None:
+        return given, flag
+    variable = PATH_VARIABLES[option]
+    if os.environ.get(variable):
+        return os.environ[variable], variable
+    return fallback, flag
+
+
+def check_folder(path: str | None, name: str, holds: str) -> None:
+    """Checks that a path option, if set, names a folder.
+
+    Raises:
+        LabInputError: naming what set it, `--data-dir` or `LAB_DATA_DIR`, and the fix.
+    """
+    if not path or os.path.isdir(path):
+        return
+    if name in PATH_VARIABLES.values():
+        raise LabInputError(f"{name}={path} is not a folder: set {name} to {holds}, or unset it")
+    raise LabInputError(f"{name} {path} is not a folder: give {holds}, or leave {name} out")
 
 
 def parse_backbones(text: str) -> tuple[str, ...]:
@@ -132,34 +161,49 @@ def parse_backbones(text: str) -> tuple[str, ...]:
     return unique
 
 
-def parse_seeds(text: str, first_seed: int) -> tuple[int, ...]:
+def parse_seeds(text: str, first_seed: int | None) -> tuple[int, ...]:
     """The seeds of `--seeds`: a count N (`first_seed`, `first_seed`+1, ...) or a list `0,1,2`.
 
+    Args:
+        text: the option's value.
+        first_seed: `--seed`, or None where it was not given (a count then starts at 0).
+
     Raises:
-        LabInputError: a count below 1, a seed that is not a whole number in 0..MAX_SEED, or a
-            seed listed twice.
+        LabInputError: a count below 1, more than MAX_SEEDS seeds, a seed that is not a whole
+            number in 0..MAX_SEED, a seed listed twice, or a list together with `--seed`.
     """
     fix = "give a count (--seeds 3: --seed, --seed+1, --seed+2) or a comma-separated list (--seeds 0,1,2)"
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isascii() and part.isdigit() for part in parts):
         raise LabInputError(f"--seeds {text!r} is not a count or a list of seeds 0..{MAX_SEED}: {fix}")
+    count = int(parts[0]) if "," not in text else len(parts)
+    if count > MAX_SEEDS:
+        raise LabInputError(
+            f"--seeds {text} runs {count:,} seeds, more than {MAX_SEEDS}: every seed is scored on the same "
+            "validation images, so past that the intervals do not narrow noticeably, while every training "
+            f"case runs once per seed and the session would run for days; give at most {MAX_SEEDS}"
+        )
     if "," not in text:
-        count = int(parts[0])
+        start = first_seed or 0
         if count < 1:
             raise LabInputError(f"--seeds {text} runs no seed: {fix}")
-        if first_seed + count - 1 > MAX_SEED:
-            raise LabInputError(f"--seeds {text} from --seed {first_seed} goes past {MAX_SEED}: {fix}")
-        seeds = tuple(range(first_seed, first_seed + count))
-    else:
-        seeds = tuple(int(part) for part in parts)
-        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-        if repeated:
-            raise LabInputError(
-                f"--seeds {text} lists {', '.join(map(str, repeated))} more than once: a seed gives the same "
-                "figures every time, so list each once"
-            )
-        if max(seeds) > MAX_SEED:
-            raise LabInputError(f"--seeds {text} goes past {MAX_SEED}, the largest seed: {fix}")
+        if start + count - 1 > MAX_SEED:
+            raise LabInputError(f"--seeds {text} from --seed {start} goes past {MAX_SEED}: {fix}")
+        return tuple(range(start, start + count))
+    if first_seed is not None:
+        raise LabInputError(
+            f"--seed {first_seed} and the list --seeds {text} both say which seeds run: the list names every "
+            f"seed, so drop --seed (or give --seeds a count to start at --seed {first_seed})"
+        )
+    seeds = tuple(int(part) for part in parts)
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise LabInputError(
+            f"--seeds {text} lists {', '.join(map(str, repeated))} more than once: a seed gives the same "
+            "figures every time, so list each once"
+        )
+    if max(seeds) > MAX_SEED:
+        raise LabInputError(f"--seeds {text} goes past {MAX_SEED}, the largest seed: {fix}")
     return seeds
 
 
@@ -167,7 +211,7 @@ def build_config(
     profile: str,
     data_source: str | None,
     data_dir: str | None,
-    seed: int,
+    seed: int | None,
     subset: int | None,
     backbone_names: str | None,
     weights: str,
@@ -190,9 +234,14 @@ def build_config(
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
+    `data_dir` and `weights_dir` are the command line's values: None takes the environment
+    variable's (`path_option`). `seed` None is `--seed` not given.
+
     Raises:
-        LabInputError: naming the option to fix.
+        LabInputError: naming the option (or the environment variable) to fix.
     """
+    data_dir, data_dir_name = path_option("data_dir", data_dir)
+    weights_dir, weights_dir_name = path_option("weights_dir", weights_dir)
     source_given = data_source is not None
     if data_source is None:
         data_source = "folder" if data_dir else ("sample" if profile == "smoke" else "tfds")
@@ -205,13 +254,11 @@ def build_config(
         )
     if data_source == "folder" and not data_dir:
         raise LabInputError("--data-source folder needs --data-dir PATH")
-    if data_dir and not os.path.isdir(data_dir):
-        raise LabInputError(
-            f"--data-dir {data_dir} is not a folder: give the folder that holds flower_photos/ and cifar10/"
-        )
+    check_folder(data_dir, data_dir_name, "the folder that holds flower_photos/ and cifar10/")
+    data_dir = os.path.abspath(data_dir) if data_dir else None
     if subset is not None and subset <= 0:
         raise LabInputError(f"--subset must be a positive number of training images, got {subset}")
-    if not 0 <= seed <= MAX_SEED:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
         raise LabInputError(
             f"--seed must be in 0..{MAX_SEED} (what Python, NumPy and TensorFlow seeding accept), got {seed}"
         )
@@ -222,8 +269,11 @@ def build_config(
             backbones.get_backbone(name).check_image_size(image_size)
     if weights not in WEIGHTS_CHOICES:
         raise LabInputError(f"unknown --weights {weights!r}: use one of {', '.join(WEIGHTS_CHOICES)}")
-    if weights_dir and not os.path.isdir(weights_dir):
-        raise LabInputError(f"--weights-dir {weights_dir} is not a folder")
+    check_folder(
+        weights_dir, weights_dir_name,
+        "a folder holding Keras's ImageNet weights files under their own names "
+        "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5...)",
+    )
     if strategy not in DISTRIBUTION_STRATEGIES:
         raise LabInputError(f"unknown --strategy {strategy!r}: use one of {', '.join(DISTRIBUTION_STRATEGIES)}")
     if strategy == "multiworker":
@@ -241,7 +291,7 @@ def build_config(
     return RunConfig(
         profile=with_overrides(get_profile(profile), epochs, image_size),
         data_source=data_source,
-        data_dir=os.path.abspath(data_dir) if data_dir else None,
+        data_dir=data_dir,
         dataset=dataset_spec,
         seed=seed_list[0],
         subset=subset,
@@ -298,10 +348,13 @@ def check_fine_tuning(lr_schedule: str, lr_factor: float, early_stopping: int | 
     """
     if lr_schedule not in LR_SCHEDULES:
         raise LabInputError(f"unknown --lr-schedule {lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
-    if not lr_factor >= 1:
+    if not 1 <= lr_factor <= MAX_LR_FACTOR:
         raise LabInputError(
-            f"--lr-factor must be at least 1, got {lr_factor}: below 1 lower blocks would learn faster "
-            f"than the head (1 gives every block the head's rate; ULMFiT uses {DISCRIMINATIVE_FACTOR})"
+            f"--lr-factor must be a number from 1 to {MAX_LR_FACTOR:g}, got {lr_factor}: below 1 lower blocks "
+            f"would learn faster than the head, and above {MAX_LR_FACTOR:g} the base's top block learns at "
+            f"under a hundredth of the head's rate and lower ones at all but zero (inf: exactly zero), which "
+            f"makes the discriminative strategies head-only (1 gives every block the head's rate; ULMFiT uses "
+            f"{DISCRIMINATIVE_FACTOR})"
         )
     if early_stopping is not None and early_stopping < 1:
         raise LabInputError(

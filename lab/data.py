@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -365,10 +366,20 @@ def _decode_files(files: list[tuple[str, int]], image_size: int) -> tuple[np.nda
                 ) from None
             except tf.errors.OpError as error:
                 raise LabInputError(
-                    f"cannot decode image {path} ({error.message.splitlines()[0]}): "
+                    f"cannot decode image {path} ({_op_reason(error)}): "
                     "delete or replace the file"
                 ) from None
         raise
+
+
+# TensorFlow wraps an op's own words in where it ran: `{{function_node __wrapped__DecodeImage_device_
+# /job:...}} Unknown image file format. [Op:DecodeImage] name: `.
+_OP_WRAPPING = re.compile(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](?: name: \S*)?\s*$")
+
+
+def _op_reason(error: tf.errors.OpError) -> str:
+    """What a failed TensorFlow op says went wrong, without the wrapping that says where it ran."""
+    return _OP_WRAPPING.sub("", error.message.splitlines()[0])
 
 
 def _load_folder(dataset, image_size, train_count, validation_count, strict, data_dir=None):

@@ -231,9 +231,13 @@ def image_files(folder: str) -> list[str]:
 
 
 def list_folder(folder: str) -> list[str]:
-    """The entries of `folder`; an unreadable folder is bad input whose message names the fix."""
+    """The entries of `folder` but hidden ones; an unreadable folder is bad input whose message names the fix.
+
+    A name starting with a dot is a tool's (`.ipynb_checkpoints`, `.DS_Store`, macOS's `._x.jpg`),
+    never a class or an image.
+    """
     try:
-        return os.listdir(folder)
+        return [name for name in os.listdir(folder) if not name.startswith(".")]
     except PermissionError:
         raise LabInputError(
             f"cannot read folder {folder}: permission denied: fix its permissions "

@@ -39,7 +39,7 @@ from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 
 DEFAULT_CACHE_BUDGET = 2 * 1024**3
-_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def parse_cache_budget(text: str) -> int:
@@ -56,7 +56,8 @@ def parse_cache_budget(text: str) -> int:
         size = None
     if size is None or not 1 <= size < float("inf"):
         raise LabInputError(
-            f"--cache-budget {text!r} is not a positive size: give bytes or a size such as 512M or 2G"
+            f"--cache-budget {text!r} is not a positive size: give bytes, or a number and one of the units "
+            f"{', '.join(unit for unit in _BYTE_UNITS if unit)} (binary: K is 1024 bytes), such as 512M or 2G"
         )
     return int(size)
 

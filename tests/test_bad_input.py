@@ -4,15 +4,20 @@ half-written.
 
 The inputs tried here: an unknown profile, backbone or weights kind; `--subset` of zero, below
 zero or larger than the data; `--seed` outside 0..2**32-1; `--seeds` of zero, negative,
-non-numeric or repeated values; `--backbones ""` or `,` (an error) and repeated backbones (run
-once, with a warning); a data folder without a dataset folder, with a missing, unexpected or
-empty class folder, an image that does not decode, a file name that is not UTF-8, or a folder
-or image that cannot be read (the message says to fix its permissions); a corrupt CIFAR-10
+non-numeric or repeated values, of more than 100 seeds (2**32 of them included), or a list
+given with `--seed`; `--lr-factor` below 1, above 100, infinite or NaN; `--cache-budget`
+unparsable or not positive (T, terabytes, is a unit); `--backbones ""` or `,` (an error) and
+repeated backbones (run once, with a warning); a data folder without a dataset folder, with a
+missing, unexpected or empty class folder, an image that does not decode (the message says
+what is wrong, without TensorFlow's wrapping), a file name that is not UTF-8, or a folder or
+image that cannot be read (the message says to fix its permissions); hidden folders and files
+(`.ipynb_checkpoints`, `._x.jpg`), which are neither classes nor images; a corrupt CIFAR-10
 image, found before experiment 1 trains; a weights file of another architecture; a `.keras`
 file that is truncated, has a malformed config.json, or holds code that safe mode refuses;
 tensorflow-datasets offline without a prepared copy (with `--data-dir`: said to be ignored
-with that source); ImageNet weights offline without a file; a report folder that cannot be
-written; the `LAB_DATA_DIR`, `LAB_WEIGHTS_DIR` and `LAB_REPORT_DIR` defaults.
+with that source); ImageNet weights offline without a file; a report or TensorBoard folder that
+cannot be written; the `LAB_DATA_DIR`, `LAB_WEIGHTS_DIR` and `LAB_REPORT_DIR` defaults, whose errors
+name the variable, not the option the user never passed.
 """
 
 import contextlib
@@ -34,7 +39,7 @@ GOOD_OPTIONS = dict(
     profile="smoke",
     data_source=None,
     data_dir=None,
-    seed=0,
+    seed=None,
     subset=None,
     backbone_names=None,
     weights="imagenet",
@@ -58,8 +63,16 @@ def test_seeds_are_a_count_from_seed_or_a_list():
     assert config.build_config(**_options()).seeds == (0,)
     counted = config.build_config(**_options(seed=5, seeds="3"))
     assert (counted.seeds, counted.seed) == ((5, 6, 7), 5)
-    listed = config.build_config(**_options(seed=5, seeds=" 2, 0"))
+    listed = config.build_config(**_options(seeds=" 2, 0"))
     assert (listed.seeds, listed.seed) == ((2, 0), 2)
+    capped = config.build_config(**_options(seeds=str(config.MAX_SEEDS)))
+    assert capped.seeds == tuple(range(config.MAX_SEEDS))
+
+
+def test_bounds_of_lr_factor_and_cache_budget_are_accepted():
+    run = config.build_config(**_options(lr_factor=config.MAX_LR_FACTOR, cache_budget="10T"))
+    assert (run.lr_factor, run.cache_budget) == (100, 10 * 2**40)
+    assert config.build_config(**_options(lr_factor=1.0)).lr_factor == 1
 
 
 def test_repeated_backbones_run_once_with_a_warning():
@@ -87,7 +100,8 @@ def test_unknown_backbone_in_the_registry():
         ({"data_source": "folder"}, ["--data-dir"]),
         ({"data_dir": "/nonexistent/lab-data"}, ["--data-dir", "/nonexistent/lab-data"]),
         ({"weights": "pretrained"}, ["--weights", "none"]),
-        ({"weights_dir": "/nonexistent/lab-weights"}, ["--weights-dir", "/nonexistent/lab-weights"]),
+        ({"weights_dir": "/nonexistent/lab-weights"},
+         ["--weights-dir /nonexistent/lab-weights", "weights files", "or leave --weights-dir out"]),
         ({"strategy": "tpu"}, ["--strategy", "mirrored"]),
         ({"seed": -1}, ["--seed", "0..4294967295", "-1"]),
         ({"seed": 2**40}, ["--seed", "0..4294967295", str(2**40)]),
@@ -100,6 +114,16 @@ def test_unknown_backbone_in_the_registry():
         ({"seeds": "0,1,1"}, ["--seeds 0,1,1", "lists 1 more than once"]),
         ({"seeds": f"1,{2**32}"}, ["--seeds", "4294967295"]),
         ({"seeds": "2", "seed": 2**32 - 1}, ["--seeds 2", "4294967295"]),
+        # The count check alone let 0 + 2**32 - 1 == MAX_SEED through, to a range of 2**32 seeds.
+        ({"seeds": str(2**32)}, ["--seeds 4294967296", "4,294,967,296 seeds, more than 100", "do not narrow"]),
+        ({"seeds": "101"}, ["--seeds 101", "more than 100", "at most 100"]),
+        ({"seeds": ",".join(map(str, range(101)))}, ["runs 101 seeds, more than 100"]),
+        ({"seeds": "0,1", "seed": 5}, ["--seed 5 and the list --seeds 0,1", "drop --seed"]),
+        ({"lr_factor": float("inf")}, ["--lr-factor", "from 1 to 100, got inf", "head-only"]),
+        ({"lr_factor": 1e9}, ["--lr-factor", "from 1 to 100, got 1000000000.0"]),
+        ({"lr_factor": float("nan")}, ["--lr-factor", "got nan"]),
+        ({"lr_factor": 0.5}, ["--lr-factor", "got 0.5", "faster than the head"]),
+        ({"cache_budget": "10X"}, ["--cache-budget '10X'", "K, M, G, T"]),
         ({"cache_budget": "0"}, ["--cache-budget '0'", "512M or 2G"]),
         ({"cache_budget": "-1G"}, ["--cache-budget '-1G'", "512M or 2G"]),
         ({"cache_budget": "lots"}, ["--cache-budget 'lots'", "512M or 2G"]),
@@ -110,8 +134,10 @@ def test_unknown_backbone_in_the_registry():
         "folder-without-dir", "missing-data-dir", "unknown-weights", "missing-weights-dir", "unknown-strategy",
         "seed-negative", "seed-too-large", "backbones-empty", "backbones-only-commas",
         "seeds-zero", "seeds-negative", "seeds-negative-in-list", "seeds-not-numeric", "seeds-repeated",
-        "seeds-too-large", "seeds-count-past-the-largest",
-        "cache-budget-zero", "cache-budget-negative", "cache-budget-unparsable", "cached-unknown",
+        "seeds-too-large", "seeds-count-past-the-largest", "seeds-count-of-2**32", "seeds-count-past-the-cap",
+        "seeds-list-past-the-cap", "seeds-list-with-seed", "lr-factor-infinite", "lr-factor-huge", "lr-factor-nan",
+        "lr-factor-below-1", "cache-budget-unknown-unit", "cache-budget-zero", "cache-budget-negative",
+        "cache-budget-unparsable", "cached-unknown",
     ],
 )
 def test_build_config_rejects(changes, fragments):
@@ -199,6 +225,21 @@ def test_unexpected_class_folder(make_image_folder):
     assert "unexpected ['cats']" in str(raised.value)
 
 
+def test_hidden_folders_and_files_are_neither_classes_nor_images(make_image_folder):
+    folder = make_image_folder()
+    for hidden in (".ipynb_checkpoints", ".hidden"):
+        (folder.root / hidden).mkdir()
+        shutil.copy(folder.root / "daisy" / "daisy_0.jpg", folder.root / hidden)
+    (folder.root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    # macOS's AppleDouble companion of a copied photo: an image suffix, not an image.
+    (folder.root / "daisy" / "._daisy_0.jpg").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
+
+    loaded = data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
+
+    assert loaded.class_names == data.CLASS_NAMES["tf_flowers"]
+    assert loaded.total_examples == len(folder.colours)
+
+
 def _truncated_jpeg(path):
     payload = path.read_bytes()
     path.write_bytes(payload[: len(payload) // 2])
@@ -208,8 +249,12 @@ def _text_file(path):
     path.write_text("this is a text file with an image suffix\n")
 
 
-@pytest.mark.parametrize("spoil", [_truncated_jpeg, _text_file], ids=["truncated-jpeg", "text-named-jpg"])
-def test_undecodable_image_names_the_file(spoil, make_image_folder):
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [(_truncated_jpeg, "jpeg::Uncompress failed. Invalid JPEG data"), (_text_file, "Unknown image file format")],
+    ids=["truncated-jpeg", "text-named-jpg"],
+)
+def test_undecodable_image_names_the_file_and_what_is_wrong(spoil, reason, make_image_folder):
     folder = make_image_folder()
     bad = folder.root / "daisy" / "daisy_1.jpg"
     spoil(bad)
@@ -217,7 +262,10 @@ def test_undecodable_image_names_the_file(spoil, make_image_folder):
     with pytest.raises(LabInputError) as raised:
         data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
     message = str(raised.value)
-    assert str(bad) in message
+    # TensorFlow's wrapping, `{{function_node __wrapped__DecodeImage_device_/job:...}}` and
+    # `[Op:DecodeImage]`, says where the op ran, not what is wrong with the file.
+    assert f"cannot decode image {bad} ({reason}" in message
+    assert "function_node" not in message and "[Op:" not in message
     assert "delete or replace" in message
 
 
@@ -303,14 +351,18 @@ def test_unknown_weights_kind():
     assert "--weights imagenet" in str(raised.value) and "--weights none" in str(raised.value)
 
 
-def test_unwritable_report_dir_stops_pytest(run_python):
+@pytest.mark.parametrize("named", ["--report-dir", "LAB_REPORT_DIR"])
+def test_unwritable_report_dir_stops_pytest_naming_what_set_it(named, run_python, monkeypatch):
+    option = ["--report-dir", "/proc/forbidden"] if named == "--report-dir" else []
+    if not option:
+        monkeypatch.setenv(named, "/proc/forbidden")
     completed, seconds = run_python(
-        "-m", "pytest", "experiments/test_1_base_model.py", "--report-dir", "/proc/forbidden",
-        "--collect-only", "-q", "-p", "no:cacheprovider",
+        "-m", "pytest", "experiments/test_1_base_model.py", *option, "--collect-only", "-q", "-p", "no:cacheprovider",
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode != 0, output
     assert "/proc/forbidden" in output and "--report-dir" in output and "--no-report" in output
+    assert option or "set LAB_REPORT_DIR to a folder you can write, or unset it" in output
     assert seconds < 30
 
 
@@ -319,8 +371,12 @@ def test_unwritable_report_dir_stops_pytest(run_python):
     [
         (["--backbones", "nosuchnet"], ["nosuchnet", "--backbones", "mobilenet_v2"]),
         (["--subset", "0"], ["--subset", "positive"]),
+        # Was an INTERNALERROR (MemoryError): a range of 2**32 seeds.
+        (["--seeds=4294967296"], ["--seeds 4294967296", "more than 100"]),
+        # Was --seed ignored without a word.
+        (["--seeds", "0,1", "--seed", "5"], ["--seed 5 and the list --seeds 0,1", "drop --seed"]),
     ],
-    ids=["backbones", "subset"],
+    ids=["backbones", "subset", "seeds-2**32", "seeds-list-with-seed"],
 )
 def test_bad_option_is_a_usage_error(option, fragments, run_python):
     completed, seconds = run_python(
@@ -477,10 +533,22 @@ def test_path_options_default_to_their_environment_variables(monkeypatch):
     monkeypatch.setenv("LAB_DATA_DIR", "/from/environment")
     monkeypatch.setenv("LAB_REPORT_DIR", "")
     monkeypatch.delenv("LAB_WEIGHTS_DIR", raising=False)
-    assert config.path_default("data_dir") == "/from/environment"
+    assert config.path_option("data_dir", None) == ("/from/environment", "LAB_DATA_DIR")
+    assert config.path_option("data_dir", "/given") == ("/given", "--data-dir")
     # An empty variable is an unset one: the fallback stands.
-    assert config.path_default("report_dir", "reports") == "reports"
-    assert config.path_default("weights_dir") is None
+    assert config.path_option("report_dir", None, "reports") == ("reports", "--report-dir")
+    assert config.path_option("weights_dir", None) == (None, "--weights-dir")
+
+
+@pytest.mark.parametrize("option, variable", [("--data-dir", "LAB_DATA_DIR"), ("--weights-dir", "LAB_WEIGHTS_DIR")])
+def test_a_bad_path_from_the_environment_names_the_variable(option, variable, monkeypatch):
+    monkeypatch.setenv(variable, "/nonexistent/from-environment")
+
+    with pytest.raises(LabInputError) as raised:
+        config.build_config(**_options())
+    message = str(raised.value)
+    assert f"{variable}=/nonexistent/from-environment is not a folder: set {variable} to " in message
+    assert message.endswith("or unset it") and option not in message
 
 
 def test_corrupt_cifar10_image_stops_the_run_before_any_test_trains(make_image_folder, run_python, monkeypatch):
