@@ -110,6 +110,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "(default 2G); a stage over it trains end to end")
     group.addoption("--tensorboard", metavar="DIR", default=None,
                     help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>")
+    group.addoption("--worker-timeout", type=float, default=distribution.DEFAULT_WORKER_TIMEOUT, metavar="SECONDS",
+                    help="--strategy multiworker: how long to wait for every other machine TF_CONFIG names to "
+                    "accept a connection, then stop naming those that did not "
+                    f"(default {distribution.DEFAULT_WORKER_TIMEOUT:g})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -142,6 +146,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 cached=config.getoption("cached"),
                 cache_budget=config.getoption("cache_budget"),
                 dataset=config.getoption("dataset"),
+                worker_timeout=config.getoption("worker_timeout"),
             )
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
@@ -162,28 +167,41 @@ def pytest_configure(config: pytest.Config) -> None:
             LabSession(config, run, None if config.getoption("no_report") else report_dir), "lab-session"
         )
     if not config.getoption("no_report") and not _is_worker(config):
-        _check_writable(report_dir, report_dir_name)
+        _check_writable(report_dir, "reports", _report_dir_fix(report_dir_name))
+    if run.tensorboard_dir and not _is_worker(config):
+        _check_writable(
+            run.tensorboard_dir, "TensorBoard logs", "pass --tensorboard a folder you can write, or leave it out"
+        )
     _pin_worker_gpu(config)
-    _apply_run_settings(run)
+    try:
+        _apply_run_settings(run)
+    except LabInputError as error:
+        # A machine of --strategy multiworker that did not answer.
+        raise pytest.UsageError(str(error)) from None
 
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _check_writable(report_dir: str, name: str) -> None:
-    """A usage error naming `--report-dir` or `LAB_REPORT_DIR`, whichever set `report_dir`, if it cannot be written."""
+def _check_writable(folder: str, what: str, fix: str) -> None:
+    """A usage error saying that `what` cannot be written to `folder`, and `fix`, if it cannot."""
     try:
-        os.makedirs(report_dir, exist_ok=True)
-        probe = os.path.join(report_dir, f".write-check-{os.getpid()}")
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-check-{os.getpid()}")
         with open(probe, "w", encoding="utf-8"):
             pass
         os.remove(probe)
     except OSError as error:
-        fix = "pass --report-dir PATH or --no-report"
-        if name != "--report-dir":
-            fix = f"set {name} to a folder you can write, or unset it; or {fix}"
-        raise pytest.UsageError(f"cannot write reports to {report_dir} ({error.strerror}): {fix}") from None
+        raise pytest.UsageError(f"cannot write {what} to {folder} ({error.strerror}): {fix}") from None
+
+
+def _report_dir_fix(name: str) -> str:
+    """How to give the report a folder, naming `--report-dir` or `LAB_REPORT_DIR`, whichever set it."""
+    fix = "pass --report-dir PATH or --no-report"
+    if name != "--report-dir":
+        fix = f"set {name} to a folder you can write, or unset it; or {fix}"
+    return fix
 
 
 def _pin_worker_gpu(config: pytest.Config) -> None:
@@ -205,7 +223,7 @@ def _apply_run_settings(run: RunConfig) -> None:
     if run.strategy == "mirrored":
         distribution.use_mirrored_strategy()
     elif run.strategy == "multiworker":
-        distribution.use_multiworker_strategy()
+        distribution.use_multiworker_strategy(run.worker_timeout)
     reproducibility.seed_everything(run.seed)
     if run.run_eagerly:
         # Tracing ResNet50's training step takes about 20 s on two CPU cores, an eager step 1 s.

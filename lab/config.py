@@ -61,6 +61,7 @@ class RunConfig:
         cached: `auto` trains each stage of experiment 5 on its frozen prefix's cached
             activations where that gives the same training, `off` always end to end.
         cache_budget: the most bytes one stage's cached activations may take.
+        worker_timeout: seconds `--strategy multiworker` waits for the other tasks of TF_CONFIG.
     """
 
     profile: Profile
@@ -84,6 +85,7 @@ class RunConfig:
     early_stopping: int | None = None
     cached: str = "auto"
     cache_budget: int = stage_cache.DEFAULT_CACHE_BUDGET
+    worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
         """The backbones experiment `pretrained`, `freeze` or `unfreeze` covers."""
@@ -231,6 +233,7 @@ def build_config(
     cached: str = "auto",
     cache_budget: str = "2G",
     dataset: str = "tf_flowers",
+    worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT,
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
@@ -278,6 +281,12 @@ def build_config(
         raise LabInputError(f"unknown --strategy {strategy!r}: use one of {', '.join(DISTRIBUTION_STRATEGIES)}")
     if strategy == "multiworker":
         distribution.check_multiworker_config()
+    # NaN and infinity too: an unbounded wait is the hang the timeout is there to end.
+    if not 0 < worker_timeout < float("inf"):
+        raise LabInputError(
+            f"--worker-timeout must be a finite, positive number of seconds, got {worker_timeout}: how long "
+            "--strategy multiworker waits for the other machines of TF_CONFIG"
+        )
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
         raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
     check_fine_tuning(lr_schedule, lr_factor, early_stopping)
@@ -312,6 +321,7 @@ def build_config(
         early_stopping=early_stopping,
         cached=cached,
         cache_budget=budget_bytes,
+        worker_timeout=worker_timeout,
     )
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 
 import tensorflow as tf
 
@@ -18,6 +22,12 @@ TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
     '"task": {"type": "worker", "index": 0}}\''
 )
+# Seconds `--strategy multiworker` waits for every other machine of TF_CONFIG to accept a
+# connection (`--worker-timeout`): machines started by hand, one after another, come up minutes apart.
+DEFAULT_WORKER_TIMEOUT = 300.0
+# Seconds one connection attempt may take (a firewall drops it silently), and between two rounds.
+CONNECT_TIMEOUT = 2.0
+PROBE_INTERVAL = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +124,89 @@ class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy
         return tf.nest.map_structure(reduce_one, value)
 
 
-def use_multiworker_strategy() -> tf.distribute.Strategy:
+def split_address(address: str) -> tuple[str, int]:
+    """The host and port of a TF_CONFIG address, `host1:12345` or `[::1]:12345`.
+
+    Raises:
+        LabInputError: the address has no port.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise LabInputError(f"TF_CONFIG address {address!r} needs a host and a port: set it as in {TF_CONFIG_EXAMPLE}")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_workers(task: ClusterTask, timeout: float) -> None:
+    """Waits until every other task of the cluster accepts a connection, `timeout` seconds at most.
+
+    TensorFlow's collective setup waits for an absent worker without end, and its C++ code
+    takes SIGTERM meanwhile as a preemption notice and carries on: this wait, in Python, ends
+    in time and on a signal. While it waits, this task listens on its own port, so that the
+    others' waits for it end too; TensorFlow's server takes the port over afterwards.
+
+    Raises:
+        LabInputError: naming every address that did not answer in time, and why.
+    """
+    own = task.jobs[task.task_type][task.index]
+    others = [
+        address
+        for job, addresses in task.jobs.items()
+        for index, address in enumerate(addresses)
+        if (job, index) != (task.task_type, task.index)
+    ]
+    deadline = time.monotonic() + timeout
+    with _listening_on(own):
+        unanswered = {address: _connect_error(address) for address in others}
+        while any(unanswered.values()) and time.monotonic() < deadline:
+            time.sleep(PROBE_INTERVAL)
+            for address in [address for address, error in unanswered.items() if error]:
+                unanswered[address] = _connect_error(address)
+    failed = [f"{address} ({error})" for address, error in unanswered.items() if error]
+    if failed:
+        raise LabInputError(
+            f"--strategy multiworker: {', '.join(failed)} did not accept a connection within "
+            f"--worker-timeout {timeout:g} s: start the same command there with its own TF_CONFIG task, "
+            "or correct the address in TF_CONFIG"
+        )
+
+
+@contextlib.contextmanager
+def _listening_on(address: str) -> Iterator[None]:
+    """Accepts connections (never served) on this task's port while it waits for the others."""
+    port = split_address(address)[1]
+    family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
+    try:
+        server = socket.create_server(("", port), family=family, dualstack_ipv6=family == socket.AF_INET6)
+    except OSError as error:
+        raise LabInputError(
+            f"--strategy multiworker: this machine's task in TF_CONFIG has the address {address}, but its port "
+            f"cannot be opened here ({error.strerror}): give this task a free port"
+        ) from None
+    with server:
+        yield
+
+
+def _connect_error(address: str) -> str | None:
+    """Why a connection to `address` failed, or None if it succeeded."""
+    try:
+        with socket.create_connection(split_address(address), timeout=CONNECT_TIMEOUT):
+            return None
+    except OSError as error:
+        return error.strerror or str(error) or type(error).__name__
+
+
+def use_multiworker_strategy(worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> tf.distribute.Strategy:
     """Makes MultiWorkerMirroredStrategy over TF_CONFIG's cluster the default from now on.
 
     Every worker runs the same program: the chief's initial weights are broadcast to all, and
     gradients are summed across all of them at each step, so their weights stay identical. Must
     run before TensorFlow initialises its devices.
+
+    Raises:
+        LabInputError: TF_CONFIG is unset or malformed, or another task did not answer within
+            `worker_timeout` seconds.
     """
-    check_multiworker_config()
+    wait_for_workers(check_multiworker_config(), worker_timeout)
     strategy = KerasMultiWorkerMirroredStrategy()
     tf.distribute.experimental_set_strategy(strategy)
     return strategy

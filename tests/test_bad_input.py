@@ -570,3 +570,15 @@ def test_corrupt_cifar10_image_stops_the_run_before_any_test_trains(make_image_f
     # Experiment 1 needs only the flowers, which are fine: it must not have run either.
     assert "no tests ran" in output, output
 
+
+def test_unwritable_tensorboard_folder_stops_pytest_before_any_test(run_python, tmp_path):
+    # A folder under a regular file cannot be made, even by root (CI runs as root).
+    (tmp_path / "a-file").write_text("")
+    logs = tmp_path / "a-file" / "logs"
+    completed, _ = run_python(
+        "-m", "pytest", "experiments/test_1_base_model.py", f"--tensorboard={logs}",
+        "--collect-only", "-q", "-p", "no:cacheprovider", "--no-report",
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert f"cannot write TensorBoard logs to {logs}" in output and "--tensorboard" in output, output

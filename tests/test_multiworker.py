@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,6 +31,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Each worker trains the lab CNN for one epoch on this many mock images at 32 px.
 WORKER_IMAGES = 64
 WORKER_TIMEOUT_SECONDS = 180
+# A session that waits for an unreachable worker: importing TensorFlow on a busy machine, then
+# --worker-timeout, must fit in this many seconds.
+SESSION_LIMIT_SECONDS = 120
 
 
 def tf_config(workers: list[str], task_type: str = "worker", index: int = 0, chief: str | None = None) -> str:
@@ -98,6 +103,69 @@ def free_ports(count: int) -> list[int]:
     finally:
         for held in sockets:
             held.close()
+
+
+def start_multiworker_session(addresses: list[str], worker_timeout: float) -> subprocess.Popen:
+    """`pytest --strategy multiworker` as worker 0 of `addresses`, collecting experiment 1 only."""
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "--collect-only", "-q",
+            "--no-report", "-p", "no:cacheprovider", "--data-source", "mock", "--weights", "none",
+            "--strategy", "multiworker", "--worker-timeout", str(worker_timeout),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CONFIG": tf_config(addresses), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str]:
+    """The exit status and output of a session, which must end within SESSION_LIMIT_SECONDS."""
+    try:
+        stdout, stderr = process.communicate(timeout=SESSION_LIMIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, stdout + stderr
+
+
+def test_an_unreachable_worker_stops_the_session_within_the_timeout_naming_its_address():
+    own, closed = free_ports(2)
+    unreachable = f"127.0.0.1:{closed}"
+    process = start_multiworker_session([f"127.0.0.1:{own}", unreachable], worker_timeout=2)
+
+    returncode, output = finished(process)
+    assert returncode == pytest.ExitCode.USAGE_ERROR, output[-3000:]
+    assert unreachable in output and "--worker-timeout 2 s" in output, output[-3000:]
+
+
+def test_sigterm_stops_a_session_waiting_for_a_worker():
+    own, closed = free_ports(2)
+    process = start_multiworker_session([f"127.0.0.1:{own}", f"127.0.0.1:{closed}"], worker_timeout=600)
+    try:
+        # The session listens on its own address while it waits for the others: then it is waiting.
+        deadline = time.monotonic() + SESSION_LIMIT_SECONDS
+        while not accepts_connections(f"127.0.0.1:{own}"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the session never started waiting for the other worker"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        returncode, output = finished(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert returncode == -signal.SIGTERM, output[-3000:]
+
+
+def accepts_connections(address: str) -> bool:
+    try:
+        with socket.create_connection(distribution.split_address(address), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def test_two_workers_train_to_identical_weights(tmp_path):
