@@ -96,6 +96,11 @@ class LabSession:
             self._previous_sigterm_handler = signal.signal(signal.SIGTERM, self._terminated)
 
     def _terminated(self, signum, frame) -> None:
+        # Only the first signal stops the session: `timeout` sends SIGTERM to its command and
+        # again to the command's process group, and a second KeyboardInterrupt raised while
+        # pytest handles the first escapes it as a traceback after the report.
+        if self.stop_reason is not None:
+            return
         self.stop_reason = "terminated (SIGTERM)"
         raise KeyboardInterrupt
 

@@ -23,16 +23,40 @@ STRUCTURE = "experiments/test_3_pretrained_backbone.py::test_backbone_matches_ke
 CHEAP = ("--data-source", "mock", "--weights", "none", "--subset", "16", "-p", "no:cacheprovider")
 
 # Loaded with -p: stops the session as soon as the first test has finished, in the process
-# that runs the session (the controller under xdist), the way the parameter says.
+# that runs the session (the controller under xdist), the way STOP_WITH says. The test HOLD
+# names waits until the session has handled the stop (it writes RELEASE), so that on a busy
+# machine it cannot finish first; SIGTERM comes twice, the second while the first is handled,
+# as `timeout` sends it.
 INTERRUPTER = """
-import os, signal
+import os, signal, time
+
+CONTROLLER = "PYTEST_XDIST_WORKER" not in os.environ
+HOLD_SECONDS = 240
+stopped = False
+
+def pytest_runtest_setup(item):
+    if os.environ["HOLD"] in item.nodeid:
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not os.path.exists(os.environ["RELEASE"]):
+            assert time.monotonic() < deadline, "the session was not stopped"
+            time.sleep(0.05)
 
 def pytest_runtest_logreport(report):
-    if report.when == "teardown" and "PYTEST_XDIST_WORKER" not in os.environ:
-        if os.environ["STOP_WITH"] == "sigterm":
-            os.kill(os.getpid(), signal.SIGTERM)
-        else:
-            raise KeyboardInterrupt
+    global stopped
+    if report.when == "teardown" and CONTROLLER and not stopped:
+        stopped = True
+        stop()
+
+def pytest_keyboard_interrupt(excinfo):
+    open(os.environ["RELEASE"], "w").close()
+    if os.environ["STOP_WITH"] == "sigterm":
+        stop()
+
+def stop():
+    if os.environ["STOP_WITH"] == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+    else:
+        raise KeyboardInterrupt
 """
 
 
@@ -116,7 +140,8 @@ def test_a_selection_that_all_passed_is_complete(sessions):
     texts = [path.read_text() for path in session.report_dir.rglob("*") if path.suffix in (".md", ".json")]
     for leak in (str(session.directory), ROOT):
         assert not [text for text in texts if leak in text], f"{leak} is in the report"
-    assert results["run"]["weights_description"].endswith(f"--weights-dir {session.directory.name}/weights")
+    # `…/NAME/weights`, or `../NAME/weights` where the session's folder shares a parent with the checkout.
+    assert results["run"]["weights_description"].endswith(f"/{session.directory.name}/weights")
 
     if not results["run"]["device"]["gpu_count"]:
         assert any("--mixed-precision without a GPU" in w for w in results["run"]["warnings"])
@@ -129,14 +154,17 @@ def _sigterm_session(start_pytest, directory: pathlib.Path):
     return start_pytest(
         directory, "experiments/test_3_pretrained_backbone.py", "-k", "structure",
         "--backbones", "mobilenet,mobilenet_v2", *CHEAP, plugins={"interrupter": INTERRUPTER}, STOP_WITH="sigterm",
+        HOLD="[mobilenet_v2]", RELEASE=str(directory / "stopped"),
     )
 
 
 def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run(sessions):
-    """SIGTERM (what `timeout` and CI cancellation send) ends a session as Ctrl-C does."""
+    """SIGTERM (what `timeout` and CI cancellation send) ends a session as Ctrl-C does, and a
+    second SIGTERM changes nothing."""
     session = sessions["sigterm"]
     process = session.finished()
     assert process.returncode == pytest.ExitCode.INTERRUPTED, process.stdout[-3000:] + process.stderr[-3000:]
+    assert "Traceback" not in process.stdout + process.stderr, process.stderr[-3000:]
 
     markdown = (session.report_dir / "latest-smoke.md").read_text()
     assert "**Incomplete run**: terminated (SIGTERM); 1 tests did not run" in markdown
@@ -154,12 +182,16 @@ def _xdist_session(start_pytest, directory: pathlib.Path):
     return start_pytest(
         directory, "experiments/test_3_pretrained_backbone.py", "-n", "2", "-k", "structure",
         "--deselect", f"{STRUCTURE}[vgg16]", "--backbones", "mobilenet,mobilenet_v2,vgg16", *CHEAP,
-        plugins={"interrupter": INTERRUPTER}, STOP_WITH="ctrl-c",
+        plugins={"interrupter": INTERRUPTER}, STOP_WITH="ctrl-c", HOLD="[mobilenet_v2]",
+        RELEASE=str(directory / "stopped"),
     )
 
 
 def test_a_run_cut_short_under_xdist_lists_the_selected_tests_that_did_not_run(sessions):
-    """Ctrl-C in the controller of `-n 2`, after the first test: the rest of the selection did not run."""
+    """Ctrl-C in the controller of `-n 2`, after the first test: the rest of the selection did not run.
+
+    xdist hands each worker one of the two tests; the second waits for the interrupt.
+    """
     session = sessions["xdist"]
     process = session.finished()
     assert process.returncode == pytest.ExitCode.INTERRUPTED, process.stdout[-3000:] + process.stderr[-3000:]
@@ -276,6 +308,8 @@ def test_sigterm_is_handled_during_the_session_only(pytestconfig, run_config, tm
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGTERM)
         assert session.stop_reason == "terminated (SIGTERM)"
+        # A second signal while the session winds down is ignored: no second KeyboardInterrupt.
+        signal.raise_signal(signal.SIGTERM)
     finally:
         session.restore_sigterm()
     assert signal.getsignal(signal.SIGTERM) is before
@@ -286,11 +320,13 @@ def test_sigterm_is_handled_during_the_session_only(pytestconfig, run_config, tm
     [
         ("{root}/reports/run/results.json", "reports/run/results.json"),
         ("{root}", "."),
-        ("/home/someone/datasets/flowers", "datasets/flowers"),
-        ("{root}-other/data", "{root_name}-other/data"),
+        ("{root}-other/data", "../{root_name}-other/data"),
+        ("/home/someone/datasets/flowers", "\u2026/datasets/flowers"),
     ],
 )
-def test_paths_inside_the_project_are_relative_and_others_keep_two_components(path, shown):
+def test_paths_are_relative_to_the_project_or_keep_two_components(path, shown):
+    # The last two components only where the path shares no folder but `/` with the project:
+    # `../../home/someone/...` would spell out its whole location.
     root = "/srv/lab"
     assert environment.display_path(path.format(root=root), root) == shown.format(root_name="lab")
 
@@ -302,8 +338,8 @@ def test_absolute_paths_in_messages_are_shortened_and_nothing_else_is():
         "Pass --data-dir=/mnt/big/data, see https://storage.googleapis.com/x/y; 3/4 of 32-64-128"
     )
     assert environment.display_paths_in(text, root) == (
-        "weights file models/mobilenet.h5 not in weights. "
-        "Pass --data-dir=big/data, see https://storage.googleapis.com/x/y; 3/4 of 32-64-128"
+        "weights file \u2026/models/mobilenet.h5 not in weights. "
+        "Pass --data-dir=\u2026/big/data, see https://storage.googleapis.com/x/y; 3/4 of 32-64-128"
     )
 
 
