@@ -15,10 +15,19 @@ def temporary_beside(path: str, suffix: str) -> str:
     )
     os.close(handle)
     # mkstemp makes the file private; the final file gets the usual umask-based mode.
+    os.chmod(temporary, usual_mode(0o666))
+    return temporary
+
+
+def usual_mode(mode: int) -> int:
+    """`mode` less the process's umask: what open() (0o666) or mkdir() (0o777) would give.
+
+    tempfile's files and folders are private (0600, 0700) whatever the umask, which a rename
+    into place would keep.
+    """
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    return temporary
+    return mode & ~umask
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:

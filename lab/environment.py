@@ -72,30 +72,36 @@ def git_commit(directory: str) -> str:
         return "unknown"
 
 
-# An absolute path inside free text: a "/" at the start or after a space, quote, bracket or
-# "=", up to the next space, quote or punctuation that ends a path in a message.
-_ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"(\[=])/[^\s'\"()\[\]:;,]+")
+# Stands for the folders left out of a path that shares no folder but `/` with the project.
+ELIDED = "\u2026"
+# An absolute path inside free text: a "/" that does not continue a word, a relative path, a
+# URL or a path already shortened (`s/epoch`, `./x`, `https://`, `…/x`), and its components up
+# to a space, a quote, a bracket or punctuation that ends a path in a message.
+_ABSOLUTE_PATH = re.compile(rf"(?<![\w.~/{ELIDED}-])(?:/[^\s/,;:()'\"\[\]<>|`]+)+")
 
 
-def display_path(path: str, root: str) -> str:
+def display_path(path: str, root: str | None = None) -> str:
     """How a report names `path` without telling where this machine keeps its files.
+
+    One style for every path: as seen from the project's folder, `reports/run` inside it and
+    `../shared/data/weights` beside it, so that paths of one tree read as one tree. A path that
+    shares only `/` with the project (or any path, when `root` is unknown) would spell out its
+    whole location that way: it keeps its last two components after `ELIDED` (`…/datasets/flowers`).
 
     Args:
         path: a file or folder; a relative one is taken from the working directory.
-        root: the project's folder.
-
-    Returns:
-        `path` relative to `root` when it lies inside it, else its last two components.
+        root: the project's folder, or None where it is not known (a results file from elsewhere).
     """
     absolute = os.path.abspath(path)
-    root = os.path.abspath(root)
-    if os.path.commonpath([absolute, root]) == root:
-        return os.path.relpath(absolute, root)
-    components = [part for part in absolute.split(os.sep) if part]
-    return os.path.join(*components[-2:])
+    if root is not None:
+        root = os.path.abspath(root)
+        if os.path.commonpath([absolute, root]) != os.path.sep:
+            return os.path.relpath(absolute, root)
+    components = [part for part in absolute.split(os.path.sep) if part]
+    return os.path.join(ELIDED, *components[-2:])
 
 
-def display_paths_in(text: str, root: str) -> str:
+def display_paths_in(text: str, root: str | None = None) -> str:
     """`text` (a message, a table cell) with every absolute path in it as `display_path` names it."""
 
     def shorten(match: re.Match) -> str:

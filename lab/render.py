@@ -6,12 +6,11 @@ Rendering writes nothing: `lab.report.write_report` puts the markdown and figure
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import Counter, defaultdict
 
 from tabulate import tabulate
 
-from lab import plots, statistics, timesplit
+from lab import environment, plots, statistics, timesplit
 from lab.errors import LabInputError
 from lab.results import (
     ACCURACY_COLUMNS,
@@ -26,8 +25,6 @@ from lab.results import (
 
 MODES = ("unfrozen", "frozen", "frozen-cached")
 BENCHMARK_EXPERIMENT = 4
-# Two or more `/name` components not preceded by a path or word character: an absolute path.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(?:/[^\s/,;:()'\"\[\]<>|`]+){2,}")
 
 
 @dataclasses.dataclass
@@ -208,12 +205,12 @@ def cell(value) -> str:
 
 
 def public_text(text: str) -> str:
-    """`text` with every absolute path cut to its last two components.
+    """`text` with every absolute path shortened as `environment.display_path` does without a root.
 
     Reports are committed and shared: they should not carry the folder names of the machine
     they ran on, whichever machine wrote the results file.
     """
-    return _ABSOLUTE_PATH.sub(lambda match: "/".join(match.group().split("/")[-2:]), text)
+    return environment.display_paths_in(text)
 
 
 def _accuracy_cells(column: str, per_seed: list[float], n_images: int | None) -> dict:

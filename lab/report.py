@@ -6,6 +6,10 @@ regenerated from its results.json without training, and two runs compared:
     python -m lab.report reports/RUN/results.json [--benchmark-json FILE] [--out-dir DIR] [--name NAME]
     python -m lab.report --compare A.json B.json
 
+from the checkout's folder, or from any other with `PYTHONPATH=PATH/TO/CHECKOUT`: `python -m`
+finds `lab` on the import path, which holds the working folder, and requirements.txt installs
+no package of the lab.
+
 Rendering lives in `lab.render` and `lab.plots`, the comparison in `lab.compare`.
 """
 
@@ -61,6 +65,8 @@ def write_report(results: Results, report_dir: str, stem: str, latest_name: str 
         os.makedirs(report_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=report_dir)
         written.append(staging)
+        # Readable by whoever can read the markdown beside it: mkdtemp's folder is private.
+        os.chmod(staging, atomic.usual_mode(0o777))
         for name, payload in files.items():
             atomic.atomic_write_bytes(os.path.join(staging, name), payload)
         os.rename(staging, figures_dir)
@@ -150,7 +156,10 @@ def load_benchmarks(path: str) -> list[BenchmarkResult]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m lab.report`: regenerates a report, or compares two runs; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m lab.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.report", description=__doc__.split("\n")[0],
+        epilog="From outside the checkout: PYTHONPATH=PATH/TO/CHECKOUT python -m lab.report ...",
+    )
     parser.add_argument("results", nargs="?", help="a results.json that a pytest session saved")
     parser.add_argument("--benchmark-json", metavar="FILE", help="epoch times from pytest --benchmark-json")
     parser.add_argument(

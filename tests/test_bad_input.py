@@ -134,7 +134,7 @@ def test_unknown_backbone_in_the_registry():
         "folder-without-dir", "missing-data-dir", "unknown-weights", "missing-weights-dir", "unknown-strategy",
         "seed-negative", "seed-too-large", "backbones-empty", "backbones-only-commas",
         "seeds-zero", "seeds-negative", "seeds-negative-in-list", "seeds-not-numeric", "seeds-repeated",
-        "seeds-too-large", "seeds-count-past-the-largest", "seeds-count-of-2**32", "seeds-count-past-the-cap",
+        "seeds-too-large", "seeds-count-past-the-largest", "seeds-count-2pow32", "seeds-count-past-the-cap",
         "seeds-list-past-the-cap", "seeds-list-with-seed", "lr-factor-infinite", "lr-factor-huge", "lr-factor-nan",
         "lr-factor-below-1", "cache-budget-unknown-unit", "cache-budget-zero", "cache-budget-negative",
         "cache-budget-unparsable", "cached-unknown",
@@ -376,7 +376,7 @@ def test_unwritable_report_dir_stops_pytest_naming_what_set_it(named, run_python
         # Was --seed ignored without a word.
         (["--seeds", "0,1", "--seed", "5"], ["--seed 5 and the list --seeds 0,1", "drop --seed"]),
     ],
-    ids=["backbones", "subset", "seeds-2**32", "seeds-list-with-seed"],
+    ids=["backbones", "subset", "seeds-2pow32", "seeds-list-with-seed"],
 )
 def test_bad_option_is_a_usage_error(option, fragments, run_python):
     completed, seconds = run_python(

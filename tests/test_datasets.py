@@ -131,3 +131,25 @@ def test_tfds_splits_prefer_validation_then_test_else_hold_out_a_fifth():
     assert datasets.split_sizes({"train": 50}) == [("train[:80%]", 40), ("train[80%:]", 10)]
     with pytest.raises(LabInputError, match="has no train split"):
         datasets.tfds_splits({"test": 5})
+
+
+def test_a_relative_data_dir_gives_the_dataset_an_absolute_folder(make_image_folder, monkeypatch):
+    # A relative folder reached the report as typed (`../shared/data/flower_photos`), beside
+    # the shortened absolute paths of the same tree.
+    folder = make_image_folder()
+    monkeypatch.chdir(folder.data_dir)
+
+    run = _run(data_source="folder", data_dir=".")
+
+    assert run.data_dir == folder.data_dir and run.dataset.folder == str(folder.root)
+
+
+def test_hidden_folders_and_files_are_neither_classes_nor_images(leaves):
+    (leaves.root / ".ipynb_checkpoints").mkdir()
+    (leaves.root / ".ipynb_checkpoints" / "a_0.jpg").write_bytes((leaves.root / "a" / "a_0.jpg").read_bytes())
+    (leaves.root / "a" / "._a_0.jpg").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
+
+    spec = _run(dataset=str(leaves.root)).dataset
+
+    assert spec.class_names == ("a", "b", "c")
+    assert spec.split_sizes == (("train", 8), ("validation", 2))

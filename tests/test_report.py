@@ -1,17 +1,21 @@
 """The report: lab/render.py (markdown), lab/plots.py (figures), lab/compare.py (two runs side
 by side) and lab/report.py (the report on disk, pytest's summary lines, `python -m lab.report`).
 
-Every input is a small hand-made `Results`; only two tests start a Python process, to run the
+Every input is a small hand-made `Results`; only three tests start a Python process, to run the
 command line as a user does.
 """
 
 import errno
 import json
 import os
+import pathlib
+import stat
+import subprocess
+import sys
 
 import pytest
 
-from lab import atomic, compare, render, report
+from lab import atomic, compare, environment, render, report
 from lab.results import (
     BenchmarkResult,
     Curves,
@@ -23,6 +27,7 @@ from lab.results import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(**fields) -> RunHeader:
@@ -152,15 +157,36 @@ def test_render_cuts_absolute_paths_to_their_last_two_components():
 
     assert "/home" not in markdown and "alice" not in markdown
     for kept in (
-        "folder projects/data",
-        "--weights-dir lab/weights",
-        "'data/x.jpg'",
-        "wrote tb/logs",
-        "file weights/m.h5",
+        "folder \u2026/projects/data",
+        "--weights-dir \u2026/lab/weights",
+        "'\u2026/data/x.jpg'",
+        "wrote \u2026/tb/logs",
+        "file \u2026/weights/m.h5",
     ):
         assert kept in markdown
     # Not absolute paths: shapes, units, fractions.
     assert render.public_text("3x3x2048, 0.5 s/epoch, 1/2") == "3x3x2048, 0.5 s/epoch, 1/2"
+
+
+def test_one_data_tree_reads_as_one_tree_in_one_path_style():
+    # Was `shared/data`, `data/weights` (as if inside the project) and `../shared/data/flower_photos`.
+    root = "/srv/checkout"
+    header = [
+        "folder /srv/shared/data",
+        "--weights imagenet, --weights-dir /srv/shared/data/weights",
+        "flower_photos (folder /srv/shared/data/flower_photos): 5 classes",
+    ]
+
+    shown = [environment.display_paths_in(text, root) for text in header]
+
+    assert shown == [
+        "folder ../shared/data",
+        "--weights imagenet, --weights-dir ../shared/data/weights",
+        "flower_photos (folder ../shared/data/flower_photos): 5 classes",
+    ]
+    # The render's pass, which knows no root, leaves what the session shortened as it is.
+    assert [render.public_text(text) for text in shown] == shown
+    assert render.public_text(environment.display_paths_in("in /tmp/run/a.jpg.", root)) == "in \u2026/run/a.jpg."
 
 
 def test_benchmark_rows_speedups_are_unfrozen_over_mode():
@@ -237,6 +263,22 @@ def test_write_report_on_a_full_disk_leaves_nothing_half_written(failing_file, t
     # The reports folder this call created is gone too; the previous latest report is intact.
     assert _tree(tmp_path) == {"latest-smoke.md"}
     assert (tmp_path / "latest-smoke.md").read_text() == "previous report"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_write_report_gives_its_folder_the_modes_mkdir_and_open_would(umask, tmp_path):
+    # The folder was mkdtemp's 0700 beside a 0644 markdown: others read the report, not its plots.
+    previous = os.umask(umask)
+    try:
+        report.write_report(_results(), str(tmp_path), "run", None)
+    finally:
+        os.umask(previous)
+
+    def mode(name: str) -> int:
+        return stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+
+    assert mode("run") == 0o777 & ~umask
+    assert mode("run.md") == mode("run/results.json") == mode("run/epoch-seconds.png") == 0o666 & ~umask
 
 
 def test_write_report_never_replaces_an_existing_report(tmp_path):
@@ -346,6 +388,23 @@ def test_report_command_regenerates_a_report_without_tensorflow(tmp_path, run_py
     figures = tmp_path / "reports" / "smoke-cpu-run-regenerated"
     assert (figures / "epoch-seconds.png").read_bytes().startswith(PNG_SIGNATURE)
     assert Results.from_json(json.loads((figures / "results.json").read_text())) == results
+
+
+def test_report_command_runs_from_any_folder_as_the_readme_says(tmp_path):
+    # `python -m` finds `lab` only on sys.path, which holds the working folder, not the checkout.
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "PYTHONPATH=PATH/TO/CHECKOUT python -m lab.report" in readme
+    run_dir = tmp_path / "reports" / "run"
+    run_dir.mkdir(parents=True)
+    _write_results(run_dir, "results.json", _results())
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "lab.report", os.path.join("reports", "run", "results.json")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().splitlines()[-1] == str(tmp_path / "reports" / "run-regenerated.md")
 
 
 @pytest.mark.parametrize(
