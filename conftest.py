@@ -21,6 +21,7 @@ from lab.backbones import get_backbone, resolve_weights
 from lab.config import (
     CACHED_CHOICES,
     DISTRIBUTION_STRATEGIES,
+    MAX_LR_FACTOR,
     WEIGHTS_CHOICES,
     RunConfig,
     build_config,
@@ -56,7 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--seed", type=int, default=None, help="seeds Python, NumPy and TensorFlow (default 0)")
     group.addoption("--seeds", metavar="N|S,S...", default="1",
                     help="run every training case once per seed: N seeds from --seed on (default 1), or the "
-                    "seeds listed (0,1,2); accuracies then carry their spread over seeds")
+                    "seeds listed (0,1,2; not with --seed), at most 100; accuracies then carry their spread over seeds")
     group.addoption("--subset", type=int, default=None, metavar="N",
                     help="training images per dataset, overriding the profile")
     group.addoption("--dataset", metavar="NAME|PATH", default="tf_flowers",
@@ -94,7 +95,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "warm-up over a tenth of the steps, then cosine decay) or triangular (ULMFiT's slanted triangle)")
     group.addoption("--lr-factor", type=float, default=DISCRIMINATIVE_FACTOR, metavar="F",
                     help="discriminative learning rates of experiment 5: each block down from the head learns F "
-                    f"times slower (default {DISCRIMINATIVE_FACTOR}, ULMFiT's; at least 1)")
+                    f"times slower (default {DISCRIMINATIVE_FACTOR}, ULMFiT's; 1 to {MAX_LR_FACTOR:g})")
     group.addoption("--augment", action="store_true",
                     help="random horizontal flips, rotations and zooms of 10%% in front of every backbone classifier "
                     "(experiments 3-5; training only); cases that train on cached features are skipped")
@@ -106,8 +107,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "trains the rest on their cached activations, where that is the same training (else end to "
                     "end, saying why); off always trains end to end, to time the two against each other")
     group.addoption("--cache-budget", metavar="SIZE", default="2G",
-                    help="the most memory one stage's cached activations may take, such as 512M or 2G "
-                    "(default 2G); a stage over it trains end to end")
+                    help="the most memory one stage's cached activations may take: bytes, or K, M, G, T, "
+                    "such as 512M or 2G (default 2G); a stage over it trains end to end")
     group.addoption("--tensorboard", metavar="DIR", default=None,
                     help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>")
     group.addoption("--worker-timeout", type=float, default=distribution.DEFAULT_WORKER_TIMEOUT, metavar="SECONDS",
