@@ -46,6 +46,8 @@ CLASS_NAMES = {
 }
 # The folder each dataset has under --data-dir, as the public archives name them.
 FOLDER_NAMES = {"tf_flowers": "flower_photos", "cifar10": "cifar10"}
+# A message about the data folder names both ways of giving it: loading does not know which one did.
+DATA_DIR_NAMES = "--data-dir (or LAB_DATA_DIR)"
 
 
 @dataclasses.dataclass
@@ -281,7 +283,7 @@ def _folder_files(dataset: DatasetSpec) -> list[tuple[str, int]]:
     if not os.path.isdir(root):
         layout = FOLDER_NAMES.get(dataset.name, os.path.basename(root))
         raise LabInputError(
-            f"{root} does not exist: --data-dir must hold {layout}/<class>/* "
+            f"{root} does not exist: {DATA_DIR_NAMES} must hold {layout}/<class>/* "
             "(the layout of ../shared/data), or use --data-source tfds or mock"
         )
     present = sorted(entry for entry in list_folder(root) if os.path.isdir(os.path.join(root, entry)))
@@ -292,7 +294,7 @@ def _folder_files(dataset: DatasetSpec) -> list[tuple[str, int]]:
         raise LabInputError(
             f"{root}: class folders must be exactly {', '.join(expected)}; "
             f"missing {missing or 'none'}, unexpected {unknown or 'none'}: "
-            "fix the folder or --data-dir, or use --data-source mock"
+            f"fix the folder or {DATA_DIR_NAMES}, or use --data-source mock"
         )
     files = []
     for label, cls in enumerate(expected):
@@ -301,7 +303,7 @@ def _folder_files(dataset: DatasetSpec) -> list[tuple[str, int]]:
         if not images:
             raise LabInputError(
                 f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}): "
-                "add its images or fix --data-dir"
+                f"add its images or fix {DATA_DIR_NAMES}"
             )
         for image in images:
             _check_utf8_name(os.path.join(folder, image))
@@ -318,7 +320,7 @@ def _check_utf8_name(path: str) -> None:
     except UnicodeEncodeError:
         raise LabInputError(
             f"image file name {path!r} is not valid UTF-8, and TensorFlow reads only UTF-8 paths: "
-            "rename the file (or move it out of --data-dir)"
+            "rename the file (or move it out of the data folder)"
         ) from None
 
 

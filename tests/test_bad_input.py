@@ -181,7 +181,8 @@ def test_data_folder_missing_the_dataset_folder(make_image_folder):
         data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
     message = str(raised.value)
     assert os.path.join(folder.data_dir, "flower_photos") in message
-    assert "--data-dir" in message and "--data-source" in message
+    # Loading cannot tell whether the folder came from --data-dir or from LAB_DATA_DIR: both are named.
+    assert "--data-dir (or LAB_DATA_DIR)" in message and "--data-source" in message
 
 
 def test_folder_source_without_a_data_dir():
@@ -202,7 +203,7 @@ def test_class_folder_without_images(leftover, make_image_folder):
     with pytest.raises(LabInputError) as raised:
         data.load("tf_flowers", "folder", 8, None, None, data_dir=folder.data_dir)
     message = str(raised.value)
-    assert str(roses) in message and "--data-dir" in message
+    assert str(roses) in message and "--data-dir (or LAB_DATA_DIR)" in message
 
 
 def test_missing_class_folder(make_image_folder):
