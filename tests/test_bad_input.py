@@ -51,6 +51,13 @@ def _options(**changes):
     return {**GOOD_OPTIONS, **changes}
 
 
+@pytest.fixture(autouse=True)
+def no_path_variables(monkeypatch):
+    """build_config reads LAB_DATA_DIR and its kin for paths not given: the user's own must not reach these tests."""
+    for variable in config.PATH_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+
+
 def test_good_options_pass():
     # The rejections below mean something only if the same call without the bad value passes.
     run = config.build_config(**_options(backbone_names="mobilenet, resnet50", subset=3, seed=config.MAX_SEED))
