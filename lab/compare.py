@@ -17,7 +17,7 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from lab import statistics
+from lab import findings, statistics
 from lab.errors import LabInputError
 from lab.render import BENCHMARK_EXPERIMENT, banners, benchmark_rows, cell, is_measurement, public_text
 from lab.results import ACCURACY_COLUMNS, Results, RunHeader
@@ -88,7 +88,7 @@ def compare(first: Results, second: Results) -> str:
 
 def accuracy_estimates(results: Results) -> dict[tuple, dict[str, Estimate]]:
     """Every validation accuracy of a run with its 95% interval, by (experiment, table, key values)
-    as `cases` identifies rows: one seed's Wilson interval, or several seeds' t-interval."""
+    as `cases` identifies rows: one seed's Wilson interval, or several seeds' over images and seeds."""
     grouped: dict[tuple, list] = defaultdict(list)
     for record in results.records:
         if record.accuracy() is not None and record.validation_images:
@@ -96,13 +96,15 @@ def accuracy_estimates(results: Results) -> dict[tuple, dict[str, Estimate]]:
     estimates: dict[tuple, dict[str, Estimate]] = defaultdict(dict)
     for identity, records in grouped.items():
         records.sort(key=lambda record: record.seed or 0)
-        for column in ACCURACY_COLUMNS:
-            values = [record.row.get(column) for record in records]
-            if all(isinstance(value, float) for value in values):
-                try:
-                    estimates[identity][column] = statistics.estimate_accuracy(values, records[0].validation_images)
-                except LabInputError:
-                    continue
+        correctness = findings.correctness_of(records, results.validation_sets)
+        if correctness is None and len(records) == 1:
+            try:
+                correctness = statistics.Correctness.from_count(records[0].accuracy(), records[0].validation_images)
+            except LabInputError:
+                continue
+        if correctness is not None:
+            column = next(column for column in ACCURACY_COLUMNS if records[0].row.get(column) is not None)
+            estimates[identity][column] = statistics.estimate_accuracy(correctness)
     return estimates
 
 

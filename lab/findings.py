@@ -23,13 +23,14 @@ each a different network), so their p-values stand unadjusted.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 
 from lab import statistics
 from lab.errors import LabInputError
-from lab.results import BenchmarkResult, Record, Results
-from lab.statistics import Comparison
+from lab.results import BenchmarkResult, Record, Results, ValidationSet
+from lab.statistics import Comparison, Correctness
 
 # Experiment 5's baselines: every other strategy is compared with both.
 HEAD_ONLY, FULL = "head-only", "full"
@@ -50,7 +51,9 @@ def comparisons(results: Results) -> list[Comparison]:
     answers = []
     for number, answered in by_experiment.items():
         unanswered = None if answered else _unanswered(results, number)
-        answers += answered + ([unanswered] if unanswered else [])
+        answers += [
+            dataclasses.replace(answer, experiment=number) for answer in answered + ([unanswered] if unanswered else [])
+        ]
     return _adjusted_per_question(answers)
 
 
@@ -91,19 +94,35 @@ def _against_chance(results: Results) -> list[Comparison]:
     answers = []
     for context, arms in _arms(results, 1, None).items():
         question = _question(1, context)
-        by_seed = arms[""]
-        seeds = sorted(by_seed)
-        validation_set = _validation_set(results, by_seed[seeds[0]])
-        if validation_set is None:
+        records = [arms[""][seed] for seed in sorted(arms[""])]
+        validation_set = _validation_set(results, records[0])
+        correct = correctness_of(records, results.validation_sets)
+        if validation_set is None or correct is None:
             reason = "its validation labels were not saved"
             answers.append(statistics.not_compared(question, "the CNN", "chance", reason))
             continue
-        per_seed = [by_seed[seed].accuracy() for seed in seeds]
         answers.append(_guarded(
-            "chance", statistics.compare_with_constant, question, "the CNN", per_seed,
-            by_seed[seeds[0]].validation_images, 1 / validation_set.num_classes,
+            "chance", statistics.compare_with_constant, question, "the CNN", correct, 1 / validation_set.num_classes,
         ))
     return answers
+
+
+def correctness_of(records: list[Record], validation_sets: list[ValidationSet]) -> Correctness | None:
+    """Which validation images each record (one per seed, in seed order) got right.
+
+    Returns:
+        None where a record kept no predictions or its validation labels were not saved.
+    """
+    by_name = {validation_set.name: validation_set for validation_set in validation_sets}
+    predictions, labels = [], []
+    for record in records:
+        validation_set = by_name.get(record.validation_set)
+        if record.predictions is None or validation_set is None:
+            return None
+        predictions.append(record.predictions)
+        labels.append(validation_set.labels)
+    shared_images = len({record.validation_set for record in records}) == 1
+    return Correctness.from_predictions(predictions, labels, shared_images)
 
 
 def _pairs(
@@ -164,30 +183,23 @@ def _strategies(results: Results) -> list[Comparison]:
 def _paired(
     results: Results, question: str, a_name: str, a: dict[int, Record], b_name: str, b: dict[int, Record]
 ) -> Comparison:
-    """Two arms on the seeds both ran: McNemar on their predictions for one seed, a t-interval over several."""
+    """Two arms on the seeds both ran, paired image by image and seed by seed."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return statistics.not_compared(
             question, a_name, b_name, f"they ran different seeds ({_seed_list(a)} and {_seed_list(b)})"
         )
-    first_a, first_b = a[seeds[0]], b[seeds[0]]
-    if first_a.validation_set != first_b.validation_set:
-        return statistics.not_compared(
-            question, a_name, b_name,
-            f"they predicted different validation images ({first_a.validation_set} and {first_b.validation_set})",
-        )
-    if len(seeds) > 1:
-        return _guarded(
-            b_name, statistics.compare_accuracies, question, a_name, [a[seed].accuracy() for seed in seeds],
-            b_name, [b[seed].accuracy() for seed in seeds], first_a.validation_images,
-        )
-    validation_set = _validation_set(results, first_a)
-    if validation_set is None:
+    for seed in seeds:
+        if a[seed].validation_set != b[seed].validation_set:
+            return statistics.not_compared(
+                question, a_name, b_name,
+                f"they predicted different validation images ({a[seed].validation_set} and {b[seed].validation_set})",
+            )
+    a_correct = correctness_of([a[seed] for seed in seeds], results.validation_sets)
+    b_correct = correctness_of([b[seed] for seed in seeds], results.validation_sets)
+    if a_correct is None or b_correct is None:
         return statistics.not_compared(question, a_name, b_name, "their validation labels were not saved")
-    return _guarded(
-        b_name, statistics.compare_predictions, question, a_name, [first_a.predictions],
-        b_name, [first_b.predictions], validation_set.labels,
-    )
+    return _guarded(b_name, statistics.compare_correctness, question, a_name, a_correct, b_name, b_correct)
 
 
 def _speedups(results: Results) -> list[Comparison]:
@@ -222,7 +234,7 @@ def _guarded(b_name: str, compare, question: str, a_name: str, *arguments) -> Co
         return statistics.not_compared(question, a_name, b_name, str(error))
 
 
-def _validation_set(results: Results, record: Record):
+def _validation_set(results: Results, record: Record) -> ValidationSet | None:
     return next((entry for entry in results.validation_sets if entry.name == record.validation_set), None)
 
 

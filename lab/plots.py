@@ -1,4 +1,5 @@
-"""A report's figures as PNG bytes: learning curves, epoch times, accuracy and learning rates by stage.
+"""A report's figures as PNG bytes: learning curves, epoch times, accuracy and learning rates by
+stage, and forest plots of the Findings' comparisons.
 
 Figures are built with matplotlib's object-oriented `Figure`, not pyplot: no global backend
 or figure registry, so rendering works headless and inside any process (pytest's included).
@@ -13,6 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from lab.results import Record
+from lab.statistics import NO_DIFFERENCE, Comparison
 
 
 def learning_curves(records: list[Record]) -> bytes | None:
@@ -117,6 +119,39 @@ def learning_rates(records: list[Record]) -> bytes | None:
     handles = [Line2D([], [], color=colours[name], marker=".", label=name) for name in groups]
     figure.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="group",
                   title_fontsize=7)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def forest(comparisons: list[Comparison]) -> bytes | None:
+    """Each comparison's difference (or speed-up ratio, on a log scale) with its 95% interval,
+    around no difference; filled where the verdict names a winner. None without comparisons."""
+    if not comparisons:
+        return None
+    ratios = [c for c in comparisons if c.measure == "ratio"]
+    differences = [c for c in comparisons if c.measure != "ratio"]
+    groups = [(group, label, reference) for group, label, reference in (
+        (differences, "difference in validation accuracy (A - B)", 0.0),
+        (ratios, "times faster (B's epoch time / A's, log scale)", 1.0),
+    ) if group]
+    figure = Figure(figsize=(7, 0.9 + 0.35 * len(comparisons) + 0.5 * len(groups)))
+    grid = figure.subplots(len(groups), 1, squeeze=False,
+                           gridspec_kw={"height_ratios": [len(group) for group, _, _ in groups]})
+    for axes, (group, label, reference) in zip(grid[:, 0], groups, strict=True):
+        positions = range(len(group))[::-1]
+        for position, comparison in zip(positions, group, strict=True):
+            filled = comparison.verdict != NO_DIFFERENCE
+            axes.errorbar(
+                comparison.effect, position, fmt="o", color="tab:blue",
+                xerr=[[comparison.effect - comparison.low], [comparison.high - comparison.effect]],
+                markerfacecolor="tab:blue" if filled else "white", capsize=3,
+            )
+        axes.axvline(reference, color="grey", linestyle="--", linewidth=1)
+        if reference == 1.0:
+            axes.set_xscale("log")
+        axes.set_yticks(list(positions), [f"{c.question}: {c.a_name} vs {c.b_name}" for c in group], fontsize=7)
+        axes.set_xlabel(label)
+        axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
     return _png(figure)
 

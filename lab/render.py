@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from lab import environment, plots, statistics, timesplit
+from lab import environment, findings, plots, statistics, timesplit
 from lab.errors import LabInputError
 from lab.results import (
     ACCURACY_COLUMNS,
@@ -21,6 +22,7 @@ from lab.results import (
     Results,
     RunHeader,
     TimeSplit,
+    ValidationSet,
 )
 
 MODES = ("unfrozen", "frozen", "frozen-cached")
@@ -62,7 +64,11 @@ def render(results: Results, figures_link: str) -> RenderedReport:
             continue
         lines += [f"## {title}", ""]
         for table_title, table_records in _by_table(records).items():
-            lines += [f"### {table_title}", "", table(table_rows(table_records)), ""]
+            lines += [f"### {table_title}", "", table(table_rows(table_records, results.validation_sets)), ""]
+        compared = [c for c in results.comparisons if c.experiment == number and c.verdict != statistics.NOT_COMPARED]
+        lines += _figure(figures, f"experiment{number}-comparisons.png", plots.forest(compared),
+                         f"experiment {number}'s comparisons with their 95% intervals (the Findings' rows)",
+                         figures_link)
         plotted, seed_note = _one_seed(records)
         lines += _figure(figures, f"experiment{number}-learning-curves.png", plots.learning_curves(plotted),
                          f"learning curves, experiment {number}{seed_note}", figures_link)
@@ -125,13 +131,14 @@ def records_by_experiment(records: list[Record]) -> dict[int, list[Record]]:
     return grouped
 
 
-def table_rows(records: list[Record]) -> list[dict]:
+def table_rows(records: list[Record], validation_sets: Sequence[ValidationSet] = ()) -> list[dict]:
     """One row per table key, with every validation accuracy as `value (low..high)`, its 95% interval.
 
     One seed: the record's row, with the Wilson interval over its validation images. Several
-    seeds of a key: the mean of each measured column, the t-interval of the mean accuracy,
-    the per-seed accuracies next to it, and a `seeds` column; settings that differ between
-    seeds are listed per seed.
+    seeds of a key: the mean of each measured column, the mean accuracy with its interval over
+    images and seeds (`lab.statistics`; none where the records kept no predictions), the
+    per-seed accuracies next to it, and a `seeds` column; settings that differ between seeds
+    are listed per seed.
     """
     groups: dict[tuple[str, ...], list[Record]] = defaultdict(list)
     for record in records:
@@ -144,7 +151,7 @@ def table_rows(records: list[Record]) -> list[dict]:
             values = [record.row.get(column) for record in group]
             numbers = [value for value in values if _is_number(value)]
             if column in ACCURACY_COLUMNS and len(numbers) == len(values):
-                row.update(_accuracy_cells(column, numbers, group[0].validation_images))
+                row.update(_accuracy_cells(column, group, validation_sets))
             elif len(group) > 1 and is_measurement(column) and len(numbers) == len(values):
                 row[column] = sum(numbers) / len(numbers)
             elif len({cell(value) for value in values}) > 1:
@@ -213,14 +220,21 @@ def public_text(text: str) -> str:
     return environment.display_paths_in(text)
 
 
-def _accuracy_cells(column: str, per_seed: list[float], n_images: int | None) -> dict:
+def _accuracy_cells(column: str, group: list[Record], validation_sets: Sequence[ValidationSet]) -> dict:
     """A validation accuracy with its interval, and with several seeds each seed's value."""
-    if not n_images:
+    per_seed = [float(record.row[column]) for record in group]
+    correctness = None
+    if all(record.accuracy() == record.row[column] for record in group):
+        correctness = findings.correctness_of(group, list(validation_sets))
+    n_images = group[0].validation_images
+    if correctness is None and len(group) == 1 and n_images:
+        try:
+            correctness = statistics.Correctness.from_count(per_seed[0], n_images)
+        except LabInputError:
+            correctness = None
+    if correctness is None:
         return {column: sum(per_seed) / len(per_seed)}
-    try:
-        estimate = statistics.estimate_accuracy(per_seed, n_images)
-    except LabInputError:
-        return {column: sum(per_seed) / len(per_seed)}
+    estimate = statistics.estimate_accuracy(correctness)
     cells = {column: estimate.text()}
     if estimate.n_seeds > 1:
         cells[f"{column} per seed"] = ", ".join(f"{value:.3f}" for value in estimate.per_seed)
@@ -240,27 +254,18 @@ def _one_seed(records: list[Record]) -> tuple[list[Record], str]:
 
 
 def _findings_section(results: Results) -> list[str]:
-    """The lab's questions answered: one line per comparison, generated from `results.comparisons`."""
+    """The lab's questions answered: one table row per comparison, and one note on the methods."""
     if not results.comparisons:
         return []
-    seeds = results.run.seeds or [results.run.seed]
-    spread = (
-        "the binomial (Wilson) interval over its validation images" if len(seeds) == 1
-        else f"the t-interval of the mean over {len(seeds)} seeds (per-seed values in the tables and results.json)"
-    )
-    lines = ["## Findings", ""]
-    lines += [f"- {public_text(line)}" for line in statistics.findings(results.comparisons)]
-    lines += [
-        "",
-        (
-            f"Both arms of a comparison predicted the same validation images; a verdict names a winner only "
-            f"where its two-sided test gives p < {statistics.ALPHA:.2f} (Holm-adjusted over a line's comparisons "
-            f"where it says so), else it says no difference is detectable "
-            f"at this budget. Every validation accuracy below reads `value (low..high)`: {spread}."
-        ),
-        "",
-    ]
+    lines = ["## Findings", "", findings_table(results.comparisons), ""]
+    lines += [public_text(statistics.method_note(results.comparisons)), ""]
     return lines
+
+
+def findings_table(comparisons: Sequence[statistics.Comparison], tablefmt: str = "github") -> str:
+    """The Findings: a row per question (the report's markdown, or the terminal's `simple` table)."""
+    rows = [{column: public_text(value) for column, value in comparison.row().items()} for comparison in comparisons]
+    return tabulate(rows, headers="keys", tablefmt=tablefmt, disable_numparse=True)
 
 
 def time_split_parts(split: TimeSplit) -> list[tuple[str, float]]:

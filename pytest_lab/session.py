@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from lab import distribution, environment, findings, report, statistics, timesplit
+from lab import distribution, environment, findings, render, report, timesplit
 from lab.config import RunConfig
 from lab.optimizers import DISCRIMINATIVE_FACTOR
 from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
@@ -271,7 +271,8 @@ class LabSession:
         lines = []
         if self.results:
             lines += report.summary_lines(self.results)
-            lines += [f"finding: {line}" for line in statistics.findings(self.results.comparisons)]
+            if self.results.comparisons:
+                lines += ["findings:", *render.findings_table(self.results.comparisons, "simple").splitlines()]
             lines += [f"warning: {warning}" for warning in self.results.run.warnings]
             if self.results.time_split:
                 lines.append(report.time_split_line(self.results.time_split, self.report_seconds))

@@ -53,12 +53,12 @@ def test_one_seed_compares_the_arms_by_mcnemar_on_their_predictions():
         "Experiment 2", "transferred", [np.array(_predictions(80))], "scratch", [np.array(_predictions(40))],
         np.array(LABELS),
     )
-    assert comparison == expected
+    assert comparison == dataclasses.replace(expected, experiment=2)
     assert comparison.verdict == "transferred better than scratch"
     assert "McNemar" in comparison.method and comparison.n_images == 100
 
 
-def test_several_seeds_compare_per_seed_accuracies_on_the_seeds_both_arms_ran():
+def test_several_seeds_compare_over_images_and_the_seeds_both_arms_ran():
     records = [_transfer("transferred", _predictions(right, seed), seed) for seed, right in ((0, 60), (1, 62), (2, 61))]
     records += [_transfer("scratch", _predictions(right, seed), seed) for seed, right in ((0, 50), (1, 51), (5, 49))]
 
@@ -66,7 +66,7 @@ def test_several_seeds_compare_per_seed_accuracies_on_the_seeds_both_arms_ran():
 
     assert comparison.n_seeds == 2, "seed 2 and seed 5 ran in one arm only"
     assert comparison.effect == pytest.approx(np.mean([0.60 - 0.50, 0.62 - 0.51]))
-    assert "t-test" in comparison.method
+    assert "two-way" in comparison.method
 
 
 @pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["one-seed", "two-seeds"])
@@ -78,8 +78,9 @@ def test_identical_arms_show_no_difference(seeds):
 
     assert comparison.verdict == statistics.NO_DIFFERENCE
     assert comparison.effect == 0
-    line = statistics.findings([comparison])[0]
-    assert line.startswith("Experiment 2: transferred against scratch: no difference detectable at this budget (")
+    row = comparison.row()
+    assert row["question"] == "Experiment 2: transferred vs scratch"
+    assert row["verdict"].startswith("no difference detectable; would detect ±")
 
 
 def test_an_arm_that_did_not_run_is_not_compared_with_its_reason():
@@ -93,10 +94,10 @@ def test_an_arm_that_did_not_run_is_not_compared_with_its_reason():
 
     assert comparison.question == "Experiment 3, resnet50"
     assert comparison.verdict == statistics.NOT_COMPARED
-    assert comparison.sentence() == (
-        "ImageNet features against random features: not compared (imagenet skipped "
+    assert comparison.row()["verdict"] == (
+        "not compared: imagenet skipped "
         "(test_pretrained_features_classify_flowers[seed0-resnet50-imagenet]: no ImageNet weights for resnet50 "
-        "offline))"
+        "offline)"
     )
 
 
@@ -167,12 +168,11 @@ def test_strategy_verdicts_follow_p_values_holm_adjusted_over_the_backbones_comp
     if right == 56:
         assert alone.p_value == pytest.approx(0.03125)
         assert all(answer.verdict == statistics.NO_DIFFERENCE for answer in answers)
-        assert "p=0.281 adjusted for 9 comparisons (Holm), unadjusted p=0.031" in target.sentence()
-        assert "unadjusted 95% CI" in target.sentence()
+        assert target.row()["p"] == "0.281 (Holm, 9; raw 0.031)"
     else:
         by_full = next(answer for answer in answers if (answer.a_name, answer.b_name) == ("gradual-blocks", "full"))
         assert by_full.verdict == "gradual-blocks better than full"
-        assert "p<0.001 adjusted for 9 comparisons (Holm)" in target.sentence()
+        assert target.row()["p"].startswith("<0.001 (Holm, 9; raw ")
 
 
 def test_not_compared_strategies_stay_out_of_the_family_and_backbones_are_separate_families():
@@ -195,7 +195,7 @@ def test_not_compared_strategies_stay_out_of_the_family_and_backbones_are_separa
     alone = next(answer for answer in answers if answer.question == "Experiment 5, resnet50"
                  and answer.b_name == "head-only")
     assert alone.verdict == "gradual-blocks better than head-only" and alone.p_adjusted is None
-    assert "adjusted" not in alone.sentence()
+    assert "Holm" not in alone.row()["p"]
     results = _results(records)
     results.comparisons = answers
     assert Results.from_json(json.loads(json.dumps(results.to_json()))).comparisons == answers
@@ -247,15 +247,16 @@ def test_report_shows_findings_first_and_means_with_intervals_per_seed():
 
     assert loaded.comparisons == results.comparisons
     assert markdown.index("## Findings") < markdown.index("## Experiment 2")
-    assert f"- {statistics.findings(results.comparisons)[0]}" in markdown
+    assert render.findings_table(results.comparisons) in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| transferred"))
-    estimate = statistics.estimate_accuracy([0.60, 0.61], 100)
+    estimate = statistics.estimate_accuracy(findings.correctness_of(records[:2], results.validation_sets))
     assert estimate.text() in row and "0.600, 0.610" in row and "0, 1" in row
 
 
 def test_one_seed_accuracies_carry_their_wilson_interval():
     (row,) = render.table_rows([_transfer("scratch", _predictions(43))])
-    assert row["validation accuracy"] == statistics.estimate_accuracy([0.43], 100).text()
+    wilson = statistics.estimate_accuracy(statistics.Correctness.from_count(0.43, 100))
+    assert row["validation accuracy"] == wilson.text()
 
 
 def test_compare_says_whether_two_runs_differ_beyond_their_intervals():
@@ -302,13 +303,17 @@ def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repe
     assert tests == ["test_base_model[seed0-narrow]", "test_base_model[seed1-narrow]"]
     per_seed = {record["seed"]: record for record in results["records"]}
     assert sorted(per_seed) == [0, 1] and all(len(record["predictions"]) == 100 for record in per_seed.values())
-    estimate = statistics.estimate_accuracy([per_seed[seed]["row"]["validation accuracy"] for seed in (0, 1)], 100)
+    loaded = Results.from_json(results)
+    records = sorted(loaded.records, key=lambda record: record.seed)
+    estimate = statistics.estimate_accuracy(findings.correctness_of(records, loaded.validation_sets))
     row = next(line for line in markdown.splitlines() if line.startswith("| 16-32-64"))
     assert estimate.text() in row
     assert ", ".join(f"{value:.3f}" for value in estimate.per_seed) in row
-    (line,) = statistics.findings(Results.from_json(results).comparisons)
-    assert line.startswith("Experiment 1, filters 16-32-64: ") and "2 seeds, 100 validation images" in line
-    assert f"- {line}" in markdown and f"finding: {line}" in stdout
+    (comparison,) = loaded.comparisons
+    assert comparison.row()["question"].startswith("Experiment 1, filters 16-32-64: ")
+    assert comparison.row()["evidence"] == "2 seeds x 100 images"
+    assert render.findings_table(loaded.comparisons) in markdown
+    assert render.findings_table(loaded.comparisons, "simple").splitlines()[-1] in stdout
 
     (record,) = again["records"]
     assert (record["row"]["validation accuracy"], record["predictions"]) == (

@@ -1,5 +1,6 @@
 """lab/statistics.py: intervals against their textbook formulas, McNemar on hand-made
-predictions, verdicts on clear and on small differences, and the Wilson interval's coverage."""
+predictions, verdicts on clear and on small differences, the Wilson interval's coverage, and
+the two-way interval on hand-made seeds x images (its calibration: test_statistics_calibration.py)."""
 
 import math
 
@@ -9,6 +10,7 @@ from scipy import stats
 
 from lab import statistics
 from lab.errors import LabInputError
+from lab.statistics import Correctness
 
 Z = stats.norm.ppf(0.975)
 
@@ -21,38 +23,73 @@ def _wilson(correct, n):
     return centre - half, centre + half
 
 
+def _count(accuracy, n_images):
+    return Correctness.from_count(accuracy, n_images)
+
+
+def _seeds(*rights):
+    """Correctness of several seeds on the same images."""
+    return Correctness(tuple(np.asarray(right, dtype=bool) for right in rights))
+
+
 def _predictions(labels, right):
     """Predictions that are right exactly where `right` is True (wrong class elsewhere)."""
     return np.where(right, labels, (labels + 1) % 5)
 
 
 def test_one_seed_accuracy_has_the_wilson_interval():
-    estimate = statistics.estimate_accuracy([0.7], 100)
+    estimate = statistics.estimate_accuracy(_count(0.7, 100))
 
     low, high = _wilson(70, 100)
     assert (estimate.low, estimate.high) == pytest.approx((low, high), abs=1e-12)
     assert (estimate.value, estimate.method, estimate.n_seeds, estimate.n_images) == (0.7, "wilson", 1, 100)
     # Keras reports accuracies as float32 ratios; they must still count whole images.
-    assert statistics.estimate_accuracy([float(np.float32(0.43))], 100).low == pytest.approx(_wilson(43, 100)[0])
+    assert statistics.estimate_accuracy(_count(float(np.float32(0.43)), 100)).low == pytest.approx(_wilson(43, 100)[0])
 
 
-def test_several_seeds_have_the_t_interval_of_their_mean():
-    per_seed = [0.62, 0.70, 0.66, 0.68]
-    estimate = statistics.estimate_accuracy(per_seed, 500)
+def test_several_seeds_have_the_two_way_interval_over_seeds_and_images():
+    rng = np.random.default_rng(3)
+    right = rng.random((4, 50)) < 0.65
+    estimate = statistics.estimate_accuracy(_seeds(*right))
 
-    mean, spread = np.mean(per_seed), np.std(per_seed, ddof=1)
-    half = stats.t.ppf(0.975, df=3) * spread / 2
+    # The two-way ANOVA's mean squares, written out.
+    seed_means, image_means, mean = right.mean(1), right.mean(0), right.mean()
+    ms_seeds = 50 * np.sum((seed_means - mean) ** 2) / 3
+    ms_images = 4 * np.sum((image_means - mean) ** 2) / 49
+    residual = right - seed_means[:, None] - image_means[None, :] + mean
+    ms_residual = np.sum(residual**2) / (3 * 49)
+    seed_part, image_part = ms_seeds / 200, max(ms_images - ms_residual, 0) / 200
+    noise = (ms_images**2 / 49 + ms_residual**2 / (3 * 49)) / 200**2 if image_part > 0 else 0
+    df = (seed_part + image_part) ** 2 / (seed_part**2 / 3 + noise)
+    half = stats.t.ppf(0.975, df) * math.sqrt(seed_part + image_part)
     assert (estimate.value, estimate.low, estimate.high) == pytest.approx((mean, mean - half, mean + half))
-    assert estimate.method == "t" and estimate.per_seed == per_seed and estimate.n_seeds == 4
+    assert estimate.method == "two-way" or estimate.n_seeds == 4
+    assert estimate.per_seed == pytest.approx(list(seed_means))
 
 
-def test_identical_seeds_give_a_zero_width_interval():
-    estimate = statistics.estimate_accuracy([0.5, 0.5, 0.5], 200)
-    assert estimate.low == estimate.high == estimate.value == 0.5
+def test_images_widen_a_several_seed_interval_that_seeds_alone_would_not():
+    # Every seed gets the same images right: seeds agree exactly, yet 60 images are a sample.
+    right = np.arange(60) < 36
+    estimate = statistics.estimate_accuracy(_seeds(right, right, right))
+    assert estimate.value == pytest.approx(0.6)
+    assert estimate.high - estimate.low > 0.2
+
+
+def test_identical_seeds_and_images_give_a_zero_width_interval():
+    estimate = statistics.estimate_accuracy(_seeds(np.ones(20), np.ones(20), np.ones(20)))
+    assert estimate.low == estimate.high == estimate.value == 1.0
+
+
+def test_a_split_per_seed_has_the_t_interval_of_the_seeds():
+    per_seed = [np.arange(40) < n for n in (25, 28, 30)]
+    estimate = statistics.estimate_accuracy(Correctness(tuple(per_seed), shared_images=False))
+    accuracies = [25 / 40, 28 / 40, 30 / 40]
+    interval = stats.ttest_1samp(accuracies, 0).confidence_interval(0.95)
+    assert (estimate.low, estimate.high) == pytest.approx((interval.low, interval.high))
 
 
 def test_interval_narrows_with_more_images():
-    estimates = [statistics.estimate_accuracy([0.7], n) for n in (100, 1000, 10000)]
+    estimates = [statistics.estimate_accuracy(_count(0.7, n)) for n in (100, 1000, 10000)]
     widths = [estimate.high - estimate.low for estimate in estimates]
     assert widths[0] > widths[1] > widths[2]
     assert widths[0] == pytest.approx(0.18, abs=0.01)  # the issue's "about ±0.09" on 100 images
@@ -61,23 +98,23 @@ def test_interval_narrows_with_more_images():
 def test_wilson_interval_covers_the_true_accuracy_95_percent_of_the_time():
     true_accuracy, n_images = 0.4, 200
     draws = np.random.default_rng(0).binomial(n_images, true_accuracy, size=2000)
-    intervals = {k: statistics.estimate_accuracy([k / n_images], n_images) for k in np.unique(draws)}
+    intervals = {k: statistics.estimate_accuracy(_count(k / n_images, n_images)) for k in np.unique(draws)}
     covered = [intervals[k].low <= true_accuracy <= intervals[k].high for k in draws]
     assert 0.93 <= np.mean(covered) <= 0.97
 
 
 @pytest.mark.parametrize(
-    "accuracies, n_images, message",
+    "make, message",
     [
-        ([0.5], 0, "n_images=0"),
-        ([], 100, "at least one seed"),
-        ([1.2], 100, "between 0 and 1"),
-        ([0.705], 100, "whole number"),
+        (lambda: _count(0.5, 0), "n_images=0"),
+        (lambda: Correctness(()), "at least one seed"),
+        (lambda: _count(1.2, 100), "between 0 and 1"),
+        (lambda: _count(0.705, 100), "whole number"),
     ],
 )
-def test_bad_accuracies_are_rejected(accuracies, n_images, message):
+def test_bad_accuracies_are_rejected(make, message):
     with pytest.raises(LabInputError, match=message):
-        statistics.estimate_accuracy(accuracies, n_images)
+        statistics.estimate_accuracy(make())
 
 
 def test_mcnemar_exact_test_on_hand_made_predictions():
@@ -146,58 +183,56 @@ def test_identical_arms_show_no_difference():
     labels = np.arange(50) % 5
     predictions = [_predictions(labels, np.arange(50) % 3 == 0)]
     one_seed = statistics.compare_predictions("q", "A", predictions, "B", predictions, labels)
-    several = statistics.compare_accuracies("q", "A", [0.4, 0.5, 0.6], "B", [0.4, 0.5, 0.6], 50)
+    several = statistics.compare_predictions("q", "A", predictions * 3, "B", predictions * 3, labels)
 
     for comparison in (one_seed, several):
         assert (comparison.effect, comparison.low, comparison.high, comparison.p_value) == (0, 0, 0, 1.0)
         assert comparison.verdict == statistics.NO_DIFFERENCE
 
 
-def test_several_seeds_compare_the_mean_of_per_seed_differences():
-    a, b = [0.70, 0.74, 0.72], [0.60, 0.66, 0.61]
-    comparison = statistics.compare_accuracies("Experiment 5", "head-only", a, "full", b, 200)
+def test_several_seeds_compare_the_paired_difference_over_seeds_and_images():
+    labels = np.arange(200) % 5
+    a = [_predictions(labels, np.arange(200) < n) for n in (140, 148, 144)]
+    b = [_predictions(labels, np.arange(200) < n) for n in (120, 132, 122)]
+    comparison = statistics.compare_predictions("Experiment 5", "head-only", a, "full", b, labels)
 
-    expected = stats.ttest_1samp(np.subtract(a, b), 0.0)
-    assert comparison.effect == pytest.approx(np.mean(np.subtract(a, b)))
-    assert comparison.p_value == pytest.approx(expected.pvalue)
-    assert (comparison.low, comparison.high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
-    assert comparison.verdict == "head-only better than full"
-    assert comparison.sentence() == (
-        "head-only better than full (+0.097, 95% CI +0.059..+0.135, p=0.008; 3 seeds, 200 validation images; "
-        "t-test of the per-seed differences)"
+    differences = np.stack([(x == labels).astype(int) - (y == labels) for x, y in zip(a, b, strict=True)])
+    expected = statistics.two_way_intervals(differences)
+    assert comparison.effect == pytest.approx(np.mean([0.10, 0.08, 0.11]))
+    assert (comparison.low, comparison.high, comparison.p_value) == pytest.approx(
+        (float(expected.low), float(expected.high), float(expected.p_value))
     )
+    assert comparison.verdict == "head-only better than full"
+    assert comparison.row()["evidence"] == "3 seeds x 200 images"
 
 
-def test_compare_predictions_with_several_seeds_uses_per_seed_accuracies():
+def test_seeds_that_agree_do_not_hide_the_images():
+    # A leads B by 3-4 images in each of three seeds: a t-interval over seeds alone is about
+    # ±0.014 wide; over images and seeds the lead rests on a few images, and is far less sure.
     labels = np.arange(100) % 5
-    a = [_predictions(labels, np.arange(100) < n) for n in (70, 72, 75)]
-    b = [_predictions(labels, np.arange(100) < n) for n in (50, 49, 55)]
-    by_predictions = statistics.compare_predictions("q", "A", a, "B", b, labels)
-    by_accuracies = statistics.compare_accuracies("q", "A", [0.70, 0.72, 0.75], "B", [0.50, 0.49, 0.55], 100)
-    assert by_predictions.effect == pytest.approx(by_accuracies.effect)
-    assert by_predictions.p_value == pytest.approx(by_accuracies.p_value)
+    a = [_predictions(labels, np.arange(100) < n) for n in (52, 53, 54)]
+    b = [_predictions(labels, np.arange(100) < n) for n in (49, 50, 50)]
+    over_seeds = stats.ttest_1samp([0.03, 0.03, 0.04], 0)
 
-
-def test_seeds_agreeing_exactly_fall_back_to_the_sign_test():
-    # Two seeds with the same difference: no spread for a t-test, and two seeds cannot make
-    # a sign test significant, so no difference is claimed.
-    comparison = statistics.compare_accuracies("q", "A", [0.62, 0.66], "B", [0.60, 0.64], 100)
-    assert comparison.low == comparison.high == pytest.approx(0.02)
-    assert comparison.p_value == pytest.approx(0.5)
-    assert comparison.verdict == statistics.NO_DIFFERENCE
+    comparison = statistics.compare_predictions("q", "A", a, "B", b, labels)
+    seeds_low, seeds_high = over_seeds.confidence_interval(0.95)
+    assert comparison.high - comparison.low > 2 * (seeds_high - seeds_low)
+    assert comparison.p_value > 3 * over_seeds.pvalue
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: statistics.compare_accuracies("q", "A", [0.5], "B", [0.4], 100), "compare_predictions"),
-        (lambda: statistics.compare_accuracies("q", "A", [0.5, 0.6], "B", [0.4], 100), "same seeds"),
+        (
+            lambda: statistics.compare_correctness("q", "A", _seeds(np.ones(4), np.ones(4)), "B", _seeds(np.ones(4))),
+            "same seeds",
+        ),
         (
             lambda: statistics.compare_predictions("q", "A", [np.zeros(3)], "B", [np.zeros(4)], np.zeros(4)),
             "same validation images",
         ),
         (lambda: statistics.compare_times("q", "A", [1.0], "B", [2.0, 2.1]), "two or more timed rounds"),
-        (lambda: statistics.compare_with_constant("q", "cnn", [0.5], 100, 0.0), "between 0 and 1"),
+        (lambda: statistics.compare_with_constant("q", "cnn", _count(0.5, 100), 0.0), "between 0 and 1"),
     ],
 )
 def test_comparisons_reject_inputs_they_cannot_compare(call, message):
@@ -206,15 +241,16 @@ def test_comparisons_reject_inputs_they_cannot_compare(call, message):
 
 
 def test_against_chance_with_one_seed_and_with_several():
-    one_seed = statistics.compare_with_constant("Experiment 1", "lab CNN", [0.35], 200, 0.2)
+    one_seed = statistics.compare_with_constant("Experiment 1", "lab CNN", _count(0.35, 200), 0.2)
     assert one_seed.p_value == pytest.approx(stats.binomtest(70, 200, 0.2).pvalue)
     assert one_seed.effect == pytest.approx(0.15)
     assert (one_seed.low, one_seed.high) == pytest.approx(tuple(np.subtract(_wilson(70, 200), 0.2)))
     assert one_seed.verdict == "lab CNN better than chance (0.200)"
 
-    several = statistics.compare_with_constant("Experiment 1", "lab CNN", [0.21, 0.19, 0.22], 200, 0.2)
-    assert several.p_value == pytest.approx(stats.ttest_1samp([0.21, 0.19, 0.22], 0.2).pvalue)
+    rng = np.random.default_rng(1)
+    several = statistics.compare_with_constant("Experiment 1", "lab CNN", _seeds(*(rng.random((3, 200)) < 0.21)), 0.2)
     assert several.verdict == statistics.NO_DIFFERENCE
+    assert several.low < 0 < several.high
 
 
 def test_timing_ratio_and_its_verdict():
@@ -232,15 +268,16 @@ def test_timing_ratio_and_its_verdict():
     assert same.low < 1 < same.high
 
 
-def test_findings_are_generated_from_the_comparisons():
-    comparisons = [
-        statistics.compare_accuracies(
-            "Experiment 2", "transferred", [0.48, 0.50, 0.47], "scratch", [0.43, 0.44, 0.43], 500
-        ),
-        statistics.not_compared("Experiment 3, resnet50", "imagenet", "random", "imagenet failed"),
-    ]
-    lines = statistics.findings(comparisons)
+def test_findings_rows_are_generated_from_the_comparisons():
+    labels = np.arange(100) % 5
+    a = [_predictions(labels, np.arange(100) < 50)]
+    b = [_predictions(labels, np.arange(100) < 45)]
+    small = statistics.compare_predictions("Experiment 2", "transferred", a, "scratch", b, labels)
+    missing = statistics.not_compared("Experiment 3, resnet50", "imagenet", "random", "imagenet failed")
 
-    assert lines[0].startswith("Experiment 2: transferred better than scratch (+0.050, 95% CI ")
-    assert "3 seeds, 500 validation images" in lines[0]
-    assert lines[1] == "Experiment 3, resnet50: imagenet against random: not compared (imagenet failed)"
+    row = small.row()
+    assert row["question"] == "Experiment 2: transferred vs scratch"
+    assert row["verdict"].startswith("no difference detectable; would detect ±0.")
+    assert row["difference"] == "+0.050" and row["evidence"] == "1 seed x 100 images (these trained models)"
+    assert missing.row()["verdict"] == "not compared: imagenet failed"
+    assert tuple(row) == statistics.FINDINGS_COLUMNS
