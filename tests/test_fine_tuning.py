@@ -181,8 +181,8 @@ def _batches(inputs, labels):
 @pytest.mark.parametrize(
     "changes, fragments",
     [
-        ({"lr_factor": 0.5}, ["--lr-factor", "at least 1", "0.5"]),
-        ({"lr_factor": float("nan")}, ["--lr-factor", "at least 1"]),
+        ({"lr_factor": 0.5}, ["--lr-factor", "from 1 to", "0.5"]),
+        ({"lr_factor": float("nan")}, ["--lr-factor", "from 1 to"]),
         ({"lr_schedule": "linear"}, ["--lr-schedule", "linear", "constant, cosine, triangular"]),
         ({"early_stopping": 0}, ["--early-stopping", "at least 1", "leave the option out"]),
     ],
