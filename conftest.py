@@ -27,6 +27,7 @@ from lab.config import (
     build_config,
     path_option,
 )
+from lab.data import ImageData
 from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
@@ -58,6 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--seeds", metavar="N|S,S...", default="1",
                     help="run every training case once per seed: N seeds from --seed on (default 1), or the "
                     "seeds listed (0,1,2; not with --seed), at most 100; accuracies then carry their spread over seeds")
+    group.addoption("--split-per-seed", action="store_true",
+                    help="every seed draws its own train/validation split of the loaded images (stratified by "
+                    "class; the same for every arm of that seed), so that a verdict covers other validation "
+                    "images too; a publisher's fixed test split (tensorflow-datasets) stays as it is")
     group.addoption("--subset", type=int, default=None, metavar="N",
                     help="training images per dataset, overriding the profile")
     group.addoption("--dataset", metavar="NAME|PATH", default="tf_flowers",
@@ -129,6 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 data_dir=config.getoption("data_dir"),
                 seed=config.getoption("seed"),
                 seeds=config.getoption("seeds"),
+                split_per_seed=config.getoption("split_per_seed"),
                 subset=config.getoption("subset"),
                 backbone_names=config.getoption("backbones"),
                 weights=config.getoption("weights"),
@@ -398,43 +404,61 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def image_data(pytestconfig: pytest.Config):
-    """Loads a dataset once per session: `image_data(dataset, image_size, train, validation)`.
+    """Loads a dataset once per session: `image_data(dataset, image_size, train, validation, seed=None)`.
 
     `dataset` is one of the lab's by name, or a `DatasetSpec`. `train` is the profile's count,
-    replaced by --subset when given. Data that cannot be loaded (not downloadable, a corrupt
+    replaced by --subset when given. With --split-per-seed, a `seed` gets that seed's own split
+    of the loaded images (`ImageData.split_for_seed`). Data that cannot be loaded (not downloadable, a corrupt
     file, a subset too large) stops the session at once with the message that names the fix.
     """
 
-    def load(dataset: str | DatasetSpec, image_size: int, train: int | None, validation: int | None):
+    splits: dict[tuple, ImageData] = {}
+
+    def load(
+        dataset: str | DatasetSpec, image_size: int, train: int | None, validation: int | None, seed: int | None = None
+    ):
         loaded = _load_dataset(pytestconfig, dataset, image_size, train, validation)
         if isinstance(loaded, LabInputError):
             _stop_with(pytestconfig, loaded)
-        return loaded
+        if seed is None or not pytestconfig.stash[RUN_CONFIG].split_per_seed:
+            return loaded
+        key = (dataset, image_size, train, validation, seed)
+        if key not in splits:
+            splits[key] = loaded.split_for_seed(seed)
+        return splits[key]
 
     return load
 
 
-@pytest.fixture(scope="session")
-def flowers_small(image_data, profile):
-    """tf_flowers at the lab CNN's size (32x32 by default), with the profile's image counts."""
-    return image_data(*_flowers_small_dataset(profile))
+@pytest.fixture
+def flowers_small(image_data, profile, request):
+    """tf_flowers at the lab CNN's size (32x32 by default), with the profile's image counts (the
+    test's seed's own split with --split-per-seed)."""
+    return image_data(*_flowers_small_dataset(profile), seed=_split_seed(request))
 
 
-@pytest.fixture(scope="session")
-def cifar10(image_data, profile):
-    """CIFAR-10 at the lab CNN's size, with the profile's image counts."""
-    return image_data(*_cifar10_dataset(profile))
+@pytest.fixture
+def cifar10(image_data, profile, request):
+    """CIFAR-10 at the lab CNN's size, with the profile's image counts (the test's seed's own
+    split with --split-per-seed, where CIFAR-10's own test split does not fix it)."""
+    return image_data(*_cifar10_dataset(profile), seed=_split_seed(request))
 
 
 @pytest.fixture(scope="session")
 def backbone_data(image_data, profile, run_config):
     """The dataset of experiments 3-5 (--dataset, tf_flowers by default) at a backbone's input
-    size: `backbone_data(backbone)`, with the profile's counts."""
+    size: `backbone_data(backbone, seed=None)`, with the profile's counts (`seed`'s own split
+    with --split-per-seed)."""
 
-    def load(backbone):
-        return image_data(*_backbone_data_dataset(run_config.dataset, profile, backbone))
+    def load(backbone, seed: int | None = None):
+        return image_data(*_backbone_data_dataset(run_config.dataset, profile, backbone), seed=seed)
 
     return load
+
+
+def _split_seed(request: pytest.FixtureRequest) -> int | None:
+    """The seed whose split a training test's data is (None for a test that does not train)."""
+    return request.getfixturevalue("seed") if "seed" in request.fixturenames else None
 
 
 @pytest.fixture(scope="session")
@@ -445,7 +469,7 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
 
 
 @pytest.fixture(scope="session")
-def saved_base_model(shared_dir, flowers_small, profile, run_config, keras_verbose):
+def saved_base_model(shared_dir, image_data, profile, run_config, keras_verbose):
     """Trains the lab CNN on tf_flowers and saves it, once per filter widths and seed per session.
 
     `saved_base_model(filters, seed)` returns the metadata of the saved `.keras` file: its `path`,
@@ -462,8 +486,8 @@ def saved_base_model(shared_dir, flowers_small, profile, run_config, keras_verbo
         return storage.ensure_saved(
             path,
             lambda target: train_lab_cnn(
-                flowers_small, filters, profile.cnn_epochs, profile.batch_size, seed, target, keras_verbose,
-                tensorboard_callbacks(log_dir),
+                image_data(*_flowers_small_dataset(profile), seed=seed), filters, profile.cnn_epochs,
+                profile.batch_size, seed, target, keras_verbose, tensorboard_callbacks(log_dir),
             ),
         )
 

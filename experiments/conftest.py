@@ -119,7 +119,7 @@ class BackboneCase:
 
 
 @pytest.fixture
-def backbone_case(backbone_name, backbone_weights, backbone_data, run_config):
+def backbone_case(backbone_name, backbone_weights, backbone_data, run_config, request):
     """The setup experiments 3-5 share: `backbone_case(weights=None, paired=False)` -> BackboneCase.
 
     `weights` is `imagenet` or `none`; None takes the run's --weights. Weights are resolved
@@ -135,7 +135,8 @@ def backbone_case(backbone_name, backbone_weights, backbone_data, run_config):
         if paired and weights == "none" and run_config.weights == "imagenet" and not network.can_reach():
             backbone_weights(backbone, "imagenet", control=True)
         resolved = backbone_weights(backbone, weights)
-        return BackboneCase(backbone, resolved, backbone_data(backbone), run_config.augment)
+        seed = request.getfixturevalue("seed") if "seed" in request.fixturenames else None
+        return BackboneCase(backbone, resolved, backbone_data(backbone, seed), run_config.augment)
 
     return make
 
@@ -220,6 +221,8 @@ def record(request: pytest.FixtureRequest, run_config):
 
 def _validation_set(data: ImageData) -> ValidationSet:
     name = f"{data.name} ({data.source}), {data.image_size}px, {data.validation_count} images"
+    if data.split_seed is not None:
+        name += f", split of seed {data.split_seed}"
     return ValidationSet(name, data.num_classes, [int(label) for label in data.validation_labels])
 
 

@@ -62,6 +62,7 @@ class RunConfig:
             activations where that gives the same training, `off` always end to end.
         cache_budget: the most bytes one stage's cached activations may take.
         worker_timeout: seconds `--strategy multiworker` waits for the other tasks of TF_CONFIG.
+        split_per_seed: every seed draws its own train/validation split (`ImageData.split_for_seed`).
     """
 
     profile: Profile
@@ -86,6 +87,7 @@ class RunConfig:
     cached: str = "auto"
     cache_budget: int = stage_cache.DEFAULT_CACHE_BUDGET
     worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT
+    split_per_seed: bool = False
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
         """The backbones experiment `pretrained`, `freeze` or `unfreeze` covers."""
@@ -234,6 +236,7 @@ def build_config(
     cache_budget: str = "2G",
     dataset: str = "tf_flowers",
     worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT,
+    split_per_seed: bool = False,
 ) -> RunConfig:
     """Checks every option and returns the run's settings.
 
@@ -322,6 +325,7 @@ def build_config(
         cached=cached,
         cache_budget=budget_bytes,
         worker_timeout=worker_timeout,
+        split_per_seed=split_per_seed,
     )
 
 

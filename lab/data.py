@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +47,8 @@ CLASS_NAMES = {
 }
 # The folder each dataset has under --data-dir, as the public archives name them.
 FOLDER_NAMES = {"tf_flowers": "flower_photos", "cifar10": "cifar10"}
+# Split seeds draw from their own stream, apart from the training generators `seed` seeds.
+_SPLIT_STREAM = 0x5B1
 # A message about the data folder names both ways of giving it: loading does not know which one did.
 DATA_DIR_NAMES = "--data-dir (or LAB_DATA_DIR)"
 
@@ -60,6 +63,13 @@ class ImageData:
         class_names: in label order (`DatasetSpec.class_names`).
         total_examples: examples the source holds, before any subset was taken.
         image_size: side of the square images.
+        validation_fixed: the validation images are a split the publisher fixed (a
+            tensorflow-datasets test or validation split), not a share held out of train.
+        split_seed: the seed this split was drawn with (`split_for_seed`); None for the
+            source's own split.
+        pool: the data this split was drawn from, whose train-then-validation images its
+            `pool_indices` (train, validation) index; caches keyed by image use the pool. None
+            for the source's own split.
     """
 
     name: str
@@ -71,6 +81,10 @@ class ImageData:
     train_labels: np.ndarray
     validation_images: np.ndarray
     validation_labels: np.ndarray
+    validation_fixed: bool = False
+    split_seed: int | None = None
+    pool: ImageData | None = None
+    pool_indices: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +117,38 @@ class ImageData:
         images, labels = self.split(split)
         return image_cache.take(images, np.arange(len(labels[:limit]))).astype("float32") / 255.0
 
+    def split_for_seed(self, seed: int) -> ImageData:
+        """The same images split anew, stratified by class, by `seed`, with this split's counts.
+
+        A publisher's fixed validation split (`validation_fixed`) is kept: the data is returned
+        as it is, and every seed is scored on the same images.
+        """
+        if self.validation_fixed:
+            return self
+        labels = np.concatenate([self.train_labels, self.validation_labels])
+        order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(labels.size)
+        held_out = stratified_holdout(labels, order, self.validation_count)
+        validation_indices = order[held_out[order]]
+        train_indices = order[~held_out[order]]
+        return dataclasses.replace(
+            self,
+            train_images=self._pool_images(train_indices),
+            train_labels=labels[train_indices],
+            validation_images=self._pool_images(validation_indices),
+            validation_labels=labels[validation_indices],
+            split_seed=seed,
+            pool=self,
+            pool_indices=(train_indices, validation_indices),
+        )
+
+    def _pool_images(self, indices: np.ndarray) -> np.ndarray:
+        """Rows of the train-then-validation images, gathered in the order of `indices`."""
+        in_train = indices < self.train_count
+        images = np.empty((indices.size, *self.train_images.shape[1:]), dtype=self.train_images.dtype)
+        images[in_train] = image_cache.take(self.train_images, indices[in_train])
+        images[~in_train] = image_cache.take(self.validation_images, indices[~in_train] - self.train_count)
+        return images
+
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 images and the labels of `split` (`train` or `validation`)."""
         if split == "train":
@@ -110,6 +156,32 @@ class ImageData:
         if split == "validation":
             return self.validation_images, self.validation_labels
         raise ValueError(f"unknown split {split!r}: use 'train' or 'validation'")
+
+
+def stratified_holdout(labels: np.ndarray, order: np.ndarray, count: int) -> np.ndarray:
+    """Which images to hold out: `count` of them, each class in proportion to its size.
+
+    Each class's share is rounded by largest remainder, so the shares add up to `count`; a
+    class holds out its first images in `order`.
+
+    Args:
+        labels: every image's class.
+        order: the images' positions in the order they are taken (a hash or a seeded shuffle).
+        count: how many to hold out.
+
+    Returns:
+        A boolean mask over the images.
+    """
+    classes, sizes = np.unique(labels, return_counts=True)
+    quotas = count * sizes / labels.size
+    shares = np.floor(quotas).astype(int)
+    remainder = count - shares.sum()
+    shares[np.argsort(-(quotas - shares), kind="stable")[:remainder]] += 1
+    held_out = np.zeros(labels.size, dtype=bool)
+    for cls, share in zip(classes, shares, strict=True):
+        in_class = order[labels[order] == cls]
+        held_out[in_class[:share]] = True
+    return held_out
 
 
 def batched_pairs(
@@ -384,12 +456,29 @@ def _op_reason(error: tf.errors.OpError) -> str:
     return _OP_WRAPPING.sub("", error.message.splitlines()[0])
 
 
+def _stratified_files(
+    files: list[tuple[str, int]], dataset: DatasetSpec, count: int | None = None
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(held out, the rest) of `files` in their order: `count` (a fifth by default) held out per class.
+
+    A class left with no validation image is warned about: its accuracy cannot be measured.
+    """
+    labels = np.array([label for _, label in files])
+    count = held_out_count(len(files)) if count is None else count
+    held_out = stratified_holdout(labels, np.arange(len(files)), count)
+    unseen = sorted(set(labels.tolist()) - set(labels[held_out].tolist()))
+    if unseen and count:
+        names = ", ".join(dataset.class_names[label] for label in unseen)
+        warnings.warn(f"{dataset.folder}: no validation image of {names}: add images of it", stacklevel=3)
+    return ([file for file, out in zip(files, held_out, strict=True) if out],
+            [file for file, out in zip(files, held_out, strict=True) if not out])
+
+
 def _load_folder(dataset, image_size, train_count, validation_count, strict, data_dir=None):
     files = _folder_files(dataset)
-    held_out = held_out_count(len(files))
-    validation_files, train_files = files[:held_out], files[held_out:]
+    validation_files, train_files = _stratified_files(files, dataset)
     train_files = train_files[: _take(len(train_files), train_count, f"training images in {dataset.folder}", strict)]
-    validation_files = validation_files[: _take(len(validation_files), validation_count)]
+    validation_files = _stratified_files(validation_files, dataset, _take(len(validation_files), validation_count))[0]
     train_images, train_labels = _decode_files(train_files, image_size)
     validation_images, validation_labels = _decode_files(validation_files, image_size)
     return ImageData(
@@ -492,6 +581,7 @@ def _load_tfds(dataset, image_size, train_count, validation_count, strict, data_
         train_labels=train_labels,
         validation_images=validation_images,
         validation_labels=validation_labels,
+        validation_fixed=validation_split in splits,
     )
 
 

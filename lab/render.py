@@ -108,6 +108,7 @@ def header_table(run: RunHeader) -> str:
         ("date (UTC)", run.finished or run.started),
         ("profile", run.profile),
         ("seeds" if len(run.seeds) > 1 else "seed", ", ".join(map(str, run.seeds)) if run.seeds else run.seed),
+        ("what varies between seeds", _varied(run)),
         ("git commit", run.commit),
         ("versions", ", ".join(f"{name} {version}" for name, version in run.versions.items())),
         ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
@@ -121,6 +122,16 @@ def header_table(run: RunHeader) -> str:
         ("wall time", f"{run.wall_seconds:.0f} s" if run.wall_seconds is not None else None),
     ]
     return tabulate([[key, cell(value)] for key, value in rows], headers=["", ""], tablefmt="github")
+
+
+def _varied(run: RunHeader) -> str:
+    """The sources of variation the seeds sample, as the header says them."""
+    if len(run.seeds) < 2:
+        return "nothing: one training run per case, on one validation split"
+    if "--split-per-seed" in run.options:
+        return ("training (initialisation, order, augmentation) and the train/validation split "
+                "(except a publisher's fixed test split)")
+    return "training (initialisation, order, augmentation); every seed has the same validation images"
 
 
 def records_by_experiment(records: list[Record]) -> dict[int, list[Record]]:

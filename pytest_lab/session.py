@@ -240,6 +240,7 @@ class LabSession:
         workers = self.config.getoption("numprocesses", None)
         options = {
             "--seeds": ",".join(map(str, run.seeds)) if len(run.seeds) > 1 else None,
+            "--split-per-seed": "" if run.split_per_seed else None,
             "--subset": str(run.subset) if run.subset else None,
             "--dataset": dataset_option(run),
             "--backbones": ",".join(run.backbones) if run.backbones else None,

@@ -1,5 +1,6 @@
 """lab/data.py on tiny synthetic image folders and on tensorflow-datasets' mock data."""
 
+import dataclasses
 import os
 import types
 
@@ -253,3 +254,48 @@ def test_prepared_tfds_cifar10_validates_on_its_test_split(prepared):
 def test_prepared_tfds_subset_larger_than_the_split_names_the_limit(prepared):
     with pytest.raises(LabInputError, match="--subset 40 or less"):
         data.load("tf_flowers", "tfds", 8, train_count=41, validation_count=None, strict_train_count=True)
+
+
+def test_the_held_out_fifth_is_stratified_by_class(make_image_folder):
+    folder = make_image_folder("tf_flowers", {"daisy": 5, "dandelion": 5, "roses": 10, "sunflowers": 5, "tulips": 5})
+
+    loaded = data.load("tf_flowers", "folder", 16, None, None, data_dir=folder.data_dir)
+
+    by_name = dict(zip(loaded.class_names, np.bincount(loaded.validation_labels, minlength=5), strict=True))
+    assert by_name == {"daisy": 1, "dandelion": 1, "roses": 2, "sunflowers": 1, "tulips": 1}
+
+
+def test_a_class_with_no_validation_image_is_warned_about(make_image_folder):
+    folder = make_image_folder("tf_flowers", {"daisy": 1, "dandelion": 9, "roses": 1, "sunflowers": 1, "tulips": 1})
+
+    with pytest.warns(UserWarning, match="no validation image of "):
+        data.load("tf_flowers", "folder", 16, None, None, data_dir=folder.data_dir)
+
+
+def test_a_split_per_seed_redraws_the_same_images_stratified_and_repeatably(make_image_folder):
+    folder = make_image_folder("tf_flowers", {"daisy": 5, "dandelion": 5, "roses": 10, "sunflowers": 5, "tulips": 5})
+    loaded = data.load("tf_flowers", "folder", 16, None, None, data_dir=folder.data_dir)
+
+    first, again, other = loaded.split_for_seed(1), loaded.split_for_seed(1), loaded.split_for_seed(2)
+
+    def colours(images):
+        return sorted(tuple(image[0, 0]) for image in images)
+
+    everything = colours(np.concatenate([loaded.train_images, loaded.validation_images]))
+    for split in (first, other):
+        assert (split.train_count, split.validation_count) == (loaded.train_count, loaded.validation_count)
+        assert colours(np.concatenate([split.train_images, split.validation_images])) == everything
+        assert np.bincount(split.validation_labels).tolist() == np.bincount(loaded.validation_labels).tolist()
+        for image, label in zip(split.validation_images, split.validation_labels, strict=True):
+            assert split.class_names[label] == folder.class_of(image)
+    assert colours(first.validation_images) == colours(again.validation_images)
+    assert colours(first.validation_images) != colours(other.validation_images)
+    assert (first.split_seed, first.pool) == (1, loaded)
+
+
+def test_a_publishers_validation_split_is_kept_for_every_seed():
+    loaded = data.load("cifar10", "mock", 8, 16, 8)
+    fixed = dataclasses.replace(loaded, validation_fixed=True)
+
+    assert fixed.split_for_seed(3) is fixed
+    assert loaded.split_for_seed(3).split_seed == 3

@@ -46,9 +46,15 @@ def test_a_folder_with_other_classes_loads_them_sorted_with_the_hashed_split(lea
     assert (loaded.train_count, loaded.validation_count, loaded.total_examples) == (8, 2, 10)
     written_first = sorted(leaves.colours, key=lambda path: hashlib.sha1(
         os.path.relpath(path, leaves.root).encode()).hexdigest())
+    # A fifth held out per class, each class's first images in the hashed order.
+    classes = np.array([spec.class_names.index(leaves.colours[path][0]) for path in written_first])
+    held_out = data.stratified_holdout(classes, np.arange(classes.size), 2)
+    assert sorted(classes[held_out].tolist()) == [0, 1], "a (4 of 10) and then b (3, before c in class order)"
+    validation = [path for path, out in zip(written_first, held_out, strict=True) if out]
+    train = [path for path, out in zip(written_first, held_out, strict=True) if not out]
     for images, labels, expected in (
-        (loaded.validation_images, loaded.validation_labels, written_first[:2]),
-        (loaded.train_images, loaded.train_labels, written_first[2:]),
+        (loaded.validation_images, loaded.validation_labels, validation),
+        (loaded.train_images, loaded.train_labels, train),
     ):
         assert [leaves.file_of(image) for image in images] == expected
         assert [loaded.class_names[label] for label in labels] == [leaves.colours[path][0] for path in expected]

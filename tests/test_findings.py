@@ -272,15 +272,16 @@ def test_compare_says_whether_two_runs_differ_beyond_their_intervals():
 
 
 def _sessions(start_pytest, tmp_path, *seed_options):
-    """Runs experiment 1's narrow CNN in one pytest process per `--seeds` value, side by side.
+    """Runs experiment 1's narrow CNN in one pytest process per `--seeds` value (and options after
+    it: `"2 --split-per-seed"`), side by side.
 
     Returns, per process: its stdout, its markdown report and its results.json.
     """
     processes = [
         start_pytest(
-            tmp_path / f"seeds{seeds}",
+            tmp_path / f"seeds{seeds.replace(' ', '')}",
             "experiments/test_1_base_model.py", "-k", "narrow", "--deterministic", "--data-source", "mock",
-            "--weights", "none", "--subset", "32", "--epochs", "2", "-p", "no:cacheprovider", "--seeds", seeds,
+            "--weights", "none", "--subset", "32", "--epochs", "2", "-p", "no:cacheprovider", "--seeds", *seeds.split(),
         )
         for seeds in seed_options
     ]
@@ -297,7 +298,9 @@ def _sessions(start_pytest, tmp_path, *seed_options):
 def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repeats_exactly(
     tmp_path, start_pytest
 ):
-    (stdout, markdown, results), (_, _, again) = _sessions(start_pytest, tmp_path, "2", "1")
+    (stdout, markdown, results), (_, _, again), (_, split_markdown, split) = _sessions(
+        start_pytest, tmp_path, "2", "1", "2 --split-per-seed"
+    )
 
     tests = sorted(outcome["test"].split("::")[1] for outcome in results["outcomes"])
     assert tests == ["test_base_model[seed0-narrow]", "test_base_model[seed1-narrow]"]
@@ -325,3 +328,12 @@ def test_a_run_with_two_seeds_reports_each_seed_their_mean_and_interval_and_repe
         "second run", [np.array(record["predictions"])], labels,
     )
     assert comparison.verdict == statistics.NO_DIFFERENCE
+
+    # A split per seed: each seed is scored on its own validation images, and the interval is
+    # the t-interval over seeds that covers both sources.
+    names = sorted(record["validation_set"] for record in split["records"])
+    assert len(set(names)) == 2 and names[0].endswith("split of seed 0") and names[1].endswith("split of seed 1")
+    (by_split,) = Results.from_json(split).comparisons
+    assert by_split.split_per_seed and by_split.method == "t-test over seeds, each with its own split"
+    assert by_split.row()["evidence"].endswith("images (split per seed)")
+    assert "--split-per-seed" in split_markdown and "a t-interval over seeds" in split_markdown
