@@ -17,8 +17,9 @@ from collections.abc import Callable, Hashable
 import keras
 import numpy as np
 
-from lab import models
-from lab.stage_cache import CachedStage, StageModels
+from lab import freezing, models
+from lab.data import ImageData
+from lab.stage_cache import CachedStage, PrefixActivations, StageModels, cache_stage
 
 
 @dataclasses.dataclass
@@ -165,6 +166,21 @@ class CompiledRun:
         models.compile_for_classification(model, optimizer=optimizer() if optimizer else None)
         self.spans[number] = CompiledSpan(ReusableModel.of(model), cache.split)
         return model, False
+
+    def head_span(
+        self, data: ImageData, batch_size: int, budget_bytes: int, earlier_passes: PrefixActivations | None = None
+    ) -> tuple[keras.Model, CachedStage]:
+        """Freezes the base; the compiled model that trains the head alone (span 0), and its stage.
+
+        The head trains on the base's pooled features, computed once, where `cache_stage`
+        allows it; where it refuses (dropout in the base, augmentation, the budget), on the
+        images end to end through the frozen base, as a stage of gradual unfreezing does. The
+        stage's batches are the ones the model takes, either way.
+        """
+        freezing.freeze_base(self.classifier)
+        stage = cache_stage(self.classifier, data, batch_size, budget_bytes, self.split(0), earlier_passes)
+        model, _ = self.span_model(0, stage)
+        return model, stage
 
 
 class CompiledRuns:

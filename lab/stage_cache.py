@@ -17,7 +17,7 @@ The cache is used only where it gives the same training as the end-to-end path: 
 of the prefix must compute the same thing in training as in the prefix pass (no trainable
 BatchNormalization, nothing that draws random numbers, such as dropout or augmentation), and
 the activations must fit a memory budget, counted before they are computed. Otherwise
-`cache_stage` says why, and the caller trains end to end.
+`cache_stage` says why, its batches are the images', and the caller trains end to end.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ class Cut:
 class CachedStage:
     """One stage's frozen prefix, run once, and the top that trains on its activations.
 
-    Where the stage cannot be cached, `reason` says why, `top` is None and the activations are
-    empty: the caller trains the classifier end to end.
+    Where the stage cannot be cached, `reason` says why, `top` is None, the activations are
+    empty and the batches are the images': the caller trains the classifier end to end
+    (`lab.reuse.CompiledRun.span_model` gives it the model to compile).
 
     Attributes:
         reason: why the stage is not cached, or None when it is.
@@ -112,8 +113,8 @@ class CachedStage:
         prefix: the images -> the crossing tensors, on the classifier's own layers.
         train_activations: per crossing tensor, its values for every training image, in order.
         validation_activations: likewise for the validation images.
-        train_labels: the training labels, in the same order.
-        validation_labels: the validation labels, in the same order.
+        data: the images and labels the stage trains on; None for a stage made without them,
+            which has no batches to give.
     """
 
     reason: str | None
@@ -126,8 +127,7 @@ class CachedStage:
     prefix: keras.Model | None = None
     train_activations: tuple[np.ndarray, ...] = ()
     validation_activations: tuple[np.ndarray, ...] = ()
-    train_labels: np.ndarray | None = None
-    validation_labels: np.ndarray | None = None
+    data: ImageData | None = dataclasses.field(default=None, repr=False)
 
     @property
     def cached(self) -> bool:
@@ -146,16 +146,28 @@ class CachedStage:
         return StageModels(self.prefix, self.top) if self.cached else None
 
     def train_batches(self, batch_size: int, seed: int | None) -> tf.data.Dataset:
-        """Batches of (activations, labels), shuffled each epoch with `seed` unless it is None.
+        """Batches of (activations, labels), or of (images, labels) where not cached, shuffled each
+        epoch with `seed` unless it is None.
 
         The same seed shuffles the same way as `ImageData.batches` over the images, so the
         cached and the end-to-end paths see the same batches.
         """
-        return batched_pairs(_top_inputs(self.train_activations), self.train_labels, batch_size, seed)
+        data = self._data()
+        if not self.cached:
+            return data.batches("train", batch_size, seed=seed)
+        return batched_pairs(_top_inputs(self.train_activations), data.train_labels, batch_size, seed)
 
     def validation_batches(self, batch_size: int) -> tf.data.Dataset:
-        """Batches of validation (activations, labels), in the stored order."""
-        return batched_pairs(_top_inputs(self.validation_activations), self.validation_labels, batch_size, None)
+        """Batches of validation (activations, labels), or of (images, labels) where not cached, in the stored order."""
+        data = self._data()
+        if not self.cached:
+            return data.batches("validation", batch_size)
+        return batched_pairs(_top_inputs(self.validation_activations), data.validation_labels, batch_size, None)
+
+    def _data(self) -> ImageData:
+        if self.data is None:
+            raise ValueError(f"the stage ({self.path}) was made without its images: batch them yourself")
+        return self.data
 
 
 def _top_inputs(activations: tuple[np.ndarray, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -415,9 +427,9 @@ def cache_stage(
     """
     cut = find_cut(classifier)
     if cut is None:
-        return CachedStage("nothing in the classifier is trainable", None)
+        return CachedStage("nothing in the classifier is trainable", None, data=data)
     size = cut.cache_bytes(data.train_count + data.validation_count)
-    stage = CachedStage(None, cut.cut_layer, cut.crossing_names, size)
+    stage = CachedStage(None, cut.cut_layer, cut.crossing_names, size, data=data)
     problems = prefix_problems(cut)
     if problems:
         return dataclasses.replace(stage, reason="; ".join(problems))
@@ -437,19 +449,22 @@ def cache_stage(
             "it was split from another classifier or at another stage"
         )
     started = time.perf_counter()
+    # Passes are kept by image: a split per seed runs over the images it was drawn from, so
+    # one pass serves every seed's split.
+    images = data.pool or data
     key = PrefixActivations.key(cut) if earlier_passes else None
-    prefix_pass = earlier_passes.find(key, data) if earlier_passes else None
+    prefix_pass = earlier_passes.find(key, images) if earlier_passes else None
     shared = prefix_pass is not None
     if not shared:
-        along = _cuts_along(cut, size, later_cuts, data, budget_bytes, earlier_passes)
+        along = _cuts_along(cut, size, later_cuts, images, budget_bytes, earlier_passes)
         cuts = [cut, *(later for later, _ in along)]
         prefix = joint_prefix(classifier, cuts) if along else split.prefix
-        train = _as_list(prediction.predict(prefix, data.batches("train", batch_size)))
-        validation = _as_list(prediction.predict(prefix, data.batches("validation", batch_size)))
+        train = _as_list(prediction.predict(prefix, images.batches("train", batch_size)))
+        validation = _as_list(prediction.predict(prefix, images.batches("validation", batch_size)))
         passes = []
         for each in cuts:
             width = len(each.crossing)
-            passes.append(_PrefixPass(data, tuple(train[:width]), tuple(validation[:width])))
+            passes.append(_PrefixPass(images, tuple(train[:width]), tuple(validation[:width])))
             train, validation = train[width:], validation[width:]
         prefix_pass = passes[0]
         if earlier_passes:
@@ -463,11 +478,21 @@ def cache_stage(
         prefix_shared=shared,
         top=split.top,
         prefix=split.prefix,
-        train_activations=prefix_pass.train,
-        validation_activations=prefix_pass.validation,
-        train_labels=data.train_labels,
-        validation_labels=data.validation_labels,
+        **_activations_of(prefix_pass, data),
     )
+
+
+def _activations_of(prefix_pass: _PrefixPass, data: ImageData) -> dict[str, tuple[np.ndarray, ...]]:
+    """The pass's activations of `data`'s training and validation images, in `data`'s order."""
+    if data.pool is None:
+        return {"train_activations": prefix_pass.train, "validation_activations": prefix_pass.validation}
+    pooled = [np.concatenate([train, validation]) for train, validation in
+              zip(prefix_pass.train, prefix_pass.validation, strict=True)]
+    train_indices, validation_indices = data.pool_indices
+    return {
+        "train_activations": tuple(tensor[train_indices] for tensor in pooled),
+        "validation_activations": tuple(tensor[validation_indices] for tensor in pooled),
+    }
 
 
 def _cuts_along(

@@ -1,4 +1,5 @@
-"""Every keras.applications family through the lab: derived entry, graph stages, gradual unfreezing.
+"""Every keras.applications family through the lab: derived entry, graph stages, gradual unfreezing,
+and experiment 3's head.
 
 One network per family (the source module Keras defines it in), random weights, at the
 smallest input Keras accepts for it.
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 
 from lab import backbones, freezing, models
+from lab.data import ImageData
+from lab.reuse import CompiledRun
+from lab.stage_cache import DEFAULT_CACHE_BUDGET
 
 # The smallest network of each family.
 FAMILY_MEMBERS = {
@@ -30,6 +34,8 @@ FAMILY_MEMBERS = {
 }
 # A NASNet cell takes the outputs of the two cells below it: between cells, two tensors cross.
 TWO_TENSOR_CUTS = {"nasnet"}
+# Dropout inside the base draws random numbers in training: the stage cache refuses its features.
+END_TO_END_HEADS = {"efficientnet", "efficientnet_v2"}
 NUM_CLASSES = 3
 
 pytestmark = pytest.mark.families
@@ -135,3 +141,32 @@ def test_family_unfreezes_top_down_and_trains(family):
     # The head only: a random base with BatchNormalization frozen at 0 and 1 may give features
     # so close to 0 that no gradient reaches its own layers (MobileNet, see DESIGN.md).
     assert freezing.changed_weights(before, freezing.weight_bytes(head)), "the step changed nothing"
+
+    _trains_its_head_as_experiment_3(classifier, family, size)
+
+
+def _random_images(size: int) -> ImageData:
+    """Two training and two validation images of `size` px, random pixels, in NUM_CLASSES classes."""
+    images = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    labels = np.array([0, 2, 1, 0])
+    return ImageData(
+        name="random", source="mock", class_names=tuple("abc"[:NUM_CLASSES]), total_examples=4, image_size=size,
+        train_images=images[:2], train_labels=labels[:2], validation_images=images[2:], validation_labels=labels[2:],
+    )
+
+
+def _trains_its_head_as_experiment_3(classifier: keras.Model, family: str, size: int) -> None:
+    """One step of experiment 3's head path (`CompiledRun.head_span`): the head moves, the base does not."""
+    data = _random_images(size)
+    head, stage = CompiledRun(classifier).head_span(data, batch_size=2, budget_bytes=DEFAULT_CACHE_BUDGET)
+    assert stage.cached == (family not in END_TO_END_HEADS), stage.path
+    base, head_layer = freezing.base_of(classifier), classifier.get_layer(models.HEAD_LAYER_NAME)
+    assert [w.path for w in head.trainable_weights] == [w.path for w in head_layer.weights]
+
+    # Eagerly, as above: end to end, the step runs the whole base.
+    head.run_eagerly = True
+    base_before, head_before = freezing.weight_bytes(base.layers), freezing.weight_bytes([head_layer])
+    head.fit(stage.train_batches(2, seed=0), epochs=1, verbose=0)
+    assert freezing.changed_weights(base_before, freezing.weight_bytes(base.layers)) == []
+    assert freezing.changed_weights(head_before, freezing.weight_bytes([head_layer])), "the head did not train"
+    assert head.predict(stage.validation_batches(2), verbose=0).shape == (data.validation_count, NUM_CLASSES)
