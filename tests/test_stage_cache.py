@@ -286,6 +286,22 @@ def test_a_prefix_pass_is_shared_only_by_the_same_frozen_weights_over_the_same_i
     assert not stage_cache.cache_stage(classifier, other_images, BATCH_SIZE, earlier_passes=passes).prefix_shared
 
 
+def test_every_seeds_split_is_served_by_one_pass_over_its_images(tiny_flowers, sample_weights_dir):
+    passes = stage_cache.PrefixActivations()
+    classifier = pretrained_classifier("mobilenet", sample_weights_dir)
+    thaw_from(classifier, "conv_pw_12")
+    pooled = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE, earlier_passes=passes)
+
+    split = tiny_flowers.split_for_seed(4)
+    stage = stage_cache.cache_stage(classifier, split, BATCH_SIZE, earlier_passes=passes)
+    own = stage_cache.cache_stage(classifier, dataclasses.replace(split, pool=None, pool_indices=None), BATCH_SIZE)
+
+    assert not pooled.prefix_shared and stage.prefix_shared
+    for shared, computed in ((stage.train_activations, own.train_activations),
+                             (stage.validation_activations, own.validation_activations)):
+        np.testing.assert_allclose(shared[0], computed[0], rtol=1e-5, atol=1e-6)
+
+
 def test_prefix_passes_over_the_budget_are_not_kept(tiny_flowers, sample_weights_dir):
     classifier = pretrained_classifier("mobilenet", sample_weights_dir)
     thaw_from(classifier, "conv_pw_12")
