@@ -32,7 +32,7 @@ from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import PROFILES
-from lab.training import tensorboard_callbacks, tensorboard_log_dir, train_lab_cnn
+from lab.training import tensorboard_log_dir, train_lab_cnn
 from pytest_lab import RUN_CONFIG
 from pytest_lab.session import LabSession
 
@@ -487,7 +487,7 @@ def saved_base_model(shared_dir, image_data, profile, run_config, keras_verbose)
             path,
             lambda target: train_lab_cnn(
                 image_data(*_flowers_small_dataset(profile), seed=seed), filters, profile.cnn_epochs,
-                profile.batch_size, seed, target, keras_verbose, tensorboard_callbacks(log_dir),
+                profile.batch_size, seed, target, keras_verbose, log_dir,
             ),
         )
 

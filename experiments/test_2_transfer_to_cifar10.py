@@ -11,8 +11,9 @@ import pytest
 
 from lab import models, storage
 from lab.freezing import trainable_parameter_count
+from lab.hparams import FitSettings
 from lab.results import Table
-from lab.training import fit_on, predicted_classes, tensorboard_callbacks
+from lab.training import fit_on, lab_cnn_name, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(2)
 
@@ -51,9 +52,13 @@ def test_transfer_to_cifar10(
     assert model.output_shape == (None, 10)
     assert len(model.trainable_weights) == 10
 
+    settings = FitSettings(
+        experiment=2, seed=seed, backbone=lab_cnn_name(LAB_FILTERS), weights=initialisation,
+        image_size=cifar10.image_size, train_images=cifar10.train_count,
+    )
     result = fit_on(
         model, cifar10, profile.cnn_epochs, profile.batch_size, seed, keras_verbose,
-        tensorboard_callbacks(tensorboard_dir),
+        tensorboard_callbacks(tensorboard_dir, settings=settings),
     )
 
     assert storage.file_digest(saved["path"]) == saved_file_digest, "training changed the saved base file"

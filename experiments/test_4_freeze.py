@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from lab import features, freezing, models, timesplit
 from lab.data import ImageData
+from lab.hparams import FitSettings
 from lab.results import Table
 from lab.stage_cache import CachedStage
 from lab.timing import EpochTimes
@@ -49,9 +50,13 @@ def test_frozen_base_trains_only_the_head(
 
     base_before = freezing.weight_bytes(base.layers)
     head_before = freezing.weight_bytes([head])
+    settings = FitSettings(
+        experiment=4, seed=seed, backbone=case.name, weights=weights_kind,
+        image_size=case.image_size, train_images=case.data.train_count,
+    )
     result = fit_on(
         trained, case.data, profile.backbone_epochs, profile.batch_size, seed, keras_verbose,
-        tensorboard_callbacks(tensorboard_dir),
+        tensorboard_callbacks(tensorboard_dir, settings=settings),
     )
 
     assert freezing.changed_weights(base_before, freezing.weight_bytes(base.layers)) == []

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from lab import fine_tuning, freezing, optimizers, prediction, stage_cache, timesplit
+from lab.hparams import FitSettings
 from lab.results import StageCurve, Table
 from lab.training import fit, predicted_classes, tensorboard_callbacks
 
@@ -100,9 +101,14 @@ def test_unfreeze_strategy(
         frozen_before = freezing.weight_bytes(frozen_layers)
         statistics_before = freezing.batch_norm_statistics(model)
         rate_recorder = optimizers.GroupLearningRates()
+        settings = FitSettings(
+            experiment=5, seed=seed, backbone=case.name, weights=case.weights.kind,
+            image_size=case.image_size, train_images=case.data.train_count, strategy=strategy, stage=number,
+            schedule=run_config.lr_schedule, rates=fine_tuning.describe_rates(rates), lr_factor=run_config.lr_factor,
+        )
         result = fit(
             trained, train_batches, stage.epochs, validation_batches, keras_verbose,
-            [*tensorboard_callbacks(tensorboard_dir, f"stage{number}"), rate_recorder],
+            [*tensorboard_callbacks(tensorboard_dir, f"stage{number}", settings=settings), rate_recorder],
             early_stopping_patience=run_config.early_stopping,
         )
         assert freezing.changed_weights(frozen_before, freezing.weight_bytes(frozen_layers)) == []

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from lab import prediction, timesplit
 from lab.data import ImageData
+from lab.hparams import FitSettings, HParamsLog
 from lab.results import Curves
 from lab.timing import EpochTimes
 
@@ -40,14 +41,19 @@ class FitResult:
     best_epoch: int | None = None
 
     @property
-    def final_validation_accuracy(self) -> float | None:
-        """Validation accuracy of the weights the model holds after the fit.
+    def final_epoch(self) -> int:
+        """The epoch (1-based) whose weights the model holds after the fit.
 
-        The best epoch's when early stopping restored its weights, else the last epoch's.
+        The best epoch when early stopping restored its weights, else the last epoch.
         """
+        return self.best_epoch or len(self.loss)
+
+    @property
+    def final_validation_accuracy(self) -> float | None:
+        """Validation accuracy of the weights the model holds after the fit (`final_epoch`)."""
         if not self.validation_accuracy:
             return None
-        return self.validation_accuracy[self.best_epoch - 1 if self.best_epoch else -1]
+        return self.validation_accuracy[self.final_epoch - 1]
 
     @property
     def steady_epoch_seconds(self) -> float | None:
@@ -92,7 +98,8 @@ def fit(
 
     Its epochs count as tracing and training in the session's time split (`lab.timesplit`).
 
-    `callbacks` run after the epoch timer, so that their work is not timed as training.
+    `callbacks` run after the epoch timer, so that their work is not timed as training. An
+    `HParamsLog` among them (`tensorboard_callbacks`) gets the fit's result.
 
     Args:
         early_stopping_patience: stop once validation accuracy has not improved for this
@@ -115,7 +122,7 @@ def fit(
     ).history
     timesplit.add_fit(timer.seconds)
     loss = [float(value) for value in history["loss"]]
-    return FitResult(
+    result = FitResult(
         loss=loss,
         accuracy=[float(value) for value in history.get("accuracy", [])],
         validation_accuracy=[float(value) for value in history.get("val_accuracy", [])],
@@ -123,6 +130,10 @@ def fit(
         stopped_epoch=len(loss) if stopping else None,
         best_epoch=stopping[0].best_epoch + 1 if stopping else None,
     )
+    for callback in callbacks:
+        if isinstance(callback, HParamsLog):
+            callback.log_result(result)
+    return result
 
 
 def fit_on(
@@ -169,19 +180,41 @@ def tensorboard_log_dir(root: str, names: Sequence[str], seed: int) -> str:
     return os.path.join(root, *folders, f"seed{seed}")
 
 
-def tensorboard_callbacks(log_dir: str | None, *subfolders: str) -> list[keras.callbacks.Callback]:
-    """A `keras.callbacks.TensorBoard` writing to `log_dir/subfolders...`; none without `log_dir`.
+def tensorboard_callbacks(
+    log_dir: str | None, *subfolders: str, settings: FitSettings
+) -> list[keras.callbacks.Callback]:
+    """Callbacks that log a fit into `log_dir/subfolders...` (`unused_folder`); none without `log_dir`.
 
-    Give every fit of one test its own subfolder: a second fit into the same folder starts
-    again at step 0 and draws over the first fit's curves.
+    A `keras.callbacks.TensorBoard` writes the learning curves, and an `HParamsLog` the fit's
+    `settings` and final metrics, for TensorBoard's HParams dashboard. Give every fit of one
+    test its own subfolder, named for what sets it apart (`stage1`).
     """
     if log_dir is None:
         return []
-    return [keras.callbacks.TensorBoard(os.path.join(log_dir, *subfolders))]
+    folder = unused_folder(os.path.join(log_dir, *subfolders))
+    return [keras.callbacks.TensorBoard(folder), HParamsLog(folder, settings)]
+
+
+def unused_folder(folder: str) -> str:
+    """`folder`, or if it exists (an earlier session's logs), the first of `folder-run2`, `-run3`... that does not.
+
+    A fit logged into a folder that holds logs would start again at step 0 and draw over their
+    curves, and TensorBoard would pair the earlier session's settings with this one's metrics.
+    """
+    candidate, number = folder, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{folder}-run{number}"
+    return candidate
 
 
 # Validation images whose predictions are stored with a saved model, to check a reload.
 PROBE_IMAGES = 16
+
+
+def lab_cnn_name(filters: Sequence[int]) -> str:
+    """The lab CNN with these filter widths, as TensorBoard's settings name it: `lab_cnn-32-64-128`."""
+    return "-".join(["lab_cnn", *map(str, filters)])
 
 
 def train_lab_cnn(
@@ -192,9 +225,11 @@ def train_lab_cnn(
     seed: int,
     path: str,
     verbose: int = 0,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
+    tensorboard_dir: str | None = None,
 ) -> dict:
     """Experiment 1's training: the lab CNN on tf_flowers, saved atomically to `path`.
+
+    With `tensorboard_dir` the fit logs there (`tensorboard_callbacks`).
 
     Returns:
         JSON-able metadata: the path, filters, image counts, the `FitResult` history, a digest
@@ -207,6 +242,11 @@ def train_lab_cnn(
     seed_everything(seed)
     model = lab_cnn(flowers.num_classes, flowers.image_size, filters)
     compile_for_classification(model)
+    settings = FitSettings(
+        experiment=1, seed=seed, backbone=lab_cnn_name(filters), weights="none",
+        image_size=flowers.image_size, train_images=flowers.train_count,
+    )
+    callbacks = tensorboard_callbacks(tensorboard_dir, settings=settings)
     result = fit_on(model, flowers, epochs, batch_size, seed, verbose, callbacks)
     atomic_save_model(model, path)
     probe = flowers.scaled("validation", limit=PROBE_IMAGES)

@@ -13,7 +13,10 @@ from lab import models, training
 from lab.backbones import get_backbone
 from lab.config import build_config
 from lab.errors import LabInputError
+from lab.hparams import FitSettings
 from lab.profiles import FULL, SMOKE, with_overrides
+
+SETTINGS = FitSettings(experiment=5, seed=0, backbone="tiny", weights="none", image_size=4, train_images=16)
 
 
 def tiny_classifier() -> keras.Model:
@@ -52,7 +55,7 @@ def test_each_fit_writes_its_learning_curves_in_its_own_folder(tmp_path):
     for stage in ("stage0", "stage1"):
         training.fit(
             model, tiny_batches(), 2, validation=tiny_batches(),
-            callbacks=training.tensorboard_callbacks(log_dir, stage),
+            callbacks=training.tensorboard_callbacks(log_dir, stage, settings=SETTINGS),
         )
 
     for stage in ("stage0", "stage1"):
@@ -62,7 +65,7 @@ def test_each_fit_writes_its_learning_curves_in_its_own_folder(tmp_path):
 
 
 def test_no_tensorboard_folder_adds_no_callback():
-    assert training.tensorboard_callbacks(None, "stage0") == []
+    assert training.tensorboard_callbacks(None, "stage0", settings=SETTINGS) == []
 
 
 def test_tensorboard_folder_that_is_a_file_is_refused(tmp_path):
