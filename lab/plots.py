@@ -8,6 +8,7 @@ or figure registry, so rendering works headless and inside any process (pytest's
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -15,6 +16,10 @@ from matplotlib.ticker import MaxNLocator
 
 from lab.results import Record
 from lab.statistics import NO_DIFFERENCE, Comparison
+
+if TYPE_CHECKING:
+    # Only for the annotation: this module stays free of TensorFlow, which lab.lr_finder imports.
+    from lab.lr_finder import LearningRateSearch
 
 
 def learning_curves(records: list[Record]) -> bytes | None:
@@ -153,6 +158,30 @@ def forest(comparisons: list[Comparison]) -> bytes | None:
         axes.set_xlabel(label)
         axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
+    return _png(figure)
+
+
+def lr_search(searches: dict[str, LearningRateSearch]) -> bytes | None:
+    """Each range test's smoothed loss against its rate (log scale), suggestion marked; None without.
+
+    One line per backbone; a search without a suggestion keeps its line, and its label says why.
+    """
+    if not searches:
+        return None
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
+    for name, search in searches.items():
+        label = f"{name}: {search.suggestion:.1e}" if search.found else f"{name}: none ({search.reason})"
+        (line,) = axes.plot(search.rates, search.smoothed, label=label)
+        if search.found:
+            loss = search.smoothed[search.rates.index(search.suggestion)]
+            axes.plot(search.suggestion, loss, marker="o", markersize=8, color=line.get_color())
+    axes.set_xscale("log")
+    rules = ", ".join(dict.fromkeys(search.rule for search in searches.values()))
+    axes.set_xlabel("learning rate (the fastest group's)")
+    axes.set_ylabel("training loss (smoothed)")
+    axes.legend(fontsize=7, title=f"suggestion ({rules})", title_fontsize=7)
+    axes.grid(alpha=0.3)
     return _png(figure)
 
 
