@@ -16,22 +16,13 @@ import pytest
 # TensorFlow's C++ start-up chatter would bury pytest's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lab import data, distribution, reproducibility, storage
+from lab import adam, data, distribution, models, reproducibility, storage
 from lab.backbones import get_backbone, resolve_weights
-from lab.config import (
-    CACHED_CHOICES,
-    DISTRIBUTION_STRATEGIES,
-    MAX_LR_FACTOR,
-    WEIGHTS_CHOICES,
-    RunConfig,
-    build_config,
-    path_option,
-)
+from lab.config import RunConfig, build_config, path_option
 from lab.data import ImageData
 from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
-from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
-from lab.profiles import PROFILES
+from lab.options import Options, addoption_arguments
 from lab.training import tensorboard_log_dir, train_lab_cnn
 from pytest_lab import RUN_CONFIG
 from pytest_lab.session import LabSession
@@ -45,81 +36,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """The lab's options, each declared once in lab/options.py."""
     group = parser.getgroup("lab", "transfer-learning lab")
-    group.addoption("--profile", choices=sorted(PROFILES), default="smoke",
-                    help="smoke: tiny subsets and sizes for a CPU (default); full: the lab's own settings, for a GPU")
-    group.addoption("--data-source", choices=data.SOURCES, default=None,
-                    help="where images come from (default: folder when --data-dir is given, else the embedded "
-                    "sample for the smoke profile and tfds for the full one)")
-    group.addoption("--data-dir", metavar="PATH", default=None,
-                    help="a folder with flower_photos/<class>/* and cifar10/<class>/* (the layout of ../shared/data); "
-                    "default: $LAB_DATA_DIR")
-    # None, not 0: a list of --seeds given with --seed is an error, so --seed must show it was given.
-    group.addoption("--seed", type=int, default=None, help="seeds Python, NumPy and TensorFlow (default 0)")
-    group.addoption("--seeds", metavar="N|S,S...", default="1",
-                    help="run every training case once per seed: N seeds from --seed on (default 1), or the "
-                    "seeds listed (0,1,2; not with --seed), at most 100; accuracies then carry their spread over seeds")
-    group.addoption("--split-per-seed", action="store_true",
-                    help="every seed draws its own train/validation split of the loaded images (stratified by "
-                    "class; the same for every arm of that seed), so that a verdict covers other validation "
-                    "images too; a publisher's fixed test split (tensorflow-datasets) stays as it is")
-    group.addoption("--subset", type=int, default=None, metavar="N",
-                    help="training images per dataset, overriding the profile")
-    group.addoption("--dataset", metavar="NAME|PATH", default="tf_flowers",
-                    help="what experiments 3-5 run on: a tensorflow-datasets name whose examples are an image and a "
-                    "class label (beans, oxford_flowers102, cats_vs_dogs...; mock data with --data-source mock), "
-                    "or a folder of <class>/* images (default: tf_flowers; experiments 1 and 2 keep the lab's)")
-    group.addoption("--backbones", metavar="NAME[,NAME...]", default=None,
-                    help="backbones for experiments 3-5: any keras.applications network by Keras's name "
-                    "(ResNet50, EfficientNetB0, ConvNeXtTiny, MobileNetV3Small...), or the lab's hand-written "
-                    "resnet50, vgg16, mobilenet (alpha 0.25), mobilenet_v2 (alpha 0.35) (default: the profile's)")
-    group.addoption("--weights", choices=WEIGHTS_CHOICES, default="imagenet",
-                    help="backbone weights: imagenet (a --weights-dir file, Keras's cache or a download) "
-                    "or none (random)")
-    group.addoption("--weights-dir", metavar="PATH", default=None,
-                    help="a folder holding Keras's official no-top weights files under their own names; "
-                    "default: $LAB_WEIGHTS_DIR")
-    group.addoption("--report-dir", metavar="PATH", default=None,
-                    help="where the session's markdown report goes (default: $LAB_REPORT_DIR, else reports/)")
-    group.addoption("--no-report", action="store_true", help="write no report")
-    group.addoption("--deterministic", action="store_true",
-                    help="TensorFlow op determinism (deterministic kernels are slower: timings are not comparable)")
-    group.addoption("--strategy", choices=DISTRIBUTION_STRATEGIES, default="default",
-                    help="mirrored: tf.distribute.MirroredStrategy over every GPU (or logical CPU device); "
-                    "multiworker: tf.distribute.MultiWorkerMirroredStrategy over the machines TF_CONFIG names")
-    group.addoption("--mixed-precision", action="store_true", help="mixed_float16 compute (for GPUs)")
-    group.addoption("--epochs", type=int, default=None, metavar="N",
-                    help="every epoch count of the profile (at least 2), for a quick structural run")
-    group.addoption("--image-size", type=int, default=None, metavar="N",
-                    help="input side of every backbone of experiments 3-5 (at least 32), overriding the profile's")
-    group.addoption("--run-eagerly", action="store_true",
-                    help="run Keras's training steps as plain Python, without tracing a graph: on a CPU much faster "
-                    "for a few steps of a large backbone, slower per step (timings are not comparable)")
-    group.addoption("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                    help="experiment 5's learning rate within each compile: constant (default), cosine (a linear "
-                    "warm-up over a tenth of the steps, then cosine decay) or triangular (ULMFiT's slanted triangle)")
-    group.addoption("--lr-factor", type=float, default=DISCRIMINATIVE_FACTOR, metavar="F",
-                    help="discriminative learning rates of experiment 5: each block down from the head learns F "
-                    f"times slower (default {DISCRIMINATIVE_FACTOR}, ULMFiT's; 1 to {MAX_LR_FACTOR:g})")
-    group.addoption("--augment", action="store_true",
-                    help="random horizontal flips, rotations and zooms of 10%% in front of every backbone classifier "
-                    "(experiments 3-5; training only); cases that train on cached features are skipped")
-    group.addoption("--early-stopping", type=int, default=None, metavar="PATIENCE",
-                    help="experiment 5: stop each fit after PATIENCE epochs without a better validation accuracy "
-                    "and keep its best epoch's weights (default: off, every strategy trains its whole budget)")
-    group.addoption("--cached", choices=CACHED_CHOICES, default="auto",
-                    help="experiment 5: auto (default) runs each stage's frozen layers once over the images and "
-                    "trains the rest on their cached activations, where that is the same training (else end to "
-                    "end, saying why); off always trains end to end, to time the two against each other")
-    group.addoption("--cache-budget", metavar="SIZE", default="2G",
-                    help="the most memory one stage's cached activations may take: bytes, or K, M, G, T, "
-                    "such as 512M or 2G (default 2G); a stage over it trains end to end")
-    group.addoption("--tensorboard", metavar="DIR", default=None,
-                    help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>")
-    group.addoption("--worker-timeout", type=float, default=distribution.DEFAULT_WORKER_TIMEOUT, metavar="SECONDS",
-                    help="--strategy multiworker: how long to wait for every other machine TF_CONFIG names to "
-                    "accept a connection, then stop naming those that did not "
-                    f"(default {distribution.DEFAULT_WORKER_TIMEOUT:g})")
+    for flag, arguments in addoption_arguments():
+        group.addoption(flag, **arguments)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -128,33 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run = build_config(
-                profile=config.getoption("profile"),
-                data_source=config.getoption("data_source"),
-                data_dir=config.getoption("data_dir"),
-                seed=config.getoption("seed"),
-                seeds=config.getoption("seeds"),
-                split_per_seed=config.getoption("split_per_seed"),
-                subset=config.getoption("subset"),
-                backbone_names=config.getoption("backbones"),
-                weights=config.getoption("weights"),
-                weights_dir=config.getoption("weights_dir"),
-                deterministic=config.getoption("deterministic"),
-                strategy=config.getoption("strategy"),
-                mixed_precision=config.getoption("mixed_precision"),
-                epochs=config.getoption("epochs"),
-                image_size=config.getoption("image_size"),
-                tensorboard_dir=config.getoption("tensorboard"),
-                run_eagerly=config.getoption("run_eagerly"),
-                lr_schedule=config.getoption("lr_schedule"),
-                lr_factor=config.getoption("lr_factor"),
-                augment=config.getoption("augment"),
-                early_stopping=config.getoption("early_stopping"),
-                cached=config.getoption("cached"),
-                cache_budget=config.getoption("cache_budget"),
-                dataset=config.getoption("dataset"),
-                worker_timeout=config.getoption("worker_timeout"),
-            )
+            run = build_config(Options.from_pytest(config))
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
     if run.strategy == "multiworker" and config.getoption("numprocesses", None):
@@ -166,14 +60,12 @@ def pytest_configure(config: pytest.Config) -> None:
         for warning in caught:
             config.issue_config_time_warning(warning.message, stacklevel=2)
     config.stash[RUN_CONFIG] = run
-    report_dir, report_dir_name = path_option(
-        "report_dir", config.getoption("report_dir"), os.path.join(ROOT, "reports")
-    )
+    report_dir, report_dir_name = path_option("report_dir", run.options.report_dir, os.path.join(ROOT, "reports"))
     if not _is_worker(config):
         config.pluginmanager.register(
-            LabSession(config, run, None if config.getoption("no_report") else report_dir), "lab-session"
+            LabSession(config, run, None if run.options.no_report else report_dir), "lab-session"
         )
-    if not config.getoption("no_report") and not _is_worker(config):
+    if not run.options.no_report and not _is_worker(config):
         _check_writable(report_dir, "reports", _report_dir_fix(report_dir_name))
     if run.tensorboard_dir and not _is_worker(config):
         _check_writable(
@@ -239,6 +131,8 @@ def _apply_run_settings(run: RunConfig) -> None:
         reproducibility.enable_determinism()
     if run.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    models.use_xla(run.options.xla)
+    adam.use_adam(run.options.adam)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,37 @@ that trains 42 tensors, more for a whole ResNet50. TensorFlow's `ApplyAdam` kern
 same update as one operation. It rounds its intermediate results otherwise than Keras's
 separate operations, so an update may differ from Keras's by a float32 step or two of the
 weight; two runs of this Adam agree bit for bit, as two runs of Keras's do.
+
+Which Adam a run's compiles build is the run's `--adam` (`use_adam`, once per process): `fused`,
+the default, or `keras`, Keras's own. Build every Adam with `adam()`.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+ADAM_CHOICES = ("fused", "keras")
+# The run's --adam: set once per process by `use_adam`, read by `adam`.
+_chosen = {"adam": "fused"}
+
+
+def use_adam(choice: str) -> None:
+    """Makes every later `adam()` the `fused` one (`FusedAdam`) or Keras's own (`keras`)."""
+    if choice not in ADAM_CHOICES:
+        raise ValueError(f"unknown Adam {choice!r}: use one of {', '.join(ADAM_CHOICES)}")
+    _chosen["adam"] = choice
+
+
+def chosen_adam() -> str:
+    """The Adam `adam()` builds: `fused` or `keras`."""
+    return _chosen["adam"]
+
+
+def adam(learning_rate=0.001, **kwargs) -> keras.optimizers.Adam:
+    """A fresh Adam of the run's choice (`use_adam`) with Keras's Adam arguments."""
+    optimizer_class = FusedAdam if _chosen["adam"] == "fused" else keras.optimizers.Adam
+    return optimizer_class(learning_rate=learning_rate, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="lab")

@@ -11,24 +11,19 @@ from lab import backbones, data, datasets, distribution, sample, stage_cache
 from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
+from lab.options import MAX_LR_FACTOR, Options
 from lab.profiles import Profile, get_profile, with_overrides
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_CHOICES = ("imagenet", "none")
 # Python's, NumPy's and TensorFlow's seeding all accept exactly this range.
 MAX_SEED = 2**32 - 1
 # Every seed is scored on the same validation images, whose sampling bounds the intervals:
 # past this many seeds they narrow by little, while every training case runs once more per seed.
 MAX_SEEDS = 100
-# Block k below the head learns at rate / F**k: past this factor the base's blocks are all but
-# frozen, and the discriminative strategies turn into head-only ones.
-MAX_LR_FACTOR = 100.0
 # The environment variable that gives each path option its default, as TFDS_DATA_DIR and
 # KERAS_HOME do for tensorflow-datasets and Keras; the command line wins over it.
 PATH_VARIABLES = {"data_dir": "LAB_DATA_DIR", "weights_dir": "LAB_WEIGHTS_DIR", "report_dir": "LAB_REPORT_DIR"}
-DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multiworker")
-CACHED_CHOICES = ("auto", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +58,8 @@ class RunConfig:
         cache_budget: the most bytes one stage's cached activations may take.
         worker_timeout: seconds `--strategy multiworker` waits for the other tasks of TF_CONFIG.
         split_per_seed: every seed draws its own train/validation split (`ImageData.split_for_seed`).
+        options: every option as given (`lab.options.Options`), unchecked values included: what
+            the report's header lists, and where an option with nothing to resolve is read.
     """
 
     profile: Profile
@@ -88,6 +85,7 @@ class RunConfig:
     cache_budget: int = stage_cache.DEFAULT_CACHE_BUDGET
     worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT
     split_per_seed: bool = False
+    options: Options = dataclasses.field(default_factory=Options)
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
         """The backbones experiment `pretrained`, `freeze` or `unfreeze` covers."""
@@ -211,49 +209,28 @@ def parse_seeds(text: str, first_seed: int | None) -> tuple[int, ...]:
     return seeds
 
 
-def build_config(
-    profile: str,
-    data_source: str | None,
-    data_dir: str | None,
-    seed: int | None,
-    subset: int | None,
-    backbone_names: str | None,
-    weights: str,
-    weights_dir: str | None,
-    deterministic: bool = False,
-    strategy: str = "default",
-    mixed_precision: bool = False,
-    epochs: int | None = None,
-    image_size: int | None = None,
-    tensorboard_dir: str | None = None,
-    run_eagerly: bool = False,
-    lr_schedule: str = "constant",
-    lr_factor: float = DISCRIMINATIVE_FACTOR,
-    augment: bool = False,
-    early_stopping: int | None = None,
-    seeds: str = "1",
-    cached: str = "auto",
-    cache_budget: str = "2G",
-    dataset: str = "tf_flowers",
-    worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT,
-    split_per_seed: bool = False,
-) -> RunConfig:
-    """Checks every option and returns the run's settings.
+def build_config(*args, **kwargs) -> RunConfig:
+    """Checks every option and returns the run's settings: the checks that involve several
+    options, and each option's own, in one place.
 
-    `data_dir` and `weights_dir` are the command line's values: None takes the environment
-    variable's (`path_option`). `seed` None is `--seed` not given.
+    Takes an `Options` (`build_config(Options.from_pytest(config))`), or an `Options`'s fields
+    as arguments (`build_config(profile="smoke", seed=3)`; the first eight also by position).
+    `data_dir` and `weights_dir` None take their environment variable's value (`path_option`);
+    `seed` None is `--seed` not given.
 
     Raises:
         LabInputError: naming the option (or the environment variable) to fix.
     """
-    data_dir, data_dir_name = path_option("data_dir", data_dir)
-    weights_dir, weights_dir_name = path_option("weights_dir", weights_dir)
-    source_given = data_source is not None
+    options = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], Options) else Options(*args, **kwargs)
+    profile = get_profile(options.profile)
+    for error in options.choice_errors():
+        raise LabInputError(error)
+    data_dir, data_dir_name = path_option("data_dir", options.data_dir)
+    weights_dir, weights_dir_name = path_option("weights_dir", options.weights_dir)
+    data_source = options.data_source
     if data_source is None:
-        data_source = "folder" if data_dir else ("sample" if profile == "smoke" else "tfds")
-    if data_source not in data.SOURCES:
-        raise LabInputError(f"unknown --data-source {data_source!r}: use one of {', '.join(data.SOURCES)}")
-    if data_source == "sample" and profile == "full":
+        data_source = "folder" if data_dir else ("sample" if profile.name == "smoke" else "tfds")
+    if data_source == "sample" and profile.name == "full":
         raise LabInputError(
             "--data-source sample is too small for --profile full (500 flowers, 2,500 CIFAR-10 images): "
             "use --data-source tfds (the full profile's default) or --data-dir PATH"
@@ -262,70 +239,67 @@ def build_config(
         raise LabInputError("--data-source folder needs --data-dir PATH")
     check_folder(data_dir, data_dir_name, "the folder that holds flower_photos/ and cifar10/")
     data_dir = os.path.abspath(data_dir) if data_dir else None
+    subset, seed = options.subset, options.seed
     if subset is not None and subset <= 0:
         raise LabInputError(f"--subset must be a positive number of training images, got {subset}")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise LabInputError(
             f"--seed must be in 0..{MAX_SEED} (what Python, NumPy and TensorFlow seeding accept), got {seed}"
         )
-    seed_list = parse_seeds(seeds, seed)
-    names = None if backbone_names is None else parse_backbones(backbone_names)
-    if image_size is not None:
+    seed_list = parse_seeds(options.seeds, seed)
+    names = None if options.backbone_names is None else parse_backbones(options.backbone_names)
+    if options.image_size is not None:
         for name in names or ():
-            backbones.get_backbone(name).check_image_size(image_size)
-    if weights not in WEIGHTS_CHOICES:
-        raise LabInputError(f"unknown --weights {weights!r}: use one of {', '.join(WEIGHTS_CHOICES)}")
+            backbones.get_backbone(name).check_image_size(options.image_size)
     check_folder(
         weights_dir, weights_dir_name,
         "a folder holding Keras's ImageNet weights files under their own names "
         "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5...)",
     )
-    if strategy not in DISTRIBUTION_STRATEGIES:
-        raise LabInputError(f"unknown --strategy {strategy!r}: use one of {', '.join(DISTRIBUTION_STRATEGIES)}")
-    if strategy == "multiworker":
+    if options.strategy == "multiworker":
         distribution.check_multiworker_config()
     # NaN and infinity too: an unbounded wait is the hang the timeout is there to end.
-    if not 0 < worker_timeout < float("inf"):
+    if not 0 < options.worker_timeout < float("inf"):
         raise LabInputError(
-            f"--worker-timeout must be a finite, positive number of seconds, got {worker_timeout}: how long "
-            "--strategy multiworker waits for the other machines of TF_CONFIG"
+            f"--worker-timeout must be a finite, positive number of seconds, got {options.worker_timeout}: how "
+            "long --strategy multiworker waits for the other machines of TF_CONFIG"
         )
+    tensorboard_dir = options.tensorboard_dir
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
         raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
-    check_fine_tuning(lr_schedule, lr_factor, early_stopping)
-    if cached not in CACHED_CHOICES:
-        raise LabInputError(f"unknown --cached {cached!r}: use one of {', '.join(CACHED_CHOICES)}")
-    budget_bytes = stage_cache.parse_cache_budget(cache_budget)
+    check_fine_tuning(options.lr_schedule, options.lr_factor, options.early_stopping)
+    budget_bytes = stage_cache.parse_cache_budget(options.cache_budget)
     if data_source == "sample":
         # Hashes every sample file (once per process): a broken sample stops the run before it starts.
         sample.verified_root()
-    dataset_spec = resolve_dataset(dataset, data_source, source_given, data_dir)
+    dataset_spec = resolve_dataset(options.dataset, data_source, options.data_source is not None, data_dir)
     return RunConfig(
-        profile=with_overrides(get_profile(profile), epochs, image_size),
+        profile=with_overrides(profile, options.epochs, options.image_size),
         data_source=data_source,
         data_dir=data_dir,
         dataset=dataset_spec,
         seed=seed_list[0],
         subset=subset,
         backbones=names,
-        weights=weights,
+        weights=options.weights,
         weights_dir=os.path.abspath(weights_dir) if weights_dir else None,
-        deterministic=deterministic,
-        strategy=strategy,
-        mixed_precision=mixed_precision,
+        deterministic=options.deterministic,
+        strategy=options.strategy,
+        mixed_precision=options.mixed_precision,
         # Every worker of a multi-worker run has the same weights and all-reduced metrics: the
         # chief's logs are the run's, as its report is.
         tensorboard_dir=os.path.abspath(tensorboard_dir) if tensorboard_dir and distribution.is_chief() else None,
-        run_eagerly=run_eagerly,
+        run_eagerly=options.run_eagerly,
         seeds=seed_list,
-        lr_schedule=lr_schedule,
-        lr_factor=lr_factor,
-        augment=augment,
-        early_stopping=early_stopping,
-        cached=cached,
+        lr_schedule=options.lr_schedule,
+        lr_factor=options.lr_factor,
+        augment=options.augment,
+        early_stopping=options.early_stopping,
+        cached=options.cached,
         cache_budget=budget_bytes,
-        worker_timeout=worker_timeout,
-        split_per_seed=split_per_seed,
+        worker_timeout=options.worker_timeout,
+        split_per_seed=options.split_per_seed,
+        options=options,
     )
 
 

@@ -113,7 +113,7 @@ def display_paths_in(text: str, root: str | None = None) -> str:
     return _ABSOLUTE_PATH.sub(shorten, text)
 
 
-def run_warnings(mixed_precision: bool, deterministic: bool, device: dict) -> list[str]:
+def run_warnings(mixed_precision: bool, deterministic: bool, device: dict, run_eagerly: bool = False) -> list[str]:
     """What a reader of the run's figures must know about its settings on this machine."""
     warnings = []
     if mixed_precision and not device["gpu_count"]:
@@ -123,4 +123,40 @@ def run_warnings(mixed_precision: bool, deterministic: bool, device: dict) -> li
         )
     if deterministic:
         warnings.append("--deterministic: deterministic kernels are slower, so epoch times are not comparable")
+    if run_eagerly:
+        warnings.append(
+            "--run-eagerly: training steps ran as plain Python, without a traced graph, so timings are not comparable"
+        )
     return warnings
+
+
+def training_step(
+    adam: str, xla: str, device: dict, strategy: str = "default", deterministic: bool = False,
+    run_eagerly: bool = False,
+) -> str:
+    """Which Adam and whether XLA compiled the training steps (`--adam`, `--xla`), as the header says it.
+
+    XLA `auto` is Keras's own `jit_compile="auto"`: on for a GPU, off on a CPU, under op
+    determinism, and with eager steps; Keras also leaves it off for a model with a layer XLA
+    cannot compile.
+    """
+    if adam == "fused":
+        optimizer = "Adam fused (lab/adam.py: TensorFlow's one ApplyAdam kernel per weight)"
+        if strategy != "default":
+            optimizer = f"Adam fused, which takes Keras's own update under --strategy {strategy}"
+    else:
+        optimizer = "Adam of Keras (keras.optimizers.Adam)"
+    if run_eagerly:
+        compiled = "XLA off (--run-eagerly traces no graph)"
+    elif xla == "auto":
+        if not device.get("gpu_count"):
+            compiled = "XLA auto (Keras's default): off, no GPU"
+        elif deterministic:
+            compiled = "XLA auto (Keras's default): off under --deterministic"
+        else:
+            compiled = "XLA auto (Keras's default): on the GPU, for models whose every layer XLA compiles"
+    elif xla == "on" and deterministic:
+        compiled = "XLA on, which Keras turns off under --deterministic"
+    else:
+        compiled = f"XLA {xla}"
+    return f"{optimizer}; {compiled}"

@@ -14,7 +14,7 @@ import math
 import keras
 
 from lab import optimizers
-from lab.adam import FusedAdam
+from lab.adam import adam
 from lab.backbones import Backbone
 from lab.freezing import Stage
 
@@ -44,7 +44,7 @@ def stage_optimizer(
     if stage.discriminative:
         groups = optimizers.parameter_groups(model, backbone, stage.learning_rate, factor)
         return optimizers.discriminative_optimizer(groups, schedule=schedule, steps=steps)
-    return FusedAdam(
+    return adam(
         optimizers.learning_rate_schedule(schedule, stage.learning_rate, steps), name=SINGLE_GROUP
     )
 

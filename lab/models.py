@@ -7,12 +7,18 @@ import keras
 # Keras exports no public way to build metric and loss state from symbolic tensors.
 from keras.src.backend import compute_output_spec
 
-from lab.adam import FusedAdam
+from lab.adam import adam
 from lab.backbones import Backbone, get_backbone
 
 BASE_LAYER_NAME = "base"
 HEAD_LAYER_NAME = "head"
 AUGMENTATION_LAYER_NAME = "augmentation"
+# --xla -> compile()'s jit_compile. auto is Keras's own default: XLA for a GPU, none on a CPU,
+# under op determinism, with run_eagerly, or for a model with a layer XLA cannot compile.
+XLA_CHOICES = ("auto", "on", "off")
+_JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+# The run's --xla: set once per process by `use_xla`, read by `compile_for_classification`.
+_chosen = {"xla": "auto"}
 
 
 def lab_cnn(
@@ -177,9 +183,8 @@ def compile_for_classification(
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     optimizer: keras.optimizers.Optimizer | None = None,
 ) -> None:
-    """Adam (`lab.adam.FusedAdam`) and sparse categorical cross-entropy, as the lab asks, tracking accuracy.
-
-    XLA is off: on a CPU it triples tracing time and slows every step of these models.
+    """Adam (the run's `--adam`, `lab.adam.adam`) and sparse categorical cross-entropy, as the lab
+    asks, tracking accuracy, with XLA as the run's `--xla` says (`use_xla`; Keras's "auto" by default).
 
     Args:
         model: the model to compile.
@@ -188,12 +193,24 @@ def compile_for_classification(
             the discriminative rates of `lab.optimizers.discriminative_optimizer`).
     """
     model.compile(
-        optimizer=optimizer or FusedAdam(learning_rate),
+        optimizer=optimizer or adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
-        jit_compile=False,
+        jit_compile=_JIT_COMPILE[_chosen["xla"]],
     )
     build_training_state(model)
+
+
+def use_xla(choice: str) -> None:
+    """Makes every later `compile_for_classification` compile with XLA `auto`, `on` or `off`."""
+    if choice not in XLA_CHOICES:
+        raise ValueError(f"unknown XLA choice {choice!r}: use one of {', '.join(XLA_CHOICES)}")
+    _chosen["xla"] = choice
+
+
+def chosen_xla() -> str:
+    """The run's --xla: `auto`, `on` or `off`."""
+    return _chosen["xla"]
 
 
 def build_training_state(model: keras.Model) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import ops
 
-from lab.adam import FusedAdam
+from lab.adam import adam
 from lab.backbones import Backbone
 from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
@@ -98,7 +98,7 @@ def parameter_groups(
 
 def discriminative_optimizer(
     groups: Sequence[ParameterGroup],
-    optimizer_class: Callable[..., keras.optimizers.Optimizer] = FusedAdam,
+    optimizer_class: Callable[..., keras.optimizers.Optimizer] = adam,
     schedule: str = "constant",
     steps: int | None = None,
 ) -> keras.optimizers.MultiOptimizer:
@@ -112,7 +112,8 @@ def discriminative_optimizer(
 
     Args:
         groups: from `parameter_groups`; every trainable variable must be in one of them.
-        optimizer_class: builds each sub-optimizer from `learning_rate` and `name`.
+        optimizer_class: builds each sub-optimizer from `learning_rate` and `name` (the run's
+            `--adam` by default, `lab.adam.adam`).
         schedule: one of `LR_SCHEDULES`, applied to every group at its own rate.
         steps: training steps of the stage (epochs x batches), for `cosine` and `triangular`.
     """

@@ -118,6 +118,7 @@ def header_table(run: RunHeader) -> str:
         ("dataset, experiments 3-5", run.dataset_description),
         ("weights", run.weights_description),
         ("options", run.options_description),
+        *([("training step", run.training_step)] if run.training_step else []),
         ("profile settings", settings),
         ("wall time", f"{run.wall_seconds:.0f} s" if run.wall_seconds is not None else None),
     ]

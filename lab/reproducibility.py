@@ -41,6 +41,6 @@ def _kernel_cache_kept() -> Iterator[None]:
 def enable_determinism() -> None:
     """Turns on TensorFlow's op determinism: slower deterministic kernels, and no XLA.
 
-    The suite compiles without XLA anyway (see lab/models.py), but its timings still change.
+    Keras's `jit_compile="auto"` (`--xla auto`) then compiles without XLA; its timings change too.
     """
     tf.config.experimental.enable_op_determinism()

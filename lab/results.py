@@ -261,6 +261,9 @@ class RunHeader:
     complete: bool = True
     incomplete_reason: str | None = None
     seeds: list[int] = dataclasses.field(default_factory=list)
+    # Which Adam ran and whether XLA compiled the steps (`environment.training_step`); None in
+    # reports from before --adam and --xla.
+    training_step: str | None = None
 
     @property
     def options_description(self) -> str:

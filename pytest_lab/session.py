@@ -18,9 +18,7 @@ import pytest
 
 from lab import distribution, environment, findings, render, report, timesplit
 from lab.config import RunConfig
-from lab.optimizers import DISCRIMINATIVE_FACTOR
 from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
-from lab.stage_cache import DEFAULT_CACHE_BUDGET
 
 # Node ids of the lab's experiments start with this; a session that ran none writes no report.
 EXPERIMENTS_PREFIX = "experiments/"
@@ -213,10 +211,13 @@ class LabSession:
             device_slug=environment.device_slug(device),
             replicas=distribution.replicas(),
             benchmarks_note=benchmarks_note(self.config),
-            warnings=environment.run_warnings(run.mixed_precision, run.deterministic, device),
+            warnings=environment.run_warnings(run.mixed_precision, run.deterministic, device, run.run_eagerly),
             complete=complete,
             incomplete_reason=self.displayed(reason) if reason else None,
             seeds=list(run.seeds),
+            training_step=environment.training_step(
+                run.options.adam, run.options.xla, device, run.strategy, run.deterministic, run.run_eagerly
+            ),
         )
         results = Results(
             run=header,
@@ -235,28 +236,13 @@ class LabSession:
         return results
 
     def options(self) -> dict[str, str]:
-        """The options of this run that are not defaults, as the user typed them."""
-        run = self.run
+        """The options of this run that are not defaults, as the user typed them (`Options.given`),
+        and xdist's `-n`."""
+        options = self.run.options.given(self.run)
         workers = self.config.getoption("numprocesses", None)
-        options = {
-            "--seeds": ",".join(map(str, run.seeds)) if len(run.seeds) > 1 else None,
-            "--split-per-seed": "" if run.split_per_seed else None,
-            "--subset": str(run.subset) if run.subset else None,
-            "--dataset": dataset_option(run),
-            "--backbones": ",".join(run.backbones) if run.backbones else None,
-            "--deterministic": "" if run.deterministic else None,
-            "--strategy": run.strategy if run.strategy != "default" else None,
-            "--mixed-precision": "" if run.mixed_precision else None,
-            "--tensorboard": run.tensorboard_dir,
-            "--lr-schedule": run.lr_schedule if run.lr_schedule != "constant" else None,
-            "--lr-factor": f"{run.lr_factor:g}" if run.lr_factor != DISCRIMINATIVE_FACTOR else None,
-            "--augment": "" if run.augment else None,
-            "--early-stopping": str(run.early_stopping) if run.early_stopping is not None else None,
-            "--cached": run.cached if run.cached != "auto" else None,
-            "--cache-budget": f"{run.cache_budget / 2**20:g}M" if run.cache_budget != DEFAULT_CACHE_BUDGET else None,
-            "-n": str(workers) if workers else None,
-        }
-        return {name: value for name, value in options.items() if value is not None}
+        if workers:
+            options["-n"] = str(workers)
+        return options
 
     def displayed(self, text: str) -> str:
         """`text` with the machine's absolute paths shortened (see `environment.display_path`)."""
@@ -288,13 +274,6 @@ class LabSession:
             terminalreporter.section("transfer-learning lab")
             for line in lines:
                 terminalreporter.write_line(line)
-
-
-def dataset_option(run: RunConfig) -> str | None:
-    """--dataset as given, or None for the default, tf_flowers."""
-    if run.dataset.classes_sorted:
-        return run.dataset.folder
-    return run.dataset.name if run.dataset.name != "tf_flowers" else None
 
 
 def benchmark_case(nodeid: str) -> bool:
