@@ -11,13 +11,14 @@ Benchmarks") measure data sampling and seeds as separate sources of variance, bo
 - Several seeds, scored on the same images: the per-image, per-seed correctness is a crossed
   two-way design (seeds x images). The variance of its mean is estimated from the two-way
   ANOVA's mean squares as the spread of the seed means (training noise, as a t-interval over
-  seeds would see it) plus the spread of the image means beyond what the seeds explain
-  (which images were drawn): (MS_seeds + max(MS_images - MS_residual, 0)) / (seeds x images),
-  with Satterthwaite's degrees of freedom and a t quantile. For two arms the same is done on
-  the per-image, per-seed difference, so both arms are resampled with the same images and
-  seeds. The truth it covers is the arms' expected difference over new images and new
-  training runs (one seed: over new images, for these two trained models; 93-97% coverage in
-  the calibration test, one seed's exact interval conservative at 94-98%).
+  seeds would see it) plus the spread of the image means beyond what the seeds explain (which
+  images were drawn): (MS_seeds + max(MS_images - MS_residual, 0)) / (seeds x images) (with
+  MS_residual for MS_seeds where the seed means tie exactly), with Satterthwaite's degrees of
+  freedom and a t quantile. For two arms the same is done on the per-image, per-seed
+  difference, so both arms are resampled with the same images and seeds. The truth it covers
+  is the arms' expected difference over new images and new training runs (one seed: over new
+  images, for these two trained models; 93-97% coverage in the calibration test, one seed's
+  exact interval conservative at 94-98%).
 - Several seeds, each with its own train/validation split (`--split-per-seed`): the seeds'
   accuracies (or differences) are independent draws of both sources, and a t-interval over
   them covers both.
@@ -148,7 +149,11 @@ def two_way_intervals(scores: np.ndarray, reference: float = 0.0) -> Intervals:
     residuals = scores - seed_means[..., :, None] - image_means[..., None, :] + mean[..., None, None]
     ms_residual = (residuals**2).sum(axis=(-2, -1)) / ((n_seeds - 1) * (n_images - 1))
     cells = n_seeds * n_images
-    seed_part = ms_seeds / cells
+    # Seed means that tie exactly (a discrete count: each seed one image behind) are no sign of
+    # zero training noise: the seed-by-image interaction, which they vary by at least, stands in.
+    tied = ms_seeds <= _SAME**2
+    seed_part = np.where(tied, ms_residual, ms_seeds) / cells
+    seed_df = np.where(tied, (n_seeds - 1) * (n_images - 1), n_seeds - 1)
     image_part = np.maximum(ms_images - ms_residual, 0.0) / cells
     variance = seed_part + image_part
     # Satterthwaite: the image part is a difference of two mean squares, and is as uncertain as
@@ -156,7 +161,7 @@ def two_way_intervals(scores: np.ndarray, reference: float = 0.0) -> Intervals:
     image_noise = (ms_images**2 / (n_images - 1) + ms_residual**2 / ((n_seeds - 1) * (n_images - 1))) / cells**2
     image_part_noise = np.where(image_part > 0, image_noise, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = variance**2 / (seed_part**2 / (n_seeds - 1) + image_part_noise)
+        df = variance**2 / (seed_part**2 / seed_df + image_part_noise)
     flat = variance <= _SAME**2
     # No spread at all (every seed and image scored alike): the interval has no width, and
     # the p-value is the sign test's over the images, which is what such data support.

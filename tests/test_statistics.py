@@ -75,6 +75,20 @@ def test_images_widen_a_several_seed_interval_that_seeds_alone_would_not():
     assert estimate.high - estimate.low > 0.2
 
 
+def test_seeds_whose_means_tie_on_different_images_still_have_an_interval():
+    # Each seed is one image behind, on another image each time (measured on experiment 5): the
+    # seed means tie exactly, which says nothing of training noise; the interval must not vanish.
+    labels = np.arange(100) % 5
+    a = [_predictions(labels, np.arange(100) < 70)] * 3
+    b = [_predictions(labels, (np.arange(100) < 70) & (np.arange(100) != wrong)) for wrong in (3, 30, 60)]
+
+    comparison = statistics.compare_predictions("q", "A", a, "B", b, labels)
+
+    assert comparison.effect == pytest.approx(0.01)
+    assert comparison.low < 0 < comparison.high
+    assert comparison.verdict == statistics.NO_DIFFERENCE
+
+
 def test_identical_seeds_and_images_give_a_zero_width_interval():
     estimate = statistics.estimate_accuracy(_seeds(np.ones(20), np.ones(20), np.ones(20)))
     assert estimate.low == estimate.high == estimate.value == 1.0
