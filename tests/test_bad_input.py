@@ -25,6 +25,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -575,8 +576,10 @@ def test_corrupt_cifar10_image_stops_the_run_before_any_test_trains(make_image_f
     output = completed.stdout + completed.stderr
     assert completed.returncode == pytest.ExitCode.USAGE_ERROR, output
     assert str(bad) in output and "delete or replace" in output
-    # Experiment 1 needs only the flowers, which are fine: it must not have run either.
-    assert "no tests ran" in output, output
+    # Experiment 1 needs only the flowers, which are fine: it must not have run either (the
+    # summary says "no tests ran", or only counts warnings: two images a class leave classes
+    # without a validation image).
+    assert re.search(r"\d+ (passed|failed|error)", output) is None, output
 
 
 def test_unwritable_tensorboard_folder_stops_pytest_before_any_test(run_python, tmp_path):
