@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib
 import itertools
 import logging
 import math
@@ -21,15 +20,12 @@ import os
 import re
 import types
 from collections.abc import Callable
-from unittest import mock
 
 import h5py
 import keras
 import numpy as np
-from keras.src.applications import imagenet_utils
-from keras.src.utils import file_utils
 
-from lab import network, sample
+from lab import keras_internals, network, sample
 from lab.errors import LabInputError
 
 logger = logging.getLogger(__name__)
@@ -238,12 +234,14 @@ def figures_of(base: keras.Model) -> DerivedFigures:
         layer_count=len(base.layers),
         parameter_count=base.count_params(),
         feature_channels=base.output_shape[-1],
-        weighted_layer_count=sum(_has_weights_to_train(layer) for layer in base.layers),
+        weighted_layer_count=sum(has_weights_to_train(layer) for layer in base.layers),
     )
 
 
-def _has_weights_to_train(layer: keras.layers.Layer) -> bool:
-    # What a gradual schedule thaws: BatchNormalization stays frozen (lab/freezing.py).
+def has_weights_to_train(layer: keras.layers.Layer) -> bool:
+    """Whether a gradual schedule thaws `layer`: it has variables made trainable (whatever its flag
+    says now; EfficientNet's Normalization layer holds only fixed statistics) and is no
+    BatchNormalization, which stays frozen (lab/freezing.py)."""
     trainable = any(variable.trainable for variable in layer.weights)
     return trainable and not isinstance(layer, keras.layers.BatchNormalization)
 
@@ -354,12 +352,12 @@ def application_module(constructor: Callable) -> types.ModuleType:
     The defining module, not the public alias: `keras.applications.mobilenet_v3` has no public
     module, and its `preprocess_input` (the network scales its own input) is there.
     """
-    return importlib.import_module(getattr(constructor, "func", constructor).__module__)
+    return keras_internals.application_source_module(constructor)
 
 
 def family_of(constructor: Callable) -> str:
     """The Keras source module a constructor comes from: one family of networks (`resnet`, `convnext`)."""
-    return getattr(constructor, "func", constructor).__module__.rsplit(".", 1)[-1]
+    return application_module(constructor).__name__.rsplit(".", 1)[-1]
 
 
 def input_sizes(constructor: Callable) -> tuple[int, int]:
@@ -368,14 +366,7 @@ def input_sizes(constructor: Callable) -> tuple[int, int]:
     Asks the constructor for a 1x1 input: Keras's own check refuses it, naming the minimum,
     before any layer is made; its shape helper is called with the default size.
     """
-    declared: dict[str, int] = {}
-    obtain_input_shape = imagenet_utils.obtain_input_shape
-
-    def recording(*args, **kwargs):
-        declared.update(default=kwargs["default_size"], minimum=kwargs["min_size"])
-        return obtain_input_shape(*args, **kwargs)
-
-    with mock.patch.object(imagenet_utils, "obtain_input_shape", recording):
+    with keras_internals.input_size_checks_recorded() as declared:
         try:
             constructor(input_shape=(1, 1, 3), include_top=False, weights=None)
         except ValueError as error:
@@ -387,14 +378,6 @@ def input_sizes(constructor: Callable) -> tuple[int, int]:
     return declared["minimum"], declared.get("default", IMAGENET_IMAGE_SIZE)
 
 
-class _WeightsRequest(Exception):
-    """Stops a constructor at the moment it asks for its ImageNet weights file."""
-
-    def __init__(self, weights: WeightsFile):
-        super().__init__(weights.name)
-        self.weights = weights
-
-
 def keras_weights_file(constructor: Callable, image_size: int) -> WeightsFile:
     """The ImageNet no-top weights file Keras's `weights="imagenet"` loads for `constructor`.
 
@@ -403,15 +386,11 @@ def keras_weights_file(constructor: Callable, image_size: int) -> WeightsFile:
     request: the network is built with `weights="imagenet"` and stopped when it asks for the
     file, before anything is downloaded.
     """
-
-    def requesting(fname, origin=None, *args, file_hash=None, **kwargs):
-        raise _WeightsRequest(WeightsFile(fname, origin, file_hash))
-
-    with mock.patch.object(file_utils, "get_file", requesting):
-        try:
-            constructor(input_shape=(image_size, image_size, 3), include_top=False, weights="imagenet")
-        except _WeightsRequest as request:
-            return request.weights
+    request = keras_internals.requested_weights_file(
+        lambda: constructor(input_shape=(image_size, image_size, 3), include_top=False, weights="imagenet")
+    )
+    if request is not None:
+        return WeightsFile(*request)
     raise LookupError(f"{family_of(constructor)}: Keras loaded ImageNet weights without asking for a file")
 
 
@@ -475,16 +454,16 @@ def boundary_widths(base: keras.Model) -> list[int]:
     operations = base.operations
     position = {id(operation): index for index, operation in enumerate(operations)}
     spans: dict[int, list[int]] = {}
-    for node in _own_nodes(base):
+    for node in keras_internals.graph_nodes(base):
         if node.is_input:
             continue
         used_at = position[id(node.operation)]
         for tensor in node.input_tensors:
-            made_at = position[id(tensor._keras_history.operation)]
+            made_at = position[id(keras_internals.producing_operation(tensor))]
             span = spans.setdefault(id(tensor), [made_at, used_at])
             span[1] = max(span[1], used_at)
     for tensor in base.outputs:
-        spans[id(tensor)] = [position[id(tensor._keras_history.operation)], len(operations)]
+        spans[id(tensor)] = [position[id(keras_internals.producing_operation(tensor))], len(operations)]
     # A tensor made by operation m and last used by operation u crosses every cut before p, m < p <= u.
     changes = np.zeros(len(operations) + 2, dtype=np.int64)
     for made_at, used_at in spans.values():
@@ -495,12 +474,6 @@ def boundary_widths(base: keras.Model) -> list[int]:
     for lower, upper in itertools.pairwise(base.layers):
         widths.append(int(crossing[position[id(lower)] + 1 : position[id(upper)] + 1].min()))
     return widths
-
-
-def _own_nodes(model: keras.Model) -> list:
-    # A Functional model's own nodes: its layers may also have nodes in other models (a
-    # classifier's stage-cache prefix), so `layer._inbound_nodes` alone would not tell them apart.
-    return [node for nodes in model._nodes_by_depth.values() for node in nodes]
 
 
 def graph_stages(base: keras.Model, count: int) -> list[tuple[str, list[keras.layers.Layer]]]:
@@ -515,7 +488,7 @@ def graph_stages(base: keras.Model, count: int) -> list[tuple[str, list[keras.la
     """
     layers = base.layers
     sizes = [
-        sum(int(np.prod(weight.shape)) for weight in layer.weights) if _has_weights_to_train(layer) else 0
+        sum(int(np.prod(weight.shape)) for weight in layer.weights) if has_weights_to_train(layer) else 0
         for layer in layers
     ]
     below = np.concatenate([[0], np.cumsum(sizes)])

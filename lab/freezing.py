@@ -13,7 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from lab.backbones import Backbone
+from lab.backbones import Backbone, has_weights_to_train
 from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 
@@ -157,7 +157,7 @@ def gradual_schedule(
     if kind == "blocks":
         groups = [(name, [layer.name for layer in layers]) for name, layers in backbone.stages_top_down(base)]
     else:
-        weighted = [layer.name for layer in reversed(base.layers) if _has_trainable_weights(layer)]
+        weighted = [layer.name for layer in reversed(base.layers) if has_weights_to_train(layer)]
         step = backbone.layers_per_stage
         groups = [
             (f"top {min(start + step, len(weighted))} layers", weighted[start : start + step])
@@ -182,13 +182,6 @@ def gradual_schedule(
             )
         )
     return schedule
-
-
-def _has_trainable_weights(layer: keras.layers.Layer) -> bool:
-    # Variables made trainable, not what the layer's flag says now; EfficientNet's Normalization
-    # layer holds only fixed statistics.
-    trainable = any(variable.trainable for variable in layer.weights)
-    return trainable and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def strategy_stages(
@@ -260,4 +253,4 @@ def trainable_base_layers(model: keras.Model) -> list[str]:
 
 def weighted_base_layers(model: keras.Model) -> list[str]:
     """Names of the base layers a gradual schedule can thaw (weights, not BatchNormalization)."""
-    return [layer.name for layer in base_of(model).layers if _has_trainable_weights(layer)]
+    return [layer.name for layer in base_of(model).layers if has_weights_to_train(layer)]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import keras
 
-# Keras exports no public way to build metric and loss state from symbolic tensors.
-from keras.src.backend import compute_output_spec
-
+from lab import keras_internals
 from lab.adam import adam
 from lab.backbones import Backbone, get_backbone
 
@@ -227,9 +225,7 @@ def build_training_state(model: keras.Model) -> None:
     inputs = model.inputs[0] if len(model.inputs) == 1 else list(model.inputs)
     predictions = model.outputs[0] if len(model.outputs) == 1 else list(model.outputs)
     with model.distribute_strategy.scope():
-        compute_output_spec(model.compute_metrics, inputs, labels, predictions, sample_weight=None)
-        compute_output_spec(
-            model._compute_loss, inputs, labels, predictions, sample_weight=None, training=False
-        )
+        # Keras exports no public way to build metric and loss state from symbolic tensors.
+        keras_internals.build_loss_and_metric_state(model, inputs, labels, predictions)
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import keras
 import tensorflow as tf
 
-# Private: TensorFlow offers no way to set its global seed and keep its kernel cache.
-from tensorflow.python import pywrap_tfe
+from lab import keras_internals
 
 
 def seed_everything(seed: int) -> None:
@@ -23,19 +19,9 @@ def seed_everything(seed: int) -> None:
     kernel to restart: Keras draws with stateless operations, and every tf.data shuffle has its
     own seed. Python's, NumPy's, Keras's and TensorFlow's seeds are set as Keras sets them.
     """
-    with _kernel_cache_kept():
+    # Private: TensorFlow offers no way to set its global seed and keep its kernel cache.
+    with keras_internals.kernel_cache_kept():
         keras.utils.set_random_seed(seed)
-
-
-@contextlib.contextmanager
-def _kernel_cache_kept() -> Iterator[None]:
-    """Makes TensorFlow's global-seed setter leave its kernel cache as it is."""
-    clear_caches = pywrap_tfe.TFE_ContextClearCaches
-    pywrap_tfe.TFE_ContextClearCaches = lambda context_handle: None
-    try:
-        yield
-    finally:
-        pywrap_tfe.TFE_ContextClearCaches = clear_caches
 
 
 def enable_determinism() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 import keras
 import numpy as np
 
-from lab import freezing, models
+from lab import freezing, keras_internals, models
 from lab.data import ImageData
 from lab.stage_cache import CachedStage, PrefixActivations, StageModels, cache_stage
 
@@ -87,7 +87,7 @@ class ReusableModel:
         inner = getattr(optimizer, "inner_optimizer", optimizer)
         if learning_rate is not None and (
             isinstance(inner, keras.optimizers.MultiOptimizer)
-            or isinstance(inner._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+            or keras_internals.learning_rate_schedule(inner) is not None
         ):
             raise ValueError(
                 f"{self.model.name} trains with per-group rates or a rate schedule: restart it with "

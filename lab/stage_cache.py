@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lab import freezing, prediction
+from lab import freezing, keras_internals, prediction
 from lab.data import ImageData, batched_pairs
 from lab.errors import LabInputError
 from lab.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
@@ -81,7 +81,7 @@ class Cut:
     @property
     def crossing_names(self) -> tuple[str, ...]:
         """The layers whose outputs cross the cut, in the top's input order."""
-        return tuple(tensor._keras_history.operation.name for tensor in self.crossing)
+        return tuple(keras_internals.producing_operation(tensor).name for tensor in self.crossing)
 
     def cache_bytes(self, images: int) -> int:
         """Bytes the activations of `images` images take, from the crossing tensors' shapes."""
@@ -207,12 +207,6 @@ def _leaf_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return [layer]
 
 
-def _graph_nodes(model: keras.Model) -> list:
-    # A Functional model's own nodes: its layers may also have nodes in other models (the
-    # prefixes and tops built here), so `layer._inbound_nodes` alone would not tell them apart.
-    return [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
-
-
 def _crossing(model: keras.Model, cut_layer: keras.layers.Layer) -> tuple[keras.KerasTensor, ...]:
     """The tensors made below `cut_layer` of `model` and used at or above it.
 
@@ -225,15 +219,15 @@ def _crossing(model: keras.Model, cut_layer: keras.layers.Layer) -> tuple[keras.
     above = {id(operation) for operation in operations[start:]}
     order = {id(operation): index for index, operation in enumerate(operations)}
     crossing = {}
-    for node in _graph_nodes(model):
+    for node in keras_internals.graph_nodes(model):
         if id(node.operation) not in above or node.is_input:
             continue
         for tensor in node.input_tensors:
-            if id(tensor._keras_history.operation) not in above:
+            if id(keras_internals.producing_operation(tensor)) not in above:
                 crossing[id(tensor)] = tensor
 
     def made_at(tensor: keras.KerasTensor) -> tuple[int, int]:
-        return order[id(tensor._keras_history.operation)], tensor._keras_history.tensor_index
+        return order[id(keras_internals.producing_operation(tensor))], keras_internals.output_index(tensor)
 
     return tuple(sorted(crossing.values(), key=made_at))
 
@@ -349,7 +343,7 @@ def split_models(classifier: keras.Model, cut: Cut) -> StageModels:
             keras.Model(list(cut.crossing), classifier.outputs, name="trainable_top"),
         )
     base = classifier.get_layer(BASE_LAYER_NAME)
-    (base_node,) = [node for node in _graph_nodes(classifier) if node.operation is base]
+    (base_node,) = [node for node in keras_internals.graph_nodes(classifier) if node.operation is base]
     around = _crossing(classifier, base)
     if {id(tensor) for tensor in around} != {id(tensor) for tensor in base_node.input_tensors}:
         raise ValueError(f"{classifier.name} passes tensors around its base; cut it outside the base")
@@ -380,7 +374,7 @@ def joint_prefix(classifier: keras.Model, cuts: Sequence[Cut]) -> keras.Model:
     if not inner:
         return keras.Model(classifier.inputs, outer, name="joint_prefix")
     base = classifier.get_layer(BASE_LAYER_NAME)
-    (base_node,) = [node for node in _graph_nodes(classifier) if node.operation is base]
+    (base_node,) = [node for node in keras_internals.graph_nodes(classifier) if node.operation is base]
     through_base = keras.Model(base.inputs, [*inner, *base.outputs] if outer else inner, name="joint_base_prefix")
     values = _as_list(through_base(base_node.arguments.args[0]))
     inner_values = iter(values[: len(inner)])

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from lab import backbones, freezing, models
+from lab import backbones, freezing, keras_internals, models
 from lab.data import ImageData
 from lab.reuse import CompiledRun
 from lab.stage_cache import DEFAULT_CACHE_BUDGET
@@ -64,9 +64,11 @@ def _tensors_crossing(base: keras.Model, index: int) -> list[int]:
             for operation in operations[place:]
             for node in operation._inbound_nodes
             for tensor in node.input_tensors
-            if id(tensor._keras_history.operation) not in above
+            if id(keras_internals.producing_operation(tensor)) not in above
         }
-        made_below = {id(tensor) for tensor in base.outputs if id(tensor._keras_history.operation) not in above}
+        made_below = {
+            id(tensor) for tensor in base.outputs if id(keras_internals.producing_operation(tensor)) not in above
+        }
         counts.append(len(used_above | made_below))
     return counts
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from lab import freezing, models, stage_cache
+from lab import freezing, keras_internals, models, stage_cache
 from lab.backbones import get_backbone
 from lab.data import CLASS_NAMES, ImageData
 from lab.errors import LabInputError
@@ -248,7 +248,7 @@ def test_a_graph_with_plain_operations_between_layers_is_cut(tiny_flowers):
     assert (stage.cut_layer, stage.crossing[1]) == (first_thawed, "convnext_tiny_stage_3_block_1_layernorm")
     # The block's input, the previous block's sum, skips over the cut to this block's `Add`.
     cut = stage_cache.find_cut(classifier)
-    assert [type(tensor._keras_history.operation).__name__ for tensor in cut.crossing] == [
+    assert [type(keras_internals.producing_operation(tensor)).__name__ for tensor in cut.crossing] == [
         "Add",
         "LayerNormalization",
     ]
