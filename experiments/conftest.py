@@ -18,10 +18,20 @@ import keras
 import numpy as np
 import pytest
 
-from lab import models, network, timesplit
+from lab import freezing, models, network, timesplit
 from lab.backbones import Backbone, WeightsSource, get_backbone
 from lab.data import ImageData
-from lab.results import EXPERIMENT_TITLES, BenchmarkResult, Curves, Record, StageCurve, Table, ValidationSet
+from lab.fine_tuning import FineTuning, FineTuningOptions, HeadRateSearch, search_head_rate
+from lab.results import (
+    EXPERIMENT_TITLES,
+    BenchmarkResult,
+    Curves,
+    LearningRateSearch,
+    Record,
+    StageCurve,
+    Table,
+    ValidationSet,
+)
 from lab.reuse import CompiledRun, CompiledRuns
 from lab.stage_cache import PrefixActivations
 from pytest_lab import RUN_CONFIG
@@ -163,6 +173,58 @@ def prefix_activations(run_config) -> PrefixActivations:
     return PrefixActivations(run_config.cache_budget)
 
 
+@pytest.fixture(scope="session")
+def fine_tuning_options(run_config, profile) -> FineTuningOptions:
+    """Experiment 5's settings from the run's options (--lr-schedule, --lr-factor, --cached,
+    --cache-budget, --early-stopping) and the profile's batch size."""
+    return FineTuningOptions(
+        profile.batch_size, run_config.lr_schedule, run_config.lr_factor, run_config.cached == "auto",
+        run_config.cache_budget, run_config.early_stopping,
+    )
+
+
+@pytest.fixture(scope="session")
+def head_rate_search(fine_tuning_options, prefix_activations):
+    """The head's learning-rate search of a case and seed (--lr-find), run once per session:
+    `head_rate_search(case, seed)` -> `lab.fine_tuning.HeadRateSearch`."""
+    searches: dict[tuple, HeadRateSearch] = {}
+
+    def search(case: BackboneCase, seed: int) -> HeadRateSearch:
+        key = (case.name, case.image_size, case.weights.kind, seed, case.data.split_seed)
+        if key not in searches:
+            searches[key] = search_head_rate(
+                case.classifier(seed), case.data, seed, fine_tuning_options, prefix_activations
+            )
+        return searches[key]
+
+    return search
+
+
+@pytest.fixture
+def fine_tune(compiled_models, prefix_activations, run_config, profile, fine_tuning_options, head_rate_search):
+    """Experiment 5's building block: `fine_tune(case, strategy, seed)` -> `lab.fine_tuning.FineTuning`.
+
+    The strategy's stages follow the profile (`unfreeze_stages` after the head, `stage_epochs`
+    each) and the head's rate (1e-3, or with --lr-find the search's suggestion where it found
+    one); another seed of a strategy reuses its compiled models.
+    """
+
+    def make(case: BackboneCase, strategy: str, seed: int) -> FineTuning:
+        head_rate = freezing.HEAD_LEARNING_RATE
+        if run_config.options.lr_find:
+            head_rate = head_rate_search(case, seed).head_rate
+        # Everything else that decides the compiled models is the session's, the same for every test.
+        purpose = strategy if head_rate == freezing.HEAD_LEARNING_RATE else f"{strategy} at {head_rate:.2e}"
+        run = case.run(compiled_models, purpose, seed)
+        stages = freezing.strategy_stages(
+            strategy, case.backbone, freezing.base_of(run.classifier), profile.unfreeze_stages, profile.stage_epochs,
+            head_rate,
+        )
+        return FineTuning(run, case.backbone, case.data, stages, seed, fine_tuning_options, prefix_activations)
+
+    return make
+
+
 @pytest.fixture
 def record(request: pytest.FixtureRequest, run_config):
     """Records one row of a report table: `record(TABLE, row, label=..., curves=..., stage_curve=...)`.
@@ -170,7 +232,8 @@ def record(request: pytest.FixtureRequest, run_config):
     Args of the returned function: `table` (the module's `lab.results.Table`), `row` (column
     -> value; holds the table's key columns), `label` (names the case in plots), `curves`
     (accuracy per epoch), `stage_curve` (accuracy per unfreezing stage), `rate_curves` (the
-    learning rate of each parameter group per epoch), `validation` (the `ImageData` whose
+    learning rate of each parameter group per epoch), `rate_search` (a learning-rate range test,
+    for its plot), `validation` (the `ImageData` whose
     validation images the row's accuracy counts: its interval needs their number) and
     `predictions` (the class predicted for each of those images: paired comparisons need them;
     their accuracy must be the row's). The experiment's number comes from the module's
@@ -188,6 +251,7 @@ def record(request: pytest.FixtureRequest, run_config):
         curves: Curves | None = None,
         stage_curve: StageCurve | None = None,
         rate_curves: dict[str, list[float | None]] | None = None,
+        rate_search: LearningRateSearch | None = None,
         validation: ImageData | None = None,
         predictions: np.ndarray | None = None,
     ) -> None:
@@ -207,6 +271,7 @@ def record(request: pytest.FixtureRequest, run_config):
             curves=curves,
             stage_curve=stage_curve,
             rate_curves=rate_curves,
+            rate_search=rate_search,
             test=request.node.nodeid,
             seed=seed,
             validation_set=validation_set and validation_set.name,

@@ -131,8 +131,9 @@ def _interval_section(estimates_a: dict, estimates_b: dict, cases_a: dict[tuple,
         return []
     return [
         "", "## Accuracies against their 95% intervals", "",
-        "Each cell is `value (low..high)`: one seed's binomial interval over its validation images, or the "
-        "t-interval of the mean over several seeds. Runs differ beyond their intervals where these do not overlap.",
+        "Each cell is `value (low..high)`: one seed's binomial interval over its validation images, or several "
+        "seeds' interval over images and seeds (`lab/statistics.py`). Runs differ beyond their intervals where "
+        "these do not overlap.",
         "",
         tabulate(rows, headers=["experiment", "table", "case", "figure", "A", "B", "differ beyond intervals?"],
                  tablefmt="github", disable_numparse=True),

@@ -185,7 +185,12 @@ def gradual_schedule(
 
 
 def strategy_stages(
-    strategy: str, backbone: Backbone, base: keras.Model, stages: int, epochs_per_stage: int
+    strategy: str,
+    backbone: Backbone,
+    base: keras.Model,
+    stages: int,
+    epochs_per_stage: int,
+    head_rate: float = HEAD_LEARNING_RATE,
 ) -> list[Stage]:
     """The stages of one fine-tuning strategy, all on the same budget of epochs.
 
@@ -193,21 +198,22 @@ def strategy_stages(
     frozen throughout; `full` trains every base layer (BatchNormalization frozen) from the start
     at the fine-tuning rate. `gradual-discriminative` thaws a block per stage as
     `gradual-blocks` does, and `full-discriminative` trains what `full` trains; both keep the
-    head at `HEAD_LEARNING_RATE` and train each block at its discriminative rate below it.
-    Each has `stages + 1` stages of `epochs_per_stage` epochs.
+    head at the head's rate and train each block at its discriminative rate below it.
+    Each has `stages + 1` stages of `epochs_per_stage` epochs. Every rate follows `head_rate`
+    (`HEAD_LEARNING_RATE`, or one a learning-rate search found): `full` trains at a tenth of it.
     """
     if strategy not in STRATEGIES:
         raise LabInputError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if strategy == "gradual-discriminative":
-        return gradual_schedule(backbone, base, "blocks", stages, epochs_per_stage, discriminative=True)
+        return gradual_schedule(backbone, base, "blocks", stages, epochs_per_stage, head_rate, discriminative=True)
     if strategy.startswith("gradual-"):
-        return gradual_schedule(backbone, base, strategy.removeprefix("gradual-"), stages, epochs_per_stage)
+        return gradual_schedule(backbone, base, strategy.removeprefix("gradual-"), stages, epochs_per_stage, head_rate)
     discriminative = strategy == "full-discriminative"
     if strategy == "head-only":
-        layers, rate = (), HEAD_LEARNING_RATE
+        layers, rate = (), head_rate
     else:
         layers = tuple(layer.name for layer in base.layers)
-        rate = HEAD_LEARNING_RATE if discriminative else FINE_TUNING_LEARNING_RATE
+        rate = head_rate if discriminative else head_rate * FINE_TUNING_LEARNING_RATE / HEAD_LEARNING_RATE
     return [
         Stage(
             f"epochs {i * epochs_per_stage + 1}-{(i + 1) * epochs_per_stage}",

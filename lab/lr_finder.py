@@ -25,7 +25,6 @@ is that of its fastest group, the head's, and every other group keeps its ratio 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Iterator
@@ -34,6 +33,7 @@ import keras
 import numpy as np
 
 from lab import optimizers
+from lab.results import LearningRateSearch
 
 RULE = "valley"
 # fastai's smoothing of the loss, its divergence threshold, and the ends its suggestion leaves out.
@@ -45,32 +45,6 @@ SKIPPED_END_STEPS = 5
 # beyond the batch-to-batch noise of the average (a frozen classifier's fell by 3% at most).
 MIN_DECREASE = 0.1
 MIN_STEPS = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class LearningRateSearch:
-    """One range test: what was tried, what the loss did, and the rate it suggests.
-
-    Attributes:
-        rates: the learning rate of each step run (the fastest group's, under discriminative
-            rates), rising exponentially.
-        losses: the training loss of each step's batch, before that step's update.
-        smoothed: the bias-corrected exponential moving average of `losses`.
-        rule: the rule that chose the suggestion (`RULE`).
-        found: whether the loss fell enough for the rule to read a suggestion off it.
-        suggestion: the suggested rate; None where not `found`.
-        reason: why there is no suggestion; empty where `found`.
-        diverged_at: the rate at which the test stopped on divergence; None if it ran to the end.
-    """
-
-    rates: list[float]
-    losses: list[float]
-    smoothed: list[float]
-    rule: str
-    found: bool
-    suggestion: float | None
-    reason: str
-    diverged_at: float | None
 
 
 def find_learning_rate(

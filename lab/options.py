@@ -197,6 +197,12 @@ class Options:
         help="discriminative learning rates of experiment 5: each block down from the head learns F "
         f"times slower (default {DISCRIMINATIVE_FACTOR}, ULMFiT's; 1 to {MAX_LR_FACTOR:g})",
     )
+    lr_find: bool = option(
+        "--lr-find", False,
+        help="before experiment 5, a learning-rate range test (lab/lr_finder.py, fastai's valley rule) on each "
+        "backbone's head, per seed: its suggestion becomes the head's rate and every stage's follows from it "
+        "as from 1e-3 (the profile's rate stays where the loss never falls)",
+    )
     augment: bool = option(
         "--augment", False,
         help="random horizontal flips, rotations and zooms of 10%% in front of every backbone classifier "

@@ -8,18 +8,13 @@ or figure registry, so rendering works headless and inside any process (pytest's
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from lab.results import Record
+from lab.results import LearningRateSearch, Record
 from lab.statistics import NO_DIFFERENCE, Comparison
-
-if TYPE_CHECKING:
-    # Only for the annotation: this module stays free of TensorFlow, which lab.lr_finder imports.
-    from lab.lr_finder import LearningRateSearch
 
 
 def learning_curves(records: list[Record]) -> bytes | None:

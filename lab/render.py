@@ -76,6 +76,9 @@ def render(results: Results, figures_link: str) -> RenderedReport:
             lines += _benchmark_section(run, rows, figures, figures_link)
         lines += _figure(figures, f"experiment{number}-accuracy-by-stage.png", plots.accuracy_by_stage(plotted),
                          f"validation accuracy by stage{seed_note}", figures_link)
+        searches = {record.label: record.rate_search for record in plotted if record.rate_search}
+        lines += _figure(figures, f"experiment{number}-learning-rate-search.png", plots.lr_search(searches),
+                         f"learning-rate range test of each head, the suggestion marked{seed_note}", figures_link)
         lines += _figure(figures, f"experiment{number}-learning-rates.png", plots.learning_rates(plotted),
                          f"learning rate of each parameter group at the last step of each epoch{seed_note}",
                          figures_link)

@@ -55,6 +55,33 @@ class StageCurve:
     accuracy: list[float]
 
 
+@dataclasses.dataclass(frozen=True)
+class LearningRateSearch:
+    """One learning-rate range test (`lab.lr_finder`): what was tried, what the loss did, and the
+    rate it suggests.
+
+    Attributes:
+        rates: the learning rate of each step run (the fastest group's, under discriminative
+            rates), rising exponentially.
+        losses: the training loss of each step's batch, before that step's update.
+        smoothed: the bias-corrected exponential moving average of `losses`.
+        rule: the rule that chose the suggestion (`lab.lr_finder.RULE`).
+        found: whether the loss fell enough for the rule to read a suggestion off it.
+        suggestion: the suggested rate; None where not `found`.
+        reason: why there is no suggestion; empty where `found`.
+        diverged_at: the rate at which the test stopped on divergence; None if it ran to the end.
+    """
+
+    rates: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    rule: str
+    found: bool
+    suggestion: float | None
+    reason: str
+    diverged_at: float | None
+
+
 @dataclasses.dataclass
 class Record:
     """One row of one report table, as a test recorded it.
@@ -75,6 +102,7 @@ class Record:
         validation_images: how many validation images that accuracy counts (for its interval).
         predictions: the class predicted for each of those images, in their order (for paired
             comparisons of two arms on the same images).
+        rate_search: the learning-rate range test the row reports, for its plot.
     """
 
     experiment: int
@@ -90,6 +118,7 @@ class Record:
     validation_set: str | None = None
     validation_images: int | None = None
     predictions: list[int] | None = None
+    rate_search: LearningRateSearch | None = None
 
     def key(self) -> tuple[str, ...]:
         """The values of the key columns, as text: the row's identity within its table."""
@@ -109,12 +138,14 @@ class Record:
         xdist worker sent in its test report."""
         curves = item.get("curves")
         stage_curve = item.get("stage_curve")
+        rate_search = item.get("rate_search")
         return cls(
             **{
                 **item,
                 "keys": tuple(item.get("keys", ())),
                 "curves": Curves(**curves) if curves else None,
                 "stage_curve": StageCurve(**stage_curve) if stage_curve else None,
+                "rate_search": LearningRateSearch(**rate_search) if rate_search else None,
             }
         )
 

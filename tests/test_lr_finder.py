@@ -7,6 +7,7 @@ import pytest
 
 from lab import lr_finder, plots
 from lab.adam import FusedAdam
+from lab.results import LearningRateSearch
 
 FEATURES, CLASSES, IMAGES, BATCH = 8, 4, 512, 32
 # Short fits at every half decade from 1e-4 to 30: enough to find both ends of the good range.
@@ -139,7 +140,7 @@ def test_a_schedule_or_a_used_iterator_is_refused(batches):
 
 def test_the_plot_draws_every_search_and_nothing_without_one(batches):
     found = lr_finder.find_learning_rate(classifier(FusedAdam(1e-3)), batches, steps=30)
-    flat = lr_finder.LearningRateSearch([1e-7, 1e-6], [1.0, 1.0], [1.0, 1.0], "valley", False, None, "flat", None)
+    flat = LearningRateSearch([1e-7, 1e-6], [1.0, 1.0], [1.0, 1.0], "valley", False, None, "flat", None)
 
     assert plots.lr_search({"linear": found, "frozen": flat}).startswith(b"\x89PNG")
     assert plots.lr_search({}) is None

@@ -195,6 +195,18 @@ def test_strategies_share_one_budget_of_epochs(classifier):
         freezing.strategy_stages("everything", MOBILENET, base, stages, epochs_per_stage)
 
 
+def test_every_strategy_rate_follows_the_heads(classifier):
+    base = freezing.base_of(classifier)
+
+    def rates(strategy, head_rate=freezing.HEAD_LEARNING_RATE):
+        return [stage.learning_rate for stage in freezing.strategy_stages(strategy, MOBILENET, base, 2, 1, head_rate)]
+
+    for strategy in freezing.STRATEGIES:
+        assert rates(strategy, 4e-3) == pytest.approx([rate * 4 for rate in rates(strategy)]), strategy
+    assert rates("gradual-blocks", 4e-3) == pytest.approx([4e-3, 4e-4, 4e-5])
+    assert rates("full", 4e-3) == pytest.approx([4e-4] * 3)
+
+
 def test_changed_weights_names_exactly_the_changed_one():
     model = models.lab_cnn(5, 16, (2, 2, 2))
     before = freezing.weight_bytes(model.layers)
