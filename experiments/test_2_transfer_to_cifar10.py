@@ -9,7 +9,7 @@ shows what the transferred weights are worth.
 import numpy as np
 import pytest
 
-from lab import models, storage
+from lab import atomic, models, storage
 from lab.freezing import trainable_parameter_count
 from lab.hparams import FitSettings
 from lab.results import Table
@@ -26,7 +26,7 @@ def test_transfer_to_cifar10(
     initialisation, seed, saved_base_model, cifar10, profile, keras_verbose, tensorboard_dir, record
 ):
     saved = saved_base_model(LAB_FILTERS, seed)
-    saved_file_digest = storage.file_digest(saved["path"])
+    saved_file_digest = atomic.file_digest(saved["path"])
     saved_model = storage.load_model(saved["path"])
     saved_feature_weights = [layer.get_weights() for layer in models.feature_layers(saved_model)]
     if initialisation == "transferred":
@@ -61,7 +61,7 @@ def test_transfer_to_cifar10(
         tensorboard_callbacks(tensorboard_dir, settings=settings),
     )
 
-    assert storage.file_digest(saved["path"]) == saved_file_digest, "training changed the saved base file"
+    assert atomic.file_digest(saved["path"]) == saved_file_digest, "training changed the saved base file"
     assert result.loss[-1] < result.loss[0]
     record(
         TRANSFER,

@@ -1,9 +1,12 @@
-"""Files written whole or not at all: a temporary file beside the target, then a rename."""
+"""Files written whole or not at all (a temporary file beside the target, then a rename), and
+the digest that checks a file's bytes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 
 
 def temporary_beside(path: str, suffix: str) -> str:
@@ -30,14 +33,18 @@ def usual_mode(mode: int) -> int:
     return mode & ~umask
 
 
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Writes `payload` to a temporary file beside `path`, then renames it over `path`."""
-    temporary = temporary_beside(path, "")
+def atomic_write(path: str, write: Callable[[str], object], suffix: str = "") -> None:
+    """Makes `path` by `write(temporary)` on a temporary file beside it, then a rename over it:
+    readers see the old file or the whole new one. The temporary file goes on any failure.
+
+    Args:
+        path: the file to make.
+        write: writes the whole file at the path it is given.
+        suffix: the temporary file's ending, for a writer that goes by it (`.keras`).
+    """
+    temporary = temporary_beside(path, suffix)
     try:
-        with open(temporary, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -45,6 +52,24 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    """Writes `payload` to a temporary file beside `path`, synced to disk, then renames it over `path`."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    atomic_write(path, write)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_digest(path: str) -> str:
+    """The hex SHA-256 of a file's bytes, read a chunk at a time."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()

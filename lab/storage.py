@@ -10,20 +10,13 @@ from collections.abc import Callable
 import filelock
 import keras
 
-from lab.atomic import atomic_write_text, temporary_beside
+from lab.atomic import atomic_write, atomic_write_text
 from lab.errors import LabInputError
 
 
 def atomic_save_model(model: keras.Model, path: str) -> None:
     """Saves `model` as a `.keras` file that readers see either complete or not at all."""
-    temporary = temporary_beside(path, ".keras")
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write(path, model.save, ".keras")
 
 
 def load_model(path: str) -> keras.Model:
@@ -77,15 +70,6 @@ def ensure_saved(path: str, create: Callable[[str], dict]) -> dict:
         metadata = create(path)
         atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
         return {**metadata, "created_here": True}
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_digest(model: keras.Model) -> str:

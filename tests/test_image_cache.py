@@ -54,8 +54,8 @@ def test_a_file_rewritten_with_its_size_and_modification_time_is_decoded_again(m
 
 def test_an_entry_is_hashed_once_per_process_while_its_files_are_unchanged(tmp_path, monkeypatch):
     hashed = []
-    digest = image_cache._digest
-    monkeypatch.setattr(image_cache, "_digest", lambda path: hashed.append(path) or digest(path))
+    digest = image_cache.file_digest
+    monkeypatch.setattr(image_cache, "file_digest", lambda path: hashed.append(path) or digest(path))
     images, _ = _load(tmp_path)
     hashed.clear()
 

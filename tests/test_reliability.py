@@ -29,7 +29,7 @@ def _python(code: str, *args: str, **popen) -> subprocess.Popen:
 
 RACER = """
     import json, os, sys, time
-    from lab import models, storage
+    from lab import atomic, models, storage
 
     path, go = sys.argv[1], sys.argv[2]
     while not os.path.exists(go):
@@ -42,7 +42,7 @@ RACER = """
         return {"creator": os.getpid(), "weights_digest": storage.weights_digest(model)}
 
     metadata = storage.ensure_saved(path, create)
-    print(json.dumps({**metadata, "file_digest": storage.file_digest(path), "pid": os.getpid()}))
+    print(json.dumps({**metadata, "file_digest": atomic.file_digest(path), "pid": os.getpid()}))
 """
 
 

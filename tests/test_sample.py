@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from lab import backbones, config, data, profiles, sample
+from lab.atomic import file_digest
 from lab.errors import LabInputError
 from lab.sample import build
 
@@ -38,7 +39,7 @@ def test_manifest_lists_exactly_the_sample_files_with_their_sha256():
 
     assert _relative_files(sample.ROOT) == set(manifest)
     mismatched = [
-        path for path, digest in manifest.items() if sample.sha256_of(os.path.join(sample.ROOT, path)) != digest
+        path for path, digest in manifest.items() if file_digest(os.path.join(sample.ROOT, path)) != digest
     ]
     assert mismatched == []
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import os
 
+from lab.atomic import file_digest
 from lab.errors import LabInputError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -22,12 +22,6 @@ DATA_FOLDERS = ("flower_photos", "cifar10", "weights")
 WEIGHTS_FOLDER = "weights"
 REBUILD_COMMAND = "python -m lab.sample build --from ../shared/data"
 DESCRIPTION = "embedded sample (500 tf_flowers photos at <= 160 px, 2,500 CIFAR-10 images)"
-
-
-def sha256_of(path: str) -> str:
-    """The hex sha256 of a file's bytes."""
-    with open(path, "rb") as stream:
-        return hashlib.sha256(stream.read()).hexdigest()
 
 
 def _broken(what: str) -> LabInputError:
@@ -53,7 +47,7 @@ def _check_file(root: str, relative: str, expected: str) -> str:
     path = os.path.join(root, relative)
     if not os.path.isfile(path):
         raise _broken(f"file {path} is missing")
-    if sha256_of(path) != expected:
+    if file_digest(path) != expected:
         raise _broken(f"file {path} was altered (its sha256 differs from {MANIFEST})")
     return path
 
