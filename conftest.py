@@ -51,9 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
             run = build_config(Options.from_pytest(config))
     except LabInputError as error:
         raise pytest.UsageError(str(error)) from None
-    if run.strategy == "multiworker" and config.getoption("numprocesses", None):
+    if run.distribute == "multiworker" and config.getoption("numprocesses", None):
         raise pytest.UsageError(
-            "--strategy multiworker runs one pytest per machine: drop -n (xdist workers on one machine "
+            "--distribute multiworker runs one pytest per machine: drop -n (xdist workers on one machine "
             "would all claim the same TF_CONFIG task)"
         )
     if not _is_worker(config):
@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         _apply_run_settings(run)
     except LabInputError as error:
-        # A machine of --strategy multiworker that did not answer.
+        # A machine of --distribute multiworker that did not answer.
         raise pytest.UsageError(str(error)) from None
 
 
@@ -119,9 +119,9 @@ def _apply_run_settings(run: RunConfig) -> None:
     import keras
     import tensorflow as tf
 
-    if run.strategy == "mirrored":
+    if run.distribute == "mirrored":
         distribution.use_mirrored_strategy()
-    elif run.strategy == "multiworker":
+    elif run.distribute == "multiworker":
         distribution.use_multiworker_strategy(run.worker_timeout)
     reproducibility.seed_everything(run.seed)
     if run.run_eagerly:

@@ -42,7 +42,7 @@ class RunConfig:
         weights: `imagenet` or `none`.
         weights_dir: a folder with official weights files.
         deterministic: TensorFlow op determinism on.
-        strategy: `default`, `mirrored` or `multiworker`.
+        distribute: `default`, `mirrored` or `multiworker`: the tf.distribute strategy (`--distribute`).
         mixed_precision: float16 compute where the device supports it.
         tensorboard_dir: where each fit writes its TensorBoard log, or None for no logs.
         run_eagerly: every tf.function runs as plain Python, untraced (quick structural runs).
@@ -56,7 +56,7 @@ class RunConfig:
         cached: `auto` trains each stage of experiment 5 on its frozen prefix's cached
             activations where that gives the same training, `off` always end to end.
         cache_budget: the most bytes one stage's cached activations may take.
-        worker_timeout: seconds `--strategy multiworker` waits for the other tasks of TF_CONFIG.
+        worker_timeout: seconds `--distribute multiworker` waits for the other tasks of TF_CONFIG.
         split_per_seed: every seed draws its own train/validation split (`ImageData.split_for_seed`).
         options: every option as given (`lab.options.Options`), unchecked values included: what
             the report's header lists, and where an option with nothing to resolve is read.
@@ -72,7 +72,7 @@ class RunConfig:
     weights: str
     weights_dir: str | None
     deterministic: bool = False
-    strategy: str = "default"
+    distribute: str = "default"
     mixed_precision: bool = False
     tensorboard_dir: str | None = None
     run_eagerly: bool = False
@@ -256,13 +256,13 @@ def build_config(*args, **kwargs) -> RunConfig:
         "a folder holding Keras's ImageNet weights files under their own names "
         "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5...)",
     )
-    if options.strategy == "multiworker":
+    if options.distribute == "multiworker":
         distribution.check_multiworker_config()
     # NaN and infinity too: an unbounded wait is the hang the timeout is there to end.
     if not 0 < options.worker_timeout < float("inf"):
         raise LabInputError(
             f"--worker-timeout must be a finite, positive number of seconds, got {options.worker_timeout}: how "
-            "long --strategy multiworker waits for the other machines of TF_CONFIG"
+            "long --distribute multiworker waits for the other machines of TF_CONFIG"
         )
     tensorboard_dir = options.tensorboard_dir
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
@@ -284,7 +284,7 @@ def build_config(*args, **kwargs) -> RunConfig:
         weights=options.weights,
         weights_dir=os.path.abspath(weights_dir) if weights_dir else None,
         deterministic=options.deterministic,
-        strategy=options.strategy,
+        distribute=options.distribute,
         mixed_precision=options.mixed_precision,
         # Every worker of a multi-worker run has the same weights and all-reduced metrics: the
         # chief's logs are the run's, as its report is.

@@ -22,7 +22,7 @@ TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
     '"task": {"type": "worker", "index": 0}}\''
 )
-# Seconds `--strategy multiworker` waits for every other machine of TF_CONFIG to accept a
+# Seconds `--distribute multiworker` waits for every other machine of TF_CONFIG to accept a
 # connection (`--worker-timeout`): machines started by hand, one after another, come up minutes apart.
 DEFAULT_WORKER_TIMEOUT = 300.0
 # Seconds one connection attempt may take (a firewall drops it silently), and between two rounds.
@@ -92,7 +92,7 @@ def is_chief() -> bool:
 
 
 def check_multiworker_config() -> ClusterTask:
-    """The task `--strategy multiworker` runs as; an error naming TF_CONFIG when there is none.
+    """The task `--distribute multiworker` runs as; an error naming TF_CONFIG when there is none.
 
     Raises:
         LabInputError: TF_CONFIG is unset or malformed.
@@ -100,7 +100,7 @@ def check_multiworker_config() -> ClusterTask:
     task = cluster_task()
     if task is None:
         raise LabInputError(
-            "--strategy multiworker needs the TF_CONFIG environment variable on every machine: "
+            "--distribute multiworker needs the TF_CONFIG environment variable on every machine: "
             f"the same cluster, each machine its own task, as in {TF_CONFIG_EXAMPLE}"
         )
     return task
@@ -164,7 +164,7 @@ def wait_for_workers(task: ClusterTask, timeout: float) -> None:
     failed = [f"{address} ({error})" for address, error in unanswered.items() if error]
     if failed:
         raise LabInputError(
-            f"--strategy multiworker: {', '.join(failed)} did not accept a connection within "
+            f"--distribute multiworker: {', '.join(failed)} did not accept a connection within "
             f"--worker-timeout {timeout:g} s: start the same command there with its own TF_CONFIG task, "
             "or correct the address in TF_CONFIG"
         )
@@ -179,7 +179,7 @@ def _listening_on(address: str) -> Iterator[None]:
         server = socket.create_server(("", port), family=family, dualstack_ipv6=family == socket.AF_INET6)
     except OSError as error:
         raise LabInputError(
-            f"--strategy multiworker: this machine's task in TF_CONFIG has the address {address}, but its port "
+            f"--distribute multiworker: this machine's task in TF_CONFIG has the address {address}, but its port "
             f"cannot be opened here ({error.strerror}): give this task a free port"
         ) from None
     with server:

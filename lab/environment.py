@@ -131,7 +131,7 @@ def run_warnings(mixed_precision: bool, deterministic: bool, device: dict, run_e
 
 
 def training_step(
-    adam: str, xla: str, device: dict, strategy: str = "default", deterministic: bool = False,
+    adam: str, xla: str, device: dict, distribute: str = "default", deterministic: bool = False,
     run_eagerly: bool = False,
 ) -> str:
     """Which Adam and whether XLA compiled the training steps (`--adam`, `--xla`), as the header says it.
@@ -142,8 +142,8 @@ def training_step(
     """
     if adam == "fused":
         optimizer = "Adam fused (lab/adam.py: TensorFlow's one ApplyAdam kernel per weight)"
-        if strategy != "default":
-            optimizer = f"Adam fused, which takes Keras's own update under --strategy {strategy}"
+        if distribute != "default":
+            optimizer = f"Adam fused, which takes Keras's own update under --distribute {distribute}"
     else:
         optimizer = "Adam of Keras (keras.optimizers.Adam)"
     if run_eagerly:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from lab.config import RunConfig
 
 WEIGHTS_CHOICES = ("imagenet", "none")
-DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multiworker")
+DISTRIBUTE_CHOICES = ("default", "mirrored", "multiworker")
 CACHED_CHOICES = ("auto", "off")
 # Block k below the head learns at rate / F**k: past this factor the base's blocks are all but
 # frozen, and the discriminative strategies turn into head-only ones.
@@ -157,8 +157,8 @@ class Options:
         "--deterministic", False,
         help="TensorFlow op determinism (deterministic kernels are slower: timings are not comparable)",
     )
-    strategy: str = option(
-        "--strategy", "default", choices=DISTRIBUTION_STRATEGIES,
+    distribute: str = option(
+        "--distribute", "default", choices=DISTRIBUTE_CHOICES,
         help="mirrored: tf.distribute.MirroredStrategy over every GPU (or logical CPU device); "
         "multiworker: tf.distribute.MultiWorkerMirroredStrategy over the machines TF_CONFIG names",
     )
@@ -171,7 +171,7 @@ class Options:
     adam: str = option(
         "--adam", "fused", choices=ADAM_CHOICES,
         help="Adam's update: fused (default) is TensorFlow's one ApplyAdam kernel per weight (lab/adam.py; "
-        "far less to trace, the same update to float32 rounding; Keras's own under --strategy); "
+        "far less to trace, the same update to float32 rounding; Keras's own under --distribute); "
         "keras is keras.optimizers.Adam",
     )
     epochs: int | None = option(
@@ -230,7 +230,7 @@ class Options:
     )
     worker_timeout: float = option(
         "--worker-timeout", distribution.DEFAULT_WORKER_TIMEOUT, type=float, metavar="SECONDS",
-        help="--strategy multiworker: how long to wait for every other machine TF_CONFIG names to "
+        help="--distribute multiworker: how long to wait for every other machine TF_CONFIG names to "
         "accept a connection, then stop naming those that did not "
         f"(default {distribution.DEFAULT_WORKER_TIMEOUT:g})",
     )

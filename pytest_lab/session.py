@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from lab import distribution, environment, findings, render, report, timesplit
+from lab import distribution, environment, findings, keras_internals, render, report, timesplit
 from lab.config import RunConfig
 from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
 
@@ -159,7 +159,7 @@ class LabSession:
         if not self.experiment_ran():
             return exitstatus
         self.results = self.collect_results(exitstatus)
-        # Under --strategy multiworker every worker runs the whole session; one report is enough.
+        # Under --distribute multiworker every worker runs the whole session; one report is enough.
         if self.report_dir is None or not distribution.is_chief():
             return exitstatus
         started = time.perf_counter()
@@ -211,12 +211,15 @@ class LabSession:
             device_slug=environment.device_slug(device),
             replicas=distribution.replicas(),
             benchmarks_note=benchmarks_note(self.config),
-            warnings=environment.run_warnings(run.mixed_precision, run.deterministic, device, run.run_eagerly),
+            warnings=[
+                *environment.run_warnings(run.mixed_precision, run.deterministic, device, run.run_eagerly),
+                *filter(None, [keras_internals.version_warning()]),
+            ],
             complete=complete,
             incomplete_reason=self.displayed(reason) if reason else None,
             seeds=list(run.seeds),
             training_step=environment.training_step(
-                run.options.adam, run.options.xla, device, run.strategy, run.deterministic, run.run_eagerly
+                run.options.adam, run.options.xla, device, run.distribute, run.deterministic, run.run_eagerly
             ),
         )
         results = Results(

@@ -110,7 +110,7 @@ def test_unknown_backbone_in_the_registry():
         ({"weights": "pretrained"}, ["--weights", "none"]),
         ({"weights_dir": "/nonexistent/lab-weights"},
          ["--weights-dir /nonexistent/lab-weights", "weights files", "or leave --weights-dir out"]),
-        ({"strategy": "tpu"}, ["--strategy", "mirrored"]),
+        ({"distribute": "tpu"}, ["--distribute", "mirrored"]),
         ({"seed": -1}, ["--seed", "0..4294967295", "-1"]),
         ({"seed": 2**40}, ["--seed", "0..4294967295", str(2**40)]),
         ({"backbone_names": ""}, ["--backbones", "names no backbone", "mobilenet_v2"]),

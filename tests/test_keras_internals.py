@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from lab import keras_internals
+from lab import config, keras_internals, render
+from pytest_lab.session import LabSession
 
 
 def _tiny_model():
@@ -130,3 +131,16 @@ def test_version_warning_only_for_other_versions(monkeypatch):
     assert "\n" not in warning
     assert warning.startswith("TensorFlow 2.22.0: lab/keras_internals.py")
     assert "TensorFlow 2.21.0 and Keras 3.15.1" in warning
+
+
+def test_a_version_warning_reaches_the_report_header_and_banners(pytestconfig, monkeypatch):
+    for variable in config.PATH_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+    run = config.build_config(data_source="mock", weights="none")
+    pinned = LabSession(pytestconfig, run, None).collect_results(0).run
+    assert not [warning for warning in pinned.warnings if "keras_internals" in warning]
+    monkeypatch.setattr(keras_internals, "installed_versions", lambda: {"TensorFlow": "2.21.0", "Keras": "3.16.0"})
+    header = LabSession(pytestconfig, run, None).collect_results(0).run
+    (warning,) = [warning for warning in header.warnings if "keras_internals" in warning]
+    assert warning.startswith("Keras 3.16.0: ")
+    assert f"**Warning**: {warning}" in render.banners(header)

@@ -1,4 +1,4 @@
-"""`--strategy multiworker`: TF_CONFIG read and checked, and two workers that train as one.
+"""`--distribute multiworker`: TF_CONFIG read and checked, and two workers that train as one.
 
 The two-worker test starts two processes on this machine, each a worker of one
 tf.distribute.MultiWorkerMirroredStrategy cluster on localhost ports, as two machines would
@@ -82,14 +82,14 @@ def test_malformed_tf_config_is_named(monkeypatch, settings):
 def test_only_the_chief_writes_tensorboard_logs(monkeypatch, tmp_path, index, writes_logs):
     monkeypatch.setenv("TF_CONFIG", tf_config(["a:1", "b:1"], index=index))
     run = build_config(
-        "smoke", "mock", None, 0, None, None, "none", None, strategy="multiworker", tensorboard_dir=str(tmp_path)
+        "smoke", "mock", None, 0, None, None, "none", None, distribute="multiworker", tensorboard_dir=str(tmp_path)
     )
     assert run.tensorboard_dir == (str(tmp_path) if writes_logs else None)
 
 
 def test_multiworker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(LabInputError, match="--strategy multiworker needs the TF_CONFIG"):
+    with pytest.raises(LabInputError, match="--distribute multiworker needs the TF_CONFIG"):
         distribution.check_multiworker_config()
 
 
@@ -106,12 +106,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def start_multiworker_session(addresses: list[str], worker_timeout: float) -> subprocess.Popen:
-    """`pytest --strategy multiworker` as worker 0 of `addresses`, collecting experiment 1 only."""
+    """`pytest --distribute multiworker` as worker 0 of `addresses`, collecting experiment 1 only."""
     return subprocess.Popen(
         [
             sys.executable, "-m", "pytest", "experiments/test_1_base_model.py", "--collect-only", "-q",
             "--no-report", "-p", "no:cacheprovider", "--data-source", "mock", "--weights", "none",
-            "--strategy", "multiworker", "--worker-timeout", str(worker_timeout),
+            "--distribute", "multiworker", "--worker-timeout", str(worker_timeout),
         ],
         cwd=REPO_ROOT,
         env={**os.environ, "TF_CONFIG": tf_config(addresses), "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -205,14 +205,14 @@ def test_two_workers_train_to_identical_weights(tmp_path):
 
 
 def run_worker(output_path: str) -> None:
-    """One worker of the two: the lab CNN under `--strategy multiworker`, one epoch on mock images.
+    """One worker of the two: the lab CNN under `--distribute multiworker`, one epoch on mock images.
 
     Each worker shuffles its shard of the data with a seed of its own, so that only the
     strategy's synchronisation can leave the two with the same weights.
     """
     run = build_config(
         profile="smoke", data_source="mock", data_dir=None, seed=0, subset=WORKER_IMAGES,
-        backbone_names=None, weights="none", weights_dir=None, strategy="multiworker",
+        backbone_names=None, weights="none", weights_dir=None, distribute="multiworker",
     )
     distribution.use_multiworker_strategy()
     seed = run.seed + distribution.cluster_task().index

@@ -68,7 +68,7 @@ def test_the_run_config_holds_the_options_pytest_parsed(pytestconfig, run_config
 
 @pytest.mark.parametrize("field", declarations(), ids=lambda field: field.metadata["flag"])
 def test_every_option_not_at_its_default_is_in_the_header(pytestconfig, tmp_path, monkeypatch, field):
-    if field.name == "strategy":
+    if field.name == "distribute":
         monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}')
     value = non_default(field, tmp_path)
     run = config.build_config(**{**BASE, field.name: value})
@@ -138,7 +138,7 @@ def test_the_header_says_which_adam_ran_and_whether_xla_compiled(pytestconfig):
     assert rows["training step"] == "Adam of Keras (keras.optimizers.Adam); XLA off (--run-eagerly traces no graph)"
     assert environment.training_step("fused", "auto", {"gpu_count": 0}).startswith("Adam fused (lab/adam.py")
     assert environment.training_step("fused", "auto", {"gpu_count": 1}, "mirrored").startswith(
-        "Adam fused, which takes Keras's own update under --strategy mirrored; XLA auto (Keras's default): on"
+        "Adam fused, which takes Keras's own update under --distribute mirrored; XLA auto (Keras's default): on"
     )
     on_a_cpu = environment.training_step("keras", "auto", {"gpu_count": 0})
     assert on_a_cpu.endswith("XLA auto (Keras's default): off, no GPU")
