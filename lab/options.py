@@ -26,6 +26,7 @@ from lab.models import XLA_CHOICES
 from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import PROFILES
 from lab.stage_cache import DEFAULT_CACHE_BUDGET
+from lab.tracking import displayed_uri
 
 if TYPE_CHECKING:
     import pytest
@@ -53,6 +54,7 @@ def option(
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
     shown: Shown | None = None,
+    const: str | None = None,
 ) -> Any:
     """One option's declaration: a dataclass field of `Options`.
 
@@ -64,8 +66,11 @@ def option(
         choices: the values it accepts (pytest refuses others; `build_config` checks them too).
         metavar: the placeholder `pytest --help` shows for its value.
         shown: how the report's header shows a non-default value, where not as typed.
+        const: its value when the flag is given without one, which makes the value optional.
     """
-    metadata = {"flag": flag, "help": help, "type": type, "choices": choices, "metavar": metavar, "shown": shown}
+    metadata = {
+        "flag": flag, "help": help, "type": type, "choices": choices, "metavar": metavar, "shown": shown, "const": const
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -83,6 +88,10 @@ def _backbones(value: str, run: RunConfig) -> str:
 
 def _dataset(value: str, run: RunConfig) -> str:
     return run.dataset.folder if run.dataset.classes_sorted else run.dataset.name
+
+
+def _tracking_uri(value: str, run: RunConfig) -> str:
+    return displayed_uri(value)
 
 
 def _cache_budget(value: str, run: RunConfig) -> str | None:
@@ -228,6 +237,12 @@ class Options:
         "--tensorboard", None, metavar="DIR", shown=_absolute,
         help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>",
     )
+    mlflow: str | None = option(
+        "--mlflow", None, metavar="URI", const="", shown=_tracking_uri,
+        help="log the session to MLflow once its report is written: one run (options, versions, device; the "
+        "report as artifacts) with a nested run per training test; URI: sqlite:///PATH, file:PATH or a "
+        "tracking server's http(s)://HOST:PORT (default: sqlite:///<report dir>/mlflow.db)",
+    )
     worker_timeout: float = option(
         "--worker-timeout", distribution.DEFAULT_WORKER_TIMEOUT, type=float, metavar="SECONDS",
         help="--distribute multiworker: how long to wait for every other machine TF_CONFIG names to "
@@ -286,9 +301,11 @@ def addoption_arguments() -> Iterator[tuple[str, dict[str, Any]]]:
             arguments["action"] = "store_true"
         else:
             arguments["default"] = field.default
-            for key in ("type", "choices", "metavar"):
+            for key in ("type", "choices", "metavar", "const"):
                 if field.metadata[key] is not None:
                     arguments[key] = field.metadata[key]
+            if field.metadata["const"] is not None:
+                arguments["nargs"] = "?"
         yield field.metadata["flag"], arguments
 
 

@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from lab import distribution, environment, findings, keras_internals, render, report, timesplit
+from lab import distribution, environment, findings, keras_internals, render, report, timesplit, tracking
 from lab.config import RunConfig
+from lab.errors import LabInputError
 from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
 
 # Node ids of the lab's experiments start with this; a session that ran none writes no report.
@@ -57,8 +58,12 @@ class LabSession:
         self.report_error: str | None = None
         self.stop_reason: str | None = None
         self._previous_sigterm_handler = None
+        self.mlflow: tracking.SessionLog | None = None
 
     # Hooks: each hands off to a method below.
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.open_mlflow()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.handle_sigterm()
@@ -78,6 +83,7 @@ class LabSession:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         session.exitstatus = self.finish(session.exitstatus)
+        session.exitstatus = self.log_to_mlflow(session.exitstatus)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         self.summarize(terminalreporter)
@@ -86,6 +92,15 @@ class LabSession:
         self.restore_sigterm()
 
     # What the hooks hand off to.
+
+    def open_mlflow(self) -> None:
+        """Checks `--mlflow`'s store before anything trains, in the process that writes the report."""
+        if self.run.options.mlflow is None or not distribution.is_chief():
+            return
+        try:
+            self.mlflow = tracking.SessionLog(self.run.options.mlflow, self.report_dir)
+        except LabInputError as error:
+            raise pytest.UsageError(str(error)) from None
 
     def handle_sigterm(self) -> None:
         """Makes SIGTERM (what `timeout` and CI cancellation send) stop the session as Ctrl-C
@@ -171,6 +186,16 @@ class LabSession:
         if self.report_error:
             return exitstatus or pytest.ExitCode.TESTS_FAILED
         return exitstatus
+
+    def log_to_mlflow(self, exitstatus: int) -> int:
+        """Logs the session to MLflow once its report is written (`--mlflow`); returns the exit status,
+        failed where it could not be logged, as for a report that could not be written."""
+        if self.mlflow is None or self.results is None:
+            return exitstatus
+        seconds = {nodeid: split.duration_seconds for nodeid, split in self.test_seconds.items()}
+        if self.mlflow.log(self.results, self.report_path, seconds):
+            return exitstatus
+        return exitstatus or pytest.ExitCode.TESTS_FAILED
 
     def collect_results(self, exitstatus: int) -> Results:
         """Everything the report shows: the run's settings and machine, records, outcomes, and
@@ -273,6 +298,8 @@ class LabSession:
             lines.append(f"report: {os.path.relpath(self.report_path)}")
         if self.report_error:
             lines.append(self.report_error)
+        if self.mlflow and self.mlflow.summary:
+            lines.append(self.mlflow.summary)
         if lines:
             terminalreporter.section("transfer-learning lab")
             for line in lines:

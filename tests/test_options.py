@@ -51,6 +51,7 @@ def non_default(field: dataclasses.Field, tmp_path) -> object:
         "early_stopping": 1,
         "cache_budget": "1G",
         "worker_timeout": 60.0,
+        "mlflow": "sqlite:///mlflow.db",
     }
     assert field.name in typed, f"give {field.metadata['flag']} a non-default value in this test's `typed`"
     return typed[field.name]
