@@ -65,7 +65,7 @@ def test_take_reads_a_cached_split_from_its_file(tmp_path):
 def test_streamed_batches_are_the_batches_of_a_shuffle_of_the_rows(shuffle_seed, tmp_path):
     (cached, labels), images, _ = _random_entry(tmp_path, 45, 4)
 
-    streamed = list(data.batched_pairs(cached, labels, 8, shuffle_seed, transform=data.scale_to_unit))
+    streamed = list(data.batched_pairs(cached, labels, 8, shuffle_seed, to_unit=True))
     reference = list(_in_memory_pairs(images, labels, 8, shuffle_seed))
 
     assert len(streamed) == len(reference) == 6
@@ -196,7 +196,7 @@ def test_epoch_of_batches(pipeline, benchmark_split, benchmark):
     """One shuffled epoch: streamed from the cache against the arrays copied into the graph (recorded, not asserted)."""
     cached, images, labels = benchmark_split
     if pipeline == "streamed":
-        batches = data.batched_pairs(cached, labels, BATCH_SIZE, seed=0, transform=data.scale_to_unit)
+        batches = data.batched_pairs(cached, labels, BATCH_SIZE, seed=0, to_unit=True)
     else:
         batches = _in_memory_pairs(images, labels, BATCH_SIZE, seed=0)
 
@@ -228,7 +228,7 @@ def test_training_epoch_of_batches(pipeline, benchmark_split, frozen_mobilenet_v
     """A steady training epoch of a frozen MobileNetV2 fed by either pipeline (recorded, not asserted)."""
     cached, images, labels = benchmark_split
     if pipeline == "streamed":
-        batches = data.batched_pairs(cached, labels, BATCH_SIZE, seed=0, transform=data.scale_to_unit)
+        batches = data.batched_pairs(cached, labels, BATCH_SIZE, seed=0, to_unit=True)
     else:
         batches = _in_memory_pairs(images, labels, BATCH_SIZE, seed=0)
 
