@@ -16,14 +16,16 @@ import pytest
 # TensorFlow's C++ start-up chatter would bury pytest's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lab import adam, data, distribution, models, reproducibility, storage
-from lab.backbones import get_backbone, resolve_weights
 from lab.config import RunConfig, build_config, path_option
-from lab.data import ImageData
-from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
+from lab.inputs import data
+from lab.inputs.data import ImageData
+from lab.inputs.datasets import DatasetSpec
+from lab.networks import adam, models
+from lab.networks.backbones import get_backbone, resolve_weights
 from lab.options import Options, addoption_arguments
-from lab.training import tensorboard_log_dir, train_lab_cnn
+from lab.runtime import distribution, reproducibility, storage
+from lab.runtime.training import tensorboard_log_dir, train_lab_cnn
 from pytest_lab import RUN_CONFIG
 from pytest_lab.session import LabSession
 
@@ -162,7 +164,7 @@ def _seed_of(request: pytest.FixtureRequest, run: RunConfig) -> int:
 def tensorboard_dir(request: pytest.FixtureRequest, run_config: RunConfig) -> str | None:
     """This test's TensorBoard folder, `--tensorboard DIR/<test module>/<test>/seed<N>`; None without the option.
 
-    Pass it to `lab.training.tensorboard_callbacks`, with a subfolder for each fit of a test
+    Pass it to `lab.runtime.training.tensorboard_callbacks`, with a subfolder for each fit of a test
     that fits more than once.
     """
     if run_config.tensorboard_dir is None:

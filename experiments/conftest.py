@@ -4,7 +4,7 @@ Each experiment module declares itself with a marker, read here:
 
     pytestmark = pytest.mark.experiment(4, backbones="freeze")
 
-`4` is its number (titles in `lab.results.EXPERIMENT_TITLES`); `backbones` names the profile's
+`4` is its number (titles in `lab.report.results.EXPERIMENT_TITLES`); `backbones` names the profile's
 backbone list (`pretrained`, `freeze`, `unfreeze`) that parametrizes `backbone_name`, unless
 --backbones names others. A test that takes `seed` (every test that trains) runs once per seed
 of --seeds; one that does not (structure checks, epoch timings) runs once.
@@ -18,11 +18,15 @@ import keras
 import numpy as np
 import pytest
 
-from lab import freezing, models, network, timesplit
-from lab.backbones import Backbone, WeightsSource, get_backbone
-from lab.data import ImageData
-from lab.fine_tuning import FineTuning, FineTuningOptions, HeadRateSearch, search_head_rate
-from lab.results import (
+from lab.finetune import freezing
+from lab.finetune.fine_tuning import FineTuning, FineTuningOptions, HeadRateSearch, search_head_rate
+from lab.finetune.reuse import CompiledRun, CompiledRuns
+from lab.finetune.stage_cache import PrefixActivations
+from lab.inputs import network
+from lab.inputs.data import ImageData
+from lab.networks import models
+from lab.networks.backbones import Backbone, WeightsSource, get_backbone
+from lab.report.results import (
     EXPERIMENT_TITLES,
     BenchmarkResult,
     Curves,
@@ -32,8 +36,7 @@ from lab.results import (
     Table,
     ValidationSet,
 )
-from lab.reuse import CompiledRun, CompiledRuns
-from lab.stage_cache import PrefixActivations
+from lab.runtime import timesplit
 from pytest_lab import RUN_CONFIG
 
 
@@ -75,7 +78,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(autouse=True)
 def time_split(request: pytest.FixtureRequest):
     """Measures the seconds this test's fits and predictions spend tracing, training and
-    evaluating (`lab.timesplit`), and hands them to the session's time split."""
+    evaluating (`lab.runtime.timesplit`), and hands them to the session's time split."""
     with timesplit.measuring(experiment_of(request.node).number) as measured:
         yield measured
     # Plain types: under xdist, user properties travel to the controller in test reports.
@@ -114,7 +117,7 @@ class BackboneCase:
         )
 
     def run(self, compiled_models: CompiledRuns, purpose: str, seed: int) -> CompiledRun:
-        """This case's run of `purpose` ("frozen base", a strategy...) for `seed` (`lab.reuse.CompiledRuns`).
+        """This case's run of `purpose` ("frozen base", a strategy...) for `seed` (`lab.finetune.reuse.CompiledRuns`).
 
         Another seed of the run reuses the models compiled for the first. With a base from a
         weights file and no augmentation only the head depends on the seed, so it is drawn
@@ -153,7 +156,7 @@ def backbone_case(backbone_name, backbone_weights, backbone_data, run_config, re
 
 @pytest.fixture(scope="session")
 def compiled_models(run_config) -> CompiledRuns:
-    """This process's compiled models by configuration (`lab.reuse.CompiledRuns`), to trace each once.
+    """This process's compiled models by configuration (`lab.finetune.reuse.CompiledRuns`), to trace each once.
 
     A test that trains a configuration again (another seed of --seeds) puts its fresh weights
     into the models an earlier test compiled, instead of building and compiling them anew.
@@ -164,7 +167,7 @@ def compiled_models(run_config) -> CompiledRuns:
 
 @pytest.fixture(scope="session")
 def prefix_activations(run_config) -> PrefixActivations:
-    """This process's frozen-prefix passes (`lab.stage_cache.PrefixActivations`), within --cache-budget.
+    """This process's frozen-prefix passes (`lab.finetune.stage_cache.PrefixActivations`), within --cache-budget.
 
     Stages that cut the same starting weights at the same place over the same images (the
     head stage of every cached strategy and experiment 3's head on pooled features, any stage
@@ -186,7 +189,7 @@ def fine_tuning_options(run_config, profile) -> FineTuningOptions:
 @pytest.fixture(scope="session")
 def head_rate_search(fine_tuning_options, prefix_activations):
     """The head's learning-rate search of a case and seed (--lr-find), run once per session:
-    `head_rate_search(case, seed)` -> `lab.fine_tuning.HeadRateSearch`."""
+    `head_rate_search(case, seed)` -> `lab.finetune.fine_tuning.HeadRateSearch`."""
     searches: dict[tuple, HeadRateSearch] = {}
 
     def search(case: BackboneCase, seed: int) -> HeadRateSearch:
@@ -202,7 +205,7 @@ def head_rate_search(fine_tuning_options, prefix_activations):
 
 @pytest.fixture
 def fine_tune(compiled_models, prefix_activations, run_config, profile, fine_tuning_options, head_rate_search):
-    """Experiment 5's building block: `fine_tune(case, strategy, seed)` -> `lab.fine_tuning.FineTuning`.
+    """Experiment 5's building block: `fine_tune(case, strategy, seed)` -> `lab.finetune.fine_tuning.FineTuning`.
 
     The strategy's stages follow the profile (`unfreeze_stages` after the head, `stage_epochs`
     each) and the head's rate (1e-3, or with --lr-find the search's suggestion where it found
@@ -229,7 +232,7 @@ def fine_tune(compiled_models, prefix_activations, run_config, profile, fine_tun
 def record(request: pytest.FixtureRequest, run_config):
     """Records one row of a report table: `record(TABLE, row, label=..., curves=..., stage_curve=...)`.
 
-    Args of the returned function: `table` (the module's `lab.results.Table`), `row` (column
+    Args of the returned function: `table` (the module's `lab.report.results.Table`), `row` (column
     -> value; holds the table's key columns), `label` (names the case in plots), `curves`
     (accuracy per epoch), `stage_curve` (accuracy per unfreezing stage), `rate_curves` (the
     learning rate of each parameter group per epoch), `rate_search` (a learning-rate range test,

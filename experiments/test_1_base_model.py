@@ -10,10 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from lab import models, storage
-from lab.freezing import trainable_parameter_count
-from lab.results import Table
-from lab.training import FitResult, predicted_classes
+from lab.finetune.freezing import trainable_parameter_count
+from lab.networks import models
+from lab.report.results import Table
+from lab.runtime import storage
+from lab.runtime.training import FitResult, predicted_classes
 
 pytestmark = pytest.mark.experiment(1)
 

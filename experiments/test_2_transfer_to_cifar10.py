@@ -9,11 +9,12 @@ shows what the transferred weights are worth.
 import numpy as np
 import pytest
 
-from lab import atomic, models, storage
-from lab.freezing import trainable_parameter_count
-from lab.hparams import FitSettings
-from lab.results import Table
-from lab.training import fit_on, lab_cnn_name, predicted_classes, tensorboard_callbacks
+from lab.finetune.freezing import trainable_parameter_count
+from lab.networks import models
+from lab.report.results import Table
+from lab.runtime import atomic, storage
+from lab.runtime.hparams import FitSettings
+from lab.runtime.training import fit_on, lab_cnn_name, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(2)
 

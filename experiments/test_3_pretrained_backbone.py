@@ -5,19 +5,20 @@
 The backbone is checked against Keras's published structure and against the weights file
 itself; then its features are put to work: a head trained on the pooled features of the
 pretrained base, against the same head on a randomly initialised base, same data and budget.
-The features are computed once where that is the same training (lab/stage_cache.py); a base
+The features are computed once where that is the same training (lab/finetune/stage_cache.py); a base
 that draws random numbers (EfficientNet's dropout), or --augment, trains the head end to end.
-Another seed trains the head compiled for the first (lab/reuse.py), with its weights drawn anew.
+Another seed trains the head compiled for the first (lab/finetune/reuse.py), with its weights drawn anew.
 """
 
 import numpy as np
 import pytest
 
-from lab import freezing, models
-from lab.backbones import get_backbone, weights_file_tensors
-from lab.hparams import FitSettings
-from lab.results import Table
-from lab.training import fit, predicted_classes, tensorboard_callbacks
+from lab.finetune import freezing
+from lab.networks import models
+from lab.networks.backbones import get_backbone, weights_file_tensors
+from lab.report.results import Table
+from lab.runtime.hparams import FitSettings
+from lab.runtime.training import fit, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(3, backbones="pretrained")
 

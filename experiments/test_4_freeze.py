@@ -3,7 +3,7 @@
 `layer.trainable = False` on every base layer leaves two trainable tensors, the head's kernel
 and bias. A fit must leave every base weight byte-identical, BatchNormalization statistics
 included. Then the claim the lab is about, measured: seconds per epoch with the base
-unfrozen, frozen, and frozen with its features computed once (lab/features.py).
+unfrozen, frozen, and frozen with its features computed once (lab/finetune/features.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import features, freezing, models, timesplit
-from lab.data import ImageData
-from lab.hparams import FitSettings
-from lab.results import Table
-from lab.stage_cache import CachedStage
-from lab.timing import EpochTimes
-from lab.training import fit_on, predicted_classes, tensorboard_callbacks
+from lab.finetune import features, freezing
+from lab.finetune.stage_cache import CachedStage
+from lab.inputs.data import ImageData
+from lab.networks import models
+from lab.report.results import Table
+from lab.runtime import timesplit
+from lab.runtime.hparams import FitSettings
+from lab.runtime.timing import EpochTimes
+from lab.runtime.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(4, backbones="freeze")
 

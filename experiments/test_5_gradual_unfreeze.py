@@ -8,17 +8,17 @@ on everything from the start, answer whether it is worth it. ULMFiT's discrimina
 are the strategies people use beyond the lab's. Every compile follows --lr-schedule, and
 the rate each parameter group actually used is recorded per epoch.
 
-The stage loop is `lab.fine_tuning.FineTuning` (the `fine_tune` fixture): iterating it thaws
+The stage loop is `lab.finetune.fine_tuning.FineTuning` (the `fine_tune` fixture): iterating it thaws
 each stage's layers, and `train` compiles and fits the stage, as fast as the run allows.
 """
 
 import pytest
 
-from lab import freezing
-from lab.fine_tuning import describe_rates
-from lab.hparams import FitSettings
-from lab.results import Table
-from lab.training import predicted_classes, tensorboard_callbacks
+from lab.finetune import freezing
+from lab.finetune.fine_tuning import describe_rates
+from lab.report.results import Table
+from lab.runtime.hparams import FitSettings
+from lab.runtime.training import predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(5, backbones="unfreeze")
 

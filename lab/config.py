@@ -7,12 +7,15 @@ import logging
 import os
 import warnings
 
-from lab import backbones, data, datasets, distribution, sample, stage_cache
-from lab.datasets import DatasetSpec
 from lab.errors import LabInputError
-from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
+from lab.finetune import stage_cache
+from lab.inputs import data, datasets, sample
+from lab.inputs.datasets import DatasetSpec
+from lab.networks import backbones
+from lab.networks.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.options import MAX_LR_FACTOR, Options
 from lab.profiles import Profile, get_profile, with_overrides
+from lab.runtime import distribution
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class RunConfig:
         tensorboard_dir: where each fit writes its TensorBoard log, or None for no logs.
         run_eagerly: every tf.function runs as plain Python, untraced (quick structural runs).
         lr_schedule: experiment 5's learning-rate schedule within each compile
-            (`lab.optimizers.LR_SCHEDULES`).
+            (`lab.networks.optimizers.LR_SCHEDULES`).
         lr_factor: the discriminative division of the learning rate per block going down.
         augment: random flips, rotations and zooms in front of every backbone classifier.
         early_stopping: experiment 5 stops a stage's fit after this many epochs without a

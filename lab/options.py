@@ -20,13 +20,14 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from lab import data, distribution
-from lab.adam import ADAM_CHOICES
-from lab.models import XLA_CHOICES
-from lab.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
+from lab.finetune.stage_cache import DEFAULT_CACHE_BUDGET
+from lab.inputs import data
+from lab.networks.adam import ADAM_CHOICES
+from lab.networks.models import XLA_CHOICES
+from lab.networks.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.profiles import PROFILES
-from lab.stage_cache import DEFAULT_CACHE_BUDGET
-from lab.tracking import displayed_uri
+from lab.report.tracking import displayed_uri
+from lab.runtime import distribution
 
 if TYPE_CHECKING:
     import pytest
@@ -179,7 +180,7 @@ class Options:
     )
     adam: str = option(
         "--adam", "fused", choices=ADAM_CHOICES,
-        help="Adam's update: fused (default) is TensorFlow's one ApplyAdam kernel per weight (lab/adam.py; "
+        help="Adam's update: fused (default) is TensorFlow's one ApplyAdam kernel per weight (lab/networks/adam.py; "
         "far less to trace, the same update to float32 rounding; Keras's own under --distribute); "
         "keras is keras.optimizers.Adam",
     )
@@ -208,8 +209,8 @@ class Options:
     )
     lr_find: bool = option(
         "--lr-find", False,
-        help="before experiment 5, a learning-rate range test (lab/lr_finder.py, fastai's valley rule) on each "
-        "backbone's head, per seed: its suggestion becomes the head's rate and every stage's follows from it "
+        help="before experiment 5, a learning-rate range test (lab/finetune/lr_finder.py, fastai's valley rule) on "
+        "each backbone's head, per seed: its suggestion becomes the head's rate and every stage's follows from it "
         "as from 1e-3 (the profile's rate stays where the loss never falls)",
     )
     augment: bool = option(

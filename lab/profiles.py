@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from lab.errors import LabInputError
 
 if TYPE_CHECKING:
-    from lab.backbones import Backbone
+    from lab.networks.backbones import Backbone
 
 # keras.applications refuses inputs smaller than this for a network without its top.
 MIN_BACKBONE_IMAGE_SIZE = 32

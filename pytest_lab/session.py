@@ -16,10 +16,11 @@ import time
 
 import pytest
 
-from lab import distribution, environment, findings, keras_internals, render, report, timesplit, tracking
 from lab.config import RunConfig
 from lab.errors import LabInputError
-from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
+from lab.report import findings, render, tracking, writing
+from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
+from lab.runtime import distribution, environment, keras_internals, timesplit
 
 # Node ids of the lab's experiments start with this; a session that ran none writes no report.
 EXPERIMENTS_PREFIX = "experiments/"
@@ -285,12 +286,12 @@ class LabSession:
         """The lab's section of pytest's terminal summary: results, findings, warnings, the report's path."""
         lines = []
         if self.results:
-            lines += report.summary_lines(self.results)
+            lines += writing.summary_lines(self.results)
             if self.results.comparisons:
                 lines += ["findings:", *render.findings_table(self.results.comparisons, "simple").splitlines()]
             lines += [f"warning: {warning}" for warning in self.results.run.warnings]
             if self.results.time_split:
-                lines.append(report.time_split_line(self.results.time_split, self.report_seconds))
+                lines.append(writing.time_split_line(self.results.time_split, self.report_seconds))
             note = self.results.run.benchmarks_note
             if note and any(benchmark_case(nodeid) for nodeid in self.outcomes):
                 lines.append(f"epoch-time benchmarks: {note}")
@@ -332,7 +333,7 @@ def report_stem(run: RunHeader, started: float) -> str:
 def write_report_once(results: Results, report_dir: str, stem: str, latest_name: str) -> tuple[str | None, str | None]:
     """Writes the report under `stem`, or `stem-2`, `stem-3`... if that name is taken.
 
-    `report.write_report` writes all of a report or nothing, so a failure (a full disk)
+    `writing.write_report` writes all of a report or nothing, so a failure (a full disk)
     leaves no part of it behind.
 
     Returns:
@@ -342,7 +343,7 @@ def write_report_once(results: Results, report_dir: str, stem: str, latest_name:
     names = [stem, *(f"{stem}-{number}" for number in range(2, NAME_ATTEMPTS + 1))]
     for name in names:
         try:
-            return report.write_report(results, report_dir, name, latest_name), None
+            return writing.write_report(results, report_dir, name, latest_name), None
         except FileExistsError:
             continue
         except OSError as error:

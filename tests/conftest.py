@@ -2,7 +2,7 @@
 
 Every input here is tiny and made on the spot, so that the whole folder runs in about a minute
 on two CPU cores. The only real files read are the two MobileNet weights files of the embedded
-sample (lab/sample/weights), which every clone has.
+sample (lab/inputs/sample/weights), which every clone has.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab import data, image_cache, network, sample
+from lab.inputs import data, image_cache, network, sample
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,12 @@
-"""lab/adam.py: the fused Adam updates as Keras's Adam does, with one operation per update."""
+"""lab/networks/adam.py: the fused Adam updates as Keras's Adam does, with one operation per update."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import models
-from lab.adam import FusedAdam
+from lab.networks import models
+from lab.networks.adam import FusedAdam
 
 STEPS = 5
 

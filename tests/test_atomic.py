@@ -1,11 +1,11 @@
-"""lab/atomic.py: files made whole or not at all, and their digest."""
+"""lab/runtime/atomic.py: files made whole or not at all, and their digest."""
 
 import hashlib
 import os
 
 import pytest
 
-from lab import atomic
+from lab.runtime import atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):

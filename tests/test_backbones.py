@@ -1,13 +1,14 @@
-"""lab/backbones.py: the registry against the networks Keras builds, weights lookup, and the
-preprocessing layer of lab/models.py against keras.applications' own."""
+"""lab/networks/backbones.py: the registry against the networks Keras builds, weights lookup, and the
+preprocessing layer of lab/networks/models.py against keras.applications' own."""
 
 import keras
 import numpy as np
 import pytest
 
-from lab import backbones, config
+from lab import config
 from lab.errors import LabInputError
-from lab.models import BackbonePreprocessing
+from lab.networks import backbones
+from lab.networks.models import BackbonePreprocessing
 
 IMAGE_SIZE = 32
 MOBILENETS = ["mobilenet", "mobilenet_v2"]

@@ -33,8 +33,11 @@ import zipfile
 
 import pytest
 
-from lab import backbones, config, data, datasets, image_cache, models, profiles, storage
+from lab import config, profiles
 from lab.errors import LabInputError
+from lab.inputs import data, datasets, image_cache
+from lab.networks import backbones, models
+from lab.runtime import storage
 
 GOOD_OPTIONS = dict(
     profile="smoke",

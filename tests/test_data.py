@@ -1,4 +1,4 @@
-"""lab/data.py on tiny synthetic image folders and on tensorflow-datasets' mock data."""
+"""lab/inputs/data.py on tiny synthetic image folders and on tensorflow-datasets' mock data."""
 
 import dataclasses
 import os
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lab import data, datasets
 from lab.errors import LabInputError
+from lab.inputs import data, datasets
 
 # Different counts per class: a label mapped by position instead of by name shows up in the
 # per-label counts as well as in the colours.

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lab import data, image_cache
+from lab.inputs import data, image_cache
 
 # Generating 20,000 mock images at 224 px takes about 50 s on two CPU cores, beyond CI's budget.
 RUN_SLOW = os.environ.get("LAB_SLOW") == "1"
@@ -158,7 +158,7 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 
 PEAK_RSS = """
     import resource, sys
-    from lab import data
+    from lab.inputs import data
     flowers = data.load("tf_flowers", "mock", 224, int(sys.argv[1]), 0)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in flowers.batches("train", 32, seed=0):
@@ -211,8 +211,9 @@ def frozen_mobilenet_v2():
     """MobileNetV2 (alpha 0.35) at the benchmark's size, frozen under a trainable head, compiled once."""
     import keras
 
-    from lab import freezing, models
-    from lab.backbones import get_backbone
+    from lab.finetune import freezing
+    from lab.networks import models
+    from lab.networks.backbones import get_backbone
 
     keras.utils.set_random_seed(0)
     model = models.backbone_classifier(get_backbone("mobilenet_v2"), BENCHMARK_SIZE, 5, None)

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from lab import config, data, datasets
+from lab import config
 from lab.errors import LabInputError
+from lab.inputs import data, datasets
 
 # Deliberately not alphabetical, and neither tf_flowers' five classes nor CIFAR-10's ten.
 LEAF_COUNTS = {"c": 3, "a": 4, "b": 3}

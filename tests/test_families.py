@@ -9,10 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from lab import backbones, freezing, keras_internals, models
-from lab.data import ImageData
-from lab.reuse import CompiledRun
-from lab.stage_cache import DEFAULT_CACHE_BUDGET
+from lab.finetune import freezing
+from lab.finetune.reuse import CompiledRun
+from lab.finetune.stage_cache import DEFAULT_CACHE_BUDGET
+from lab.inputs.data import ImageData
+from lab.networks import backbones, models
+from lab.runtime import keras_internals
 
 # The smallest network of each family.
 FAMILY_MEMBERS = {

@@ -1,4 +1,4 @@
-"""lab/features.py (cached features) and lab/storage.py (atomic files, saved-once models).
+"""lab/finetune/features.py (cached features) and lab/runtime/storage.py (atomic files, saved-once models).
 
 The report's tests are in test_report.py."""
 
@@ -8,10 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from lab import atomic, features, models, storage
-from lab.backbones import get_backbone
-from lab.data import CLASS_NAMES, ImageData
-from lab.training import fit
+from lab.finetune import features
+from lab.inputs.data import CLASS_NAMES, ImageData
+from lab.networks import models
+from lab.networks.backbones import get_backbone
+from lab.runtime import atomic, storage
+from lab.runtime.training import fit
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""lab/findings.py, and the seeds, intervals and findings in the report: comparisons matched
+"""lab/report/findings.py, and the seeds, intervals and findings in the report: comparisons matched
 from hand-made records, their lines in the report and in `--compare`, and one real session
 with `--seeds 2` (then the same seed again) on mock data."""
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from lab import compare, findings, render, statistics
-from lab.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
+from lab.report import compare, findings, render, statistics
+from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
 
 LABELS = [index % 5 for index in range(100)]
 FLOWERS = "tf_flowers (mock), 32px, 100 images"

@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import config, fine_tuning, freezing, models, optimizers, plots, render, training
-from lab.backbones import get_backbone
+from lab import config
 from lab.errors import LabInputError
-from lab.results import Record, Results, RunHeader
+from lab.finetune import fine_tuning, freezing
+from lab.networks import models, optimizers
+from lab.networks.backbones import get_backbone
+from lab.report import plots, render
+from lab.report.results import Record, Results, RunHeader
+from lab.runtime import training
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

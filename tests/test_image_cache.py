@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab import data, image_cache
 from lab.errors import LabInputError
+from lab.inputs import data, image_cache
 
 IMAGE_SIZE = 4
 
@@ -145,7 +145,7 @@ def test_a_cache_folder_that_is_a_file_names_the_variable(file_at, tmp_path, mon
 KILLED_BUILD = """
     import os, signal, sys
     import numpy as np
-    from lab import image_cache
+    from lab.inputs import image_cache
 
     def batches():
         yield np.zeros((2, 4, 4, 3), np.uint8), np.arange(2)

@@ -1,4 +1,4 @@
-"""lab/keras_internals.py: each private Keras or TensorFlow name the lab reaches still exists and
+"""lab/runtime/keras_internals.py: each private Keras or TensorFlow name the lab reaches still exists and
 still gives what the lab expects, checked on tiny models. A failure here names the internal that
 moved under a new TensorFlow or Keras; fix that one function, not its callers."""
 
@@ -8,7 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from lab import config, keras_internals, render
+from lab import config
+from lab.report import render
+from lab.runtime import keras_internals
 from pytest_lab.session import LabSession
 
 
@@ -129,7 +131,7 @@ def test_version_warning_only_for_other_versions(monkeypatch):
     monkeypatch.setattr(keras_internals, "installed_versions", lambda: {"TensorFlow": "2.22.0", "Keras": "3.15.1"})
     warning = keras_internals.version_warning()
     assert "\n" not in warning
-    assert warning.startswith("TensorFlow 2.22.0: lab/keras_internals.py")
+    assert warning.startswith("TensorFlow 2.22.0: lab/runtime/keras_internals.py")
     assert "TensorFlow 2.21.0 and Keras 3.15.1" in warning
 
 

@@ -1,13 +1,14 @@
-"""lab/lr_finder.py: the range test's suggestion, on a softmax classifier of overlapping Gaussian
+"""lab/finetune/lr_finder.py: the range test's suggestion, on a softmax classifier of overlapping Gaussian
 blobs whose good rates are measured here by short fits, and the state it must leave untouched."""
 
 import keras
 import numpy as np
 import pytest
 
-from lab import lr_finder, plots
-from lab.adam import FusedAdam
-from lab.results import LearningRateSearch
+from lab.finetune import lr_finder
+from lab.networks.adam import FusedAdam
+from lab.report import plots
+from lab.report.results import LearningRateSearch
 
 FEATURES, CLASSES, IMAGES, BATCH = 8, 4, 512, 32
 # Short fits at every half decade from 1e-4 to 30: enough to find both ends of the good range.

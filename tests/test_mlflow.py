@@ -20,9 +20,9 @@ import time
 import mlflow
 import pytest
 
-from lab import tracking
 from lab.errors import LabInputError
-from lab.results import Curves, Outcome, Record, Results, RunHeader, StageCurve, ValidationSet
+from lab.report import tracking
+from lab.report.results import Curves, Outcome, Record, Results, RunHeader, StageCurve, ValidationSet
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT_1 = "experiments/test_1_base_model.py::test_base_model[seed0-narrow]"

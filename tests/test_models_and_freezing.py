@@ -1,4 +1,4 @@
-"""lab/models.py and lab/freezing.py on small models: the lab CNN, its transfer, and a MobileNet
+"""lab/networks/models.py and lab/finetune/freezing.py on small models: the lab CNN, its transfer, and a MobileNet
 classifier at 32 px with random weights (structure only, so no weights file is needed)."""
 
 import itertools
@@ -7,9 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from lab import freezing, models, profiles
-from lab.backbones import get_backbone
+from lab import profiles
 from lab.errors import LabInputError
+from lab.finetune import freezing
+from lab.networks import models
+from lab.networks.backbones import get_backbone
 
 MOBILENET = get_backbone("mobilenet")
 

@@ -1,4 +1,4 @@
-"""lab/optimizers.py: discriminative learning rates, schedules and the per-group rate recorder,
+"""lab/networks/optimizers.py: discriminative learning rates, schedules and the per-group rate recorder,
 on a MobileNet 0.25 classifier at 32 px with random weights (no weights file needed)."""
 
 import keras
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import freezing, models, optimizers
-from lab.backbones import get_backbone
 from lab.errors import LabInputError
+from lab.finetune import freezing
+from lab.networks import models, optimizers
+from lab.networks.backbones import get_backbone
 
 MOBILENET = get_backbone("mobilenet")
 CLASSES = 5

@@ -10,8 +10,11 @@ import dataclasses
 
 import pytest
 
-from lab import adam, config, environment, models, render
+from lab import config
+from lab.networks import adam, models
 from lab.options import Options, addoption_arguments, declarations, flag_of
+from lab.report import render
+from lab.runtime import environment
 from pytest_lab.session import LabSession
 
 # Offline and quick: mock data, no ImageNet weights.
@@ -137,7 +140,7 @@ def test_the_header_says_which_adam_ran_and_whether_xla_compiled(pytestconfig):
     rows = {cells[1].strip(): cells[2].strip() for cells in (line.split("|") for line in
                                                                render.header_table(header).splitlines())}
     assert rows["training step"] == "Adam of Keras (keras.optimizers.Adam); XLA off (--run-eagerly traces no graph)"
-    assert environment.training_step("fused", "auto", {"gpu_count": 0}).startswith("Adam fused (lab/adam.py")
+    assert environment.training_step("fused", "auto", {"gpu_count": 0}).startswith("Adam fused (lab/networks/adam.py")
     assert environment.training_step("fused", "auto", {"gpu_count": 1}, "mirrored").startswith(
         "Adam fused, which takes Keras's own update under --distribute mirrored; XLA auto (Keras's default): on"
     )

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import data, image_cache
 from lab.errors import LabInputError
+from lab.inputs import data, image_cache
 
 # An epoch of 2,000 images at 224 px is 300 MB, built once in memory and once on disk.
 RUN_SLOW = os.environ.get("LAB_SLOW") == "1"

@@ -1,10 +1,10 @@
-"""lab/prediction.py: one pass over batches of uneven size, traced once, predicting what Keras does."""
+"""lab/runtime/prediction.py: one pass over batches of uneven size, traced once, predicting what Keras does."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from lab import prediction
+from lab.runtime import prediction
 
 
 def counted_model() -> tuple[keras.Model, list[int]]:

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python import pywrap_tfe
 
-from lab import reproducibility, storage
+from lab.runtime import reproducibility, storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,8 @@ def _python(code: str, *args: str, **popen) -> subprocess.Popen:
 
 RACER = """
     import json, os, sys, time
-    from lab import atomic, models, storage
+    from lab.runtime import atomic, storage
+    from lab.networks import models
 
     path, go = sys.argv[1], sys.argv[2]
     while not os.path.exists(go):
@@ -68,7 +69,8 @@ def test_two_processes_racing_for_one_saved_model_get_the_same_complete_file(tmp
 TRAINER = """
     import sys
     import numpy as np
-    from lab import models, reproducibility, storage
+    from lab.networks import models
+    from lab.runtime import reproducibility, storage
 
     seed = int(sys.argv[1])
     reproducibility.seed_everything(seed)
@@ -130,7 +132,8 @@ def test_seeding_restarts_every_generator_as_keras_does_and_keeps_the_kernel_cac
 
 MIRRORED = """
     import numpy as np
-    from lab import distribution, models
+    from lab.runtime import distribution
+    from lab.networks import models
 
     strategy = distribution.use_mirrored_strategy()
     model = models.lab_cnn(5, 32, (4, 4, 4))

@@ -1,5 +1,5 @@
-"""The report: lab/render.py (markdown), lab/plots.py (figures), lab/compare.py (two runs side
-by side) and lab/report.py (the report on disk, pytest's summary lines, `python -m lab.report`).
+"""The report: lab/report/render.py (markdown), lab/report/plots.py (figures), lab/report/compare.py (two runs side
+by side) and lab/report/writing.py (the report on disk, pytest's summary lines, `python -m lab.report`).
 
 Every input is a small hand-made `Results`; only three tests start a Python process, to run the
 command line as a user does.
@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from lab import atomic, compare, environment, render, report
-from lab.results import (
+from lab.report import compare, render, writing
+from lab.report.results import (
     BenchmarkResult,
     Curves,
     Outcome,
@@ -25,6 +25,7 @@ from lab.results import (
     RunHeader,
     StageCurve,
 )
+from lab.runtime import atomic, environment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -214,7 +215,7 @@ def test_benchmark_rows_without_unfrozen_give_no_speedup():
 def test_summary_lines_give_results_and_best_accuracy_per_experiment():
     results = _results(accuracy=0.625)
 
-    assert report.summary_lines(results) == [
+    assert writing.summary_lines(results) == [
         "Experiment 1: 1 results; best validation accuracy 0.625 (filters 32-64-128)",
         "Experiment 5: 1 results; best validation accuracy 0.400 (mobilenet_v2 gradual-blocks)",
     ]
@@ -224,7 +225,7 @@ def test_write_report_writes_markdown_figures_and_results_json(tmp_path):
     results = _results()
     report_dir = tmp_path / "new" / "reports"
 
-    path = report.write_report(results, str(report_dir), "smoke-cpu-run", "latest-smoke.md")
+    path = writing.write_report(results, str(report_dir), "smoke-cpu-run", "latest-smoke.md")
 
     assert path == str(report_dir / "smoke-cpu-run.md")
     markdown = (report_dir / "smoke-cpu-run.md").read_text(encoding="utf-8")
@@ -257,7 +258,7 @@ def test_write_report_on_a_full_disk_leaves_nothing_half_written(failing_file, t
     monkeypatch.setattr(atomic, "atomic_write_bytes", full_disk)
     report_dir = tmp_path / "reports"
     with pytest.raises(OSError, match="No space left on device") as raised:
-        report.write_report(results, str(report_dir), "smoke-cpu-run", str(tmp_path / "latest-smoke.md"))
+        writing.write_report(results, str(report_dir), "smoke-cpu-run", str(tmp_path / "latest-smoke.md"))
 
     assert str(report_dir / "smoke-cpu-run.md") in str(raised.value)
     # The reports folder this call created is gone too; the previous latest report is intact.
@@ -270,7 +271,7 @@ def test_write_report_gives_its_folder_the_modes_mkdir_and_open_would(umask, tmp
     # The folder was mkdtemp's 0700 beside a 0644 markdown: others read the report, not its plots.
     previous = os.umask(umask)
     try:
-        report.write_report(_results(), str(tmp_path), "run", None)
+        writing.write_report(_results(), str(tmp_path), "run", None)
     finally:
         os.umask(previous)
 
@@ -285,7 +286,7 @@ def test_write_report_never_replaces_an_existing_report(tmp_path):
     (tmp_path / "smoke-cpu-run.md").write_text("first run")
 
     with pytest.raises(FileExistsError, match="smoke-cpu-run"):
-        report.write_report(_results(), str(tmp_path), "smoke-cpu-run", "latest-smoke.md")
+        writing.write_report(_results(), str(tmp_path), "smoke-cpu-run", "latest-smoke.md")
 
     assert _tree(tmp_path) == {"smoke-cpu-run.md"}
     assert (tmp_path / "smoke-cpu-run.md").read_text() == "first run"
@@ -424,7 +425,7 @@ def test_report_command_rejects_a_results_file_it_cannot_use(content, message, t
     results_file.write_text(content)
     before = _tree(tmp_path)
 
-    status = report.main([str(results_file)])
+    status = writing.main([str(results_file)])
 
     (line,) = capsys.readouterr().err.splitlines()
     assert status == 2
@@ -435,7 +436,7 @@ def test_report_command_rejects_a_results_file_it_cannot_use(content, message, t
 def test_report_command_names_a_missing_results_file(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "results.json"
 
-    assert report.main([str(missing)]) == 2
+    assert writing.main([str(missing)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert f"cannot read results file {missing} (No such file or directory)" in line
     assert not (tmp_path / "nowhere").exists()
@@ -459,7 +460,7 @@ def test_report_command_rejects_a_benchmark_json_it_cannot_use(benchmark_json, m
     out_dir = tmp_path / "out"
     argument = str(tmp_path / benchmark_json) if benchmark_json else ""
 
-    status = report.main([results_file, "--benchmark-json", argument, "--out-dir", str(out_dir)])
+    status = writing.main([results_file, "--benchmark-json", argument, "--out-dir", str(out_dir)])
 
     (line,) = capsys.readouterr().err.splitlines()
     assert status == 2 and message in line and argument in line
@@ -478,7 +479,7 @@ def test_report_command_takes_epoch_times_from_a_benchmark_json(tmp_path, capsys
     out_dir = tmp_path / "out"
 
     arguments = [results_file, "--benchmark-json", str(benchmark_file), "--out-dir", str(out_dir), "--name", "r"]
-    assert report.main(arguments) == 0
+    assert writing.main(arguments) == 0
 
     saved = Results.from_json(json.loads((out_dir / "r" / "results.json").read_text()))
     assert saved.benchmarks == [BenchmarkResult(
@@ -498,7 +499,7 @@ def test_report_command_rejects_an_out_dir_that_is_a_file(out_dir, tmp_path, cap
     (tmp_path / "a-file").write_text("not a folder")
     before = _tree(tmp_path)
 
-    status = report.main([results_file, "--out-dir", str(tmp_path / out_dir)])
+    status = writing.main([results_file, "--out-dir", str(tmp_path / out_dir)])
 
     (line,) = capsys.readouterr().err.splitlines()
     assert status == 2 and f"{tmp_path / 'a-file'} is a file, not a folder" in line
@@ -509,10 +510,10 @@ def test_report_command_does_not_replace_a_report_of_the_same_name(tmp_path, cap
     results_file = _write_results(tmp_path, "results.json", _results())
     out_dir = tmp_path / "out"
 
-    assert report.main([results_file, "--out-dir", str(out_dir), "--name", "r"]) == 0
+    assert writing.main([results_file, "--out-dir", str(out_dir), "--name", "r"]) == 0
     first = (out_dir / "r.md").read_text()
     capsys.readouterr()
-    assert report.main([results_file, "--out-dir", str(out_dir), "--name", "r"]) == 2
+    assert writing.main([results_file, "--out-dir", str(out_dir), "--name", "r"]) == 2
 
     (line,) = capsys.readouterr().err.splitlines()
     assert "a report named r is already in" in line and "pass --name NAME" in line
@@ -524,7 +525,7 @@ def test_report_command_rejects_a_name_with_folders(name, tmp_path, capsys):
     results_file = _write_results(tmp_path, "results.json", _results())
     before = _tree(tmp_path)
 
-    assert report.main([results_file, "--out-dir", str(tmp_path / "out"), "--name", name]) == 2
+    assert writing.main([results_file, "--out-dir", str(tmp_path / "out"), "--name", name]) == 2
 
     (line,) = capsys.readouterr().err.splitlines()
     assert f"--name {name} is not a file name" in line
@@ -535,7 +536,7 @@ def test_compare_command_rejects_a_file_that_is_not_results(tmp_path, capsys):
     good = _write_results(tmp_path, "a.json", _results())
     (tmp_path / "b.json").write_text("[]")
 
-    assert report.main(["--compare", good, str(tmp_path / "b.json")]) == 2
+    assert writing.main(["--compare", good, str(tmp_path / "b.json")]) == 2
 
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()

@@ -1,4 +1,4 @@
-"""lab/reuse.py: a compiled model trained again from fresh weights, its graph traced once."""
+"""lab/finetune/reuse.py: a compiled model trained again from fresh weights, its graph traced once."""
 
 import json
 import textwrap
@@ -7,20 +7,22 @@ import keras
 import numpy as np
 import pytest
 
-from lab import models, optimizers, stage_cache
-from lab.backbones import get_backbone
-from lab.data import ImageData
-from lab.reuse import CompiledRuns, ReusableModel
-from lab.training import fit
+from lab.finetune import stage_cache
+from lab.finetune.reuse import CompiledRuns, ReusableModel
+from lab.inputs.data import ImageData
+from lab.networks import models, optimizers
+from lab.networks.backbones import get_backbone
+from lab.runtime.training import fit
 
 # Under op determinism: a model built and compiled for seed 1, against one compiled for seed 0,
 # trained, then restarted with seed 1's initial weights. The control restarts only the weights.
 REUSE_AGAINST_FRESH = """
     import json
     import numpy as np
-    from lab import models, reproducibility, storage
-    from lab.data import batched_pairs
-    from lab.reuse import ReusableModel
+    from lab.networks import models
+    from lab.runtime import reproducibility, storage
+    from lab.inputs.data import batched_pairs
+    from lab.finetune.reuse import ReusableModel
 
     reproducibility.enable_determinism()
     images = np.random.default_rng(7).random((48, 32, 32, 3), dtype=np.float32)

@@ -10,10 +10,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lab import backbones, config, data, profiles, sample
-from lab.atomic import file_digest
+from lab import config, profiles
 from lab.errors import LabInputError
-from lab.sample import build
+from lab.inputs import data, sample
+from lab.inputs.sample import build
+from lab.networks import backbones
+from lab.runtime.atomic import file_digest
 
 # Keras's weights are 224-pixel files; the sample holds the two small MobileNets'.
 EMBEDDED_BACKBONES = ("mobilenet", "mobilenet_v2")

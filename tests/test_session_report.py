@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from lab import atomic, environment
-from lab.results import Record, Table
+from lab.report.results import Record, Table
+from lab.runtime import atomic, environment
 from pytest_lab.session import LabSession
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def stop():
 
 # Loaded with -p: the child machine cannot reach the download server.
 OFFLINE = """
-from lab import network
+from lab.inputs import network
 
 network.can_reach = lambda *args, **kwargs: False
 """

@@ -1,4 +1,4 @@
-"""lab/stage_cache.py: a stage of gradual unfreezing trained on its frozen prefix's cached activations."""
+"""lab/finetune/stage_cache.py: a stage of gradual unfreezing trained on its frozen prefix's cached activations."""
 
 import dataclasses
 
@@ -6,11 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from lab import freezing, keras_internals, models, stage_cache
-from lab.backbones import get_backbone
-from lab.data import CLASS_NAMES, ImageData
 from lab.errors import LabInputError
-from lab.training import fit
+from lab.finetune import freezing, stage_cache
+from lab.inputs.data import CLASS_NAMES, ImageData
+from lab.networks import models
+from lab.networks.backbones import get_backbone
+from lab.runtime import keras_internals
+from lab.runtime.training import fit
 
 IMAGE_SIZE = 32
 BATCH_SIZE = 8

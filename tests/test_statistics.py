@@ -1,4 +1,4 @@
-"""lab/statistics.py: intervals against their textbook formulas, McNemar on hand-made
+"""lab/report/statistics.py: intervals against their textbook formulas, McNemar on hand-made
 predictions, verdicts on clear and on small differences, the Wilson interval's coverage, and
 the two-way interval on hand-made seeds x images (its calibration: test_statistics_calibration.py)."""
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lab import statistics
 from lab.errors import LabInputError
-from lab.statistics import Correctness
+from lab.report import statistics
+from lab.report.statistics import Correctness
 
 Z = stats.norm.ppf(0.975)
 

@@ -1,4 +1,4 @@
-"""lab/statistics.py's intervals cover the truth of simulated experiments 93-97% of the time.
+"""lab/report/statistics.py's intervals cover the truth of simulated experiments 93-97% of the time.
 
 Each simulated experiment draws 100 validation images from a large population and trains each
 arm with a few seeds. An image is right for an arm with a probability of its own: 0.97 or
@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lab import statistics
+from lab.report import statistics
 
 EXPERIMENTS = 2000
 IMAGES = 100

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from lab import render, report, timesplit
-from lab.results import Results, RunHeader, TimeSplit
-from lab.timesplit import SecondsOfTest
+from lab.report import render, writing
+from lab.report.results import Results, RunHeader, TimeSplit
+from lab.runtime import timesplit
+from lab.runtime.timesplit import SecondsOfTest
 
 
 def test_tracing_is_the_first_epoch_above_the_median_later_epoch():
@@ -62,7 +63,7 @@ def test_the_split_sums_each_experiment_and_adds_up_to_the_wall_time():
 def test_parallel_workers_give_no_rest_of_the_session():
     splits = timesplit.session_split(TESTS, wall_seconds=10.0, parallel=True)
     assert [split.experiment for split in splits] == [1, 3]
-    assert "summed over xdist workers" in report.time_split_line(splits, None)
+    assert "summed over xdist workers" in writing.time_split_line(splits, None)
 
 
 def test_the_split_reaches_the_report_the_summary_and_results_json():
@@ -75,7 +76,7 @@ def test_the_split_reaches_the_report_the_summary_and_results_json():
     assert "| Experiment 1 " in section and "| rest of the session " in section
     assert "| 1.5 " in section and "| 40.0 " in section
 
-    line = report.time_split_line(results.time_split, report_seconds=0.25)
+    line = writing.time_split_line(results.time_split, report_seconds=0.25)
     assert line.startswith("time: data loading 3.5 s, tracing 3.0 s, training 10.0 s, evaluation 2.0 s")
     assert "(of 40 s;" in line and line.endswith("writing the report 0.2 s")
 

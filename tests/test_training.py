@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lab import models, training
-from lab.backbones import get_backbone
 from lab.config import build_config
 from lab.errors import LabInputError
-from lab.hparams import FitSettings
+from lab.networks import models
+from lab.networks.backbones import get_backbone
 from lab.profiles import FULL, SMOKE, with_overrides
+from lab.runtime import training
+from lab.runtime.hparams import FitSettings
 
 SETTINGS = FitSettings(experiment=5, seed=0, backbone="tiny", weights="none", image_size=4, train_images=16)
 

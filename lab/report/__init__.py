@@ -1,0 +1,1 @@
+"""Results to reports: results, statistics, findings, markdown, plots, compare, writing. No TensorFlow."""

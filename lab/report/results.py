@@ -1,0 +1,347 @@
+"""What a session measured, as typed records: the recorder, the session, the report and
+`--compare` all read and write these, and results.json is their plain-JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lab.report.statistics import Comparison
+
+EXPERIMENT_TITLES = {
+    1: "Experiment 1: the lab CNN on tf_flowers",
+    2: "Experiment 2: its convolutions reused on CIFAR-10",
+    3: "Experiment 3: a pretrained ImageNet backbone",
+    4: "Experiment 4: freezing the backbone",
+    5: "Experiment 5: gradual unfreezing",
+}
+
+
+# The columns that hold a row's validation accuracy, most final first.
+ACCURACY_COLUMNS = ("final validation accuracy", "validation accuracy")
+
+
+class ResultsFormatError(ValueError):
+    """A results.json that is not what a session writes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A report table, declared once in the experiment that fills it.
+
+    Args:
+        title: the table's heading in the report.
+        keys: the columns that identify a row (backbone, strategy, stage...): `--compare`
+            pairs the rows of two runs by them, and repeated seeds group by them.
+    """
+
+    title: str
+    keys: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Curves:
+    """Accuracy per epoch of one fit."""
+
+    train_accuracy: list[float]
+    validation_accuracy: list[float]
+
+
+@dataclasses.dataclass
+class StageCurve:
+    """Validation accuracy after each stage of a gradual-unfreezing schedule."""
+
+    stages: list[str]
+    accuracy: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningRateSearch:
+    """One learning-rate range test (`lab.finetune.lr_finder`): what was tried, what the loss did, and the
+    rate it suggests.
+
+    Attributes:
+        rates: the learning rate of each step run (the fastest group's, under discriminative
+            rates), rising exponentially.
+        losses: the training loss of each step's batch, before that step's update.
+        smoothed: the bias-corrected exponential moving average of `losses`.
+        rule: the rule that chose the suggestion (`lab.finetune.lr_finder.RULE`).
+        found: whether the loss fell enough for the rule to read a suggestion off it.
+        suggestion: the suggested rate; None where not `found`.
+        reason: why there is no suggestion; empty where `found`.
+        diverged_at: the rate at which the test stopped on divergence; None if it ran to the end.
+    """
+
+    rates: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    rule: str
+    found: bool
+    suggestion: float | None
+    reason: str
+    diverged_at: float | None
+
+
+@dataclasses.dataclass
+class Record:
+    """One row of one report table, as a test recorded it.
+
+    Args:
+        experiment: 1..5, from the test module's `experiment` marker.
+        table: the table's title.
+        keys: the table's key columns (see `Table`).
+        row: column -> value, in the table's column order.
+        label: names the case in plots ("" when it has no curve).
+        curves: accuracy per epoch, for the learning-curve plot.
+        stage_curve: accuracy per stage, for the stage plot.
+        test: the pytest node id that recorded it.
+        seed: the seed the test ran with.
+        rate_curves: parameter group -> the learning rate it used in each epoch (None where
+            it did not train), for the learning-rate plot.
+        validation_set: the name of the `ValidationSet` its accuracy was measured on.
+        validation_images: how many validation images that accuracy counts (for its interval).
+        predictions: the class predicted for each of those images, in their order (for paired
+            comparisons of two arms on the same images).
+        rate_search: the learning-rate range test the row reports, for its plot.
+    """
+
+    experiment: int
+    table: str
+    keys: tuple[str, ...]
+    row: dict[str, Any]
+    label: str = ""
+    curves: Curves | None = None
+    stage_curve: StageCurve | None = None
+    test: str = ""
+    seed: int | None = None
+    rate_curves: dict[str, list[float | None]] | None = None
+    validation_set: str | None = None
+    validation_images: int | None = None
+    predictions: list[int] | None = None
+    rate_search: LearningRateSearch | None = None
+
+    def key(self) -> tuple[str, ...]:
+        """The values of the key columns, as text: the row's identity within its table."""
+        return tuple(str(self.row.get(column)) for column in self.keys)
+
+    def accuracy(self) -> float | None:
+        """The row's accuracy on its validation images (its last, for a schedule of stages), if any."""
+        for column in ACCURACY_COLUMNS:
+            value = self.row.get(column)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        return None
+
+    @classmethod
+    def from_json(cls, item: dict) -> Record:
+        """Reads a record's plain-JSON form (`dataclasses.asdict`): results.json, or what an
+        xdist worker sent in its test report."""
+        curves = item.get("curves")
+        stage_curve = item.get("stage_curve")
+        rate_search = item.get("rate_search")
+        return cls(
+            **{
+                **item,
+                "keys": tuple(item.get("keys", ())),
+                "curves": Curves(**curves) if curves else None,
+                "stage_curve": StageCurve(**stage_curve) if stage_curve else None,
+                "rate_search": LearningRateSearch(**rate_search) if rate_search else None,
+            }
+        )
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """pytest-benchmark's statistics for one epoch-time case of experiment 4.
+
+    Args:
+        test: the test's name.
+        backbone: the backbone timed.
+        mode: `unfrozen`, `frozen` or `frozen-cached`.
+        image_size: input side in pixels.
+        images_per_epoch: images in one timed epoch.
+        median, mean, min, max: seconds per epoch over the timed rounds.
+        rounds: timed epochs (after an untimed warm-up).
+        round_seconds: the seconds of each timed epoch (for the interval of a speedup).
+        extra: anything else the test measured (`feature_extraction_seconds`, ...).
+    """
+
+    test: str
+    backbone: str
+    mode: str
+    image_size: int
+    images_per_epoch: int
+    median: float
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    rounds: int | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    round_seconds: list[float] | None = None
+
+    @classmethod
+    def from_pytest_benchmark(cls, name: str, extra_info: dict[str, Any], stats: dict[str, Any]) -> BenchmarkResult:
+        """One case from pytest-benchmark: a test's name, `extra_info` and statistics.
+
+        Args:
+            name: the test's name.
+            extra_info: what the test put in `benchmark.extra_info`; `backbone`, `mode`,
+                `image_size` and `images_per_epoch` are required, the rest goes to `extra`.
+            stats: pytest-benchmark's statistics (`median` required; `mean`, `min`, `max`,
+                `rounds` kept when present), as in a `--benchmark-json` file.
+
+        Raises:
+            KeyError: a required entry is missing.
+        """
+        extra = dict(extra_info)
+        return cls(
+            test=name,
+            backbone=extra.pop("backbone"),
+            mode=extra.pop("mode"),
+            image_size=extra.pop("image_size"),
+            images_per_epoch=extra.pop("images_per_epoch"),
+            median=stats["median"],
+            mean=stats.get("mean"),
+            min=stats.get("min"),
+            max=stats.get("max"),
+            rounds=stats.get("rounds"),
+            round_seconds=stats.get("data"),
+            extra=extra,
+        )
+
+
+@dataclasses.dataclass
+class ValidationSet:
+    """The validation images of one dataset at one size, which every seed and arm predicts.
+
+    Args:
+        name: what records name it by (`tf_flowers (sample), 32px, 100 images`).
+        num_classes: classes of the dataset (chance is one over this).
+        labels: the true class of each image, in the order predictions are recorded.
+    """
+
+    name: str
+    num_classes: int
+    labels: list[int]
+
+
+@dataclasses.dataclass
+class TimeSplit:
+    """Where the seconds of one experiment's tests went (or, with `experiment` None, the rest
+    of the session: start-up, collection, unit tests and the session's own work).
+
+    The parts add up to `total_seconds`: the experiment's tests' setup, call and teardown
+    durations plus the data its tests loaded before any test ran.
+
+    Args:
+        experiment: 1..5, or None for the rest of the session.
+        data_seconds: loading and resizing datasets (before the first test, in this suite).
+        tracing_seconds: first epoch minus a steady epoch, over every fit: graph tracing.
+        training_seconds: every other second of the fits' epochs (validation included).
+        evaluation_seconds: predicting the validation images whose predictions are recorded.
+        other_seconds: the rest: building and compiling models, loading saved ones, checks.
+    """
+
+    experiment: int | None
+    data_seconds: float = 0.0
+    tracing_seconds: float = 0.0
+    training_seconds: float = 0.0
+    evaluation_seconds: float = 0.0
+    other_seconds: float = 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return (
+            self.data_seconds + self.tracing_seconds + self.training_seconds
+            + self.evaluation_seconds + self.other_seconds
+        )
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one selected test ended: passed, failed, skipped, or not run."""
+
+    test: str
+    outcome: str
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class RunHeader:
+    """The run's settings and machine: everything the report says above its tables."""
+
+    profile: str
+    seed: int
+    data_source: str
+    data_source_description: str
+    weights_description: str
+    # What experiments 3-5 ran on (`DatasetSpec.describe`); None in reports from before --dataset.
+    dataset_description: str | None = None
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+    profile_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    wall_seconds: float | None = None
+    commit: str | None = None
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    device: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device_slug: str = "unknown"
+    replicas: int | None = None
+    benchmarks_note: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    complete: bool = True
+    incomplete_reason: str | None = None
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    # Which Adam ran and whether XLA compiled the steps (`environment.training_step`); None in
+    # reports from before --adam and --xla.
+    training_step: str | None = None
+
+    @property
+    def options_description(self) -> str:
+        """The non-default options, as the user would type them."""
+        return ", ".join(f"{name} {value}".strip() for name, value in self.options.items()) or "defaults"
+
+
+@dataclasses.dataclass
+class Results:
+    """Everything a session saved: the run, its records, benchmarks and test outcomes, the
+    validation sets the records predicted, the comparisons the findings come from, and where
+    the session's time went."""
+
+    run: RunHeader
+    records: list[Record] = dataclasses.field(default_factory=list)
+    benchmarks: list[BenchmarkResult] = dataclasses.field(default_factory=list)
+    outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+    validation_sets: list[ValidationSet] = dataclasses.field(default_factory=list)
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
+    time_split: list[TimeSplit] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The plain-JSON form written as results.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Results:
+        """Reads what `to_json` wrote.
+
+        Raises:
+            ResultsFormatError: `data` is not a results.json of this suite.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+            raise ResultsFormatError("not a results.json of this suite: it has no 'run' object")
+        try:
+            return cls(
+                run=RunHeader(**data["run"]),
+                records=[Record.from_json(item) for item in data.get("records", [])],
+                benchmarks=[BenchmarkResult(**item) for item in data.get("benchmarks", [])],
+                outcomes=[Outcome(**item) for item in data.get("outcomes", [])],
+                validation_sets=[ValidationSet(**item) for item in data.get("validation_sets", [])],
+                comparisons=[
+                    Comparison(**{**item, "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None})
+                    for item in data.get("comparisons", [])
+                ],
+                time_split=[TimeSplit(**item) for item in data.get("time_split", [])],
+            )
+        except (TypeError, AttributeError) as error:
+            raise ResultsFormatError(f"not a results.json of this suite: {error}") from None
+

@@ -1,0 +1,1 @@
+"""Running: training and timing, seeding, distribution, saving, the environment, Keras internals."""
