@@ -542,3 +542,17 @@ def test_compare_command_rejects_a_file_that_is_not_results(tmp_path, capsys):
     (line,) = captured.err.splitlines()
     assert f"{tmp_path / 'b.json'}: not a results.json of this suite" in line
     assert captured.out == "", "nothing is compared when one side cannot be read"
+
+
+def test_a_gpu_reports_header_names_its_cuda_stack(monkeypatch):
+    class NvidiaSmi:
+        stdout = "550.54.15, 143771 MiB\n"
+
+    monkeypatch.setattr(environment.subprocess, "run", lambda *args, **kwargs: NvidiaSmi())
+    stack = environment.gpu_stack()
+    device = {"cpu": "test cpu", "cpu_cores": 16, "gpus": ["NVIDIA H200"], "gpu_count": 1, "gpu_stack": stack}
+
+    header = render.header_table(_run(device=device))
+
+    assert "driver 550.54.15, 143771 MiB" in stack and stack.startswith("CUDA ")
+    assert f"1: NVIDIA H200 ({stack})" in header

@@ -107,6 +107,8 @@ def header_table(run: RunHeader) -> str:
     """The run's date, settings and machine as a two-column table."""
     device = run.device
     gpus = ", ".join(device.get("gpus") or []) or "none"
+    if device.get("gpu_stack"):
+        gpus += f" ({device['gpu_stack']})"
     settings = ", ".join(f"{key}={value}" for key, value in run.profile_settings.items())
     rows = [
         ("date (UTC)", run.finished or run.started),

@@ -45,9 +45,35 @@ def gpus() -> list[str]:
 
 
 def device_summary() -> dict:
-    """CPU model and core count, GPU names and count."""
+    """CPU model and core count, GPU names and count, and on a GPU the CUDA stack (`gpu_stack`)."""
     gpu_names = gpus()
-    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpus": gpu_names, "gpu_count": len(gpu_names)}
+    summary = {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpus": gpu_names, "gpu_count": len(gpu_names)}
+    if gpu_names:
+        summary["gpu_stack"] = gpu_stack()
+    return summary
+
+
+def gpu_stack() -> str:
+    """The CUDA and cuDNN versions TensorFlow was built with, and the driver and memory of each GPU.
+
+    The driver and memory come from `nvidia-smi`, which TensorFlow does not report; without it
+    the text says so.
+    """
+    import tensorflow as tf
+
+    build = tf.sysconfig.get_build_info()
+    parts = [f"CUDA {build.get('cuda_version', '?')}, cuDNN {build.get('cudnn_version', '?')}"]
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return parts[0] + "; driver and memory unknown (no nvidia-smi)"
+    for line in listed.strip().splitlines():
+        driver, memory = (field.strip() for field in line.split(",", 1))
+        parts.append(f"driver {driver}, {memory}")
+    return "; ".join(parts)
 
 
 def device_slug(device: dict) -> str:
