@@ -161,8 +161,10 @@ def test_a_pytest_session_with_mlflow_is_logged_by_the_xdist_controller(tmp_path
     assert cnn.data.params["filters"] == "16-32-64" and cnn.data.params["experiment"] == "1"
     (record,) = results["records"]
     client = mlflow.MlflowClient(uri)
-    assert _metric_history(client, cnn, "validation_accuracy") == [
-        (epoch, round(value, 6)) for epoch, value in enumerate(record["curves"]["validation_accuracy"], 1)]
+    for series in ("validation_accuracy", "train_loss"):
+        assert _metric_history(client, cnn, series) == [
+            (epoch, round(value, 6)) for epoch, value in enumerate(record["curves"][series], 1)]
+    assert len(record["curves"]["train_loss"]) == 2
     metrics = cnn.data.metrics
     assert metrics["final_validation_accuracy"] == pytest.approx(record["row"]["validation accuracy"])
     assert metrics["final_validation_accuracy_low"] < metrics["final_validation_accuracy"] < metrics[

@@ -41,10 +41,11 @@ class Table:
 
 @dataclasses.dataclass
 class Curves:
-    """Accuracy per epoch of one fit."""
+    """Accuracy (and training loss) per epoch of one fit."""
 
     train_accuracy: list[float]
     validation_accuracy: list[float]
+    train_loss: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -81,8 +81,8 @@ class FitResult:
         return {"stopped at epoch": self.stopped_epoch, "best epoch": self.best_epoch}
 
     def curves(self) -> Curves:
-        """Accuracy per epoch, for the report's learning-curve plots."""
-        return Curves(train_accuracy=self.accuracy, validation_accuracy=self.validation_accuracy)
+        """Accuracy and training loss per epoch, for the report's learning-curve plots and MLflow."""
+        return Curves(train_accuracy=self.accuracy, validation_accuracy=self.validation_accuracy, train_loss=self.loss)
 
 
 def fit(
