@@ -31,9 +31,15 @@ CHEAP = ("--data-source", "mock", "--weights", "none", "--subset", "16", "-p", "
 INTERRUPTER = """
 import os, signal, time
 
-CONTROLLER = "PYTEST_XDIST_WORKER" not in os.environ
 HOLD_SECONDS = 240
 stopped = False
+controller = True
+
+def pytest_configure(config):
+    # From the config, not the environment: a session started by a test that itself runs under
+    # xdist inherits PYTEST_XDIST_WORKER.
+    global controller
+    controller = not hasattr(config, "workerinput")
 
 def pytest_runtest_setup(item):
     if os.environ["HOLD"] in item.nodeid:
@@ -44,7 +50,7 @@ def pytest_runtest_setup(item):
 
 def pytest_runtest_logreport(report):
     global stopped
-    if report.when == "teardown" and CONTROLLER and not stopped:
+    if report.when == "teardown" and controller and not stopped:
         stopped = True
         stop()
 
