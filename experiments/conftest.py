@@ -1,63 +1,39 @@
-"""Fixtures only the experiments use: their backbones, and the recorders that feed the report.
+"""Fixtures only the experiments use: their data, backbones, building blocks, and the recorders
+that feed the report.
 
-Each experiment module declares itself with a marker, read here:
+Each experiment module declares itself with a marker (`pytest_lab.cases`):
 
     pytestmark = pytest.mark.experiment(4, backbones="freeze")
 
-`4` is its number (titles in `lab.report.results.EXPERIMENT_TITLES`); `backbones` names the profile's
-backbone list (`pretrained`, `freeze`, `unfreeze`) that parametrizes `backbone_name`, unless
---backbones names others. A test that takes `seed` (every test that trains) runs once per seed
-of --seeds; one that does not (structure checks, epoch timings) runs once.
+A test that takes `seed` (every test that trains) runs once per seed of --seeds; one that does
+not (structure checks, epoch timings) runs once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
-import keras
 import numpy as np
 import pytest
 
+from lab.config import RunConfig
+from lab.errors import LabInputError
 from lab.finetune import freezing
+from lab.finetune.backbone_case import BackboneCase
 from lab.finetune.fine_tuning import FineTuning, FineTuningOptions, HeadRateSearch, search_head_rate
-from lab.finetune.reuse import CompiledRun, CompiledRuns
+from lab.finetune.reuse import CompiledRuns
 from lab.finetune.stage_cache import PrefixActivations
 from lab.inputs import network
 from lab.inputs.data import ImageData
-from lab.networks import models
-from lab.networks.backbones import Backbone, WeightsSource, get_backbone
-from lab.report.results import (
-    EXPERIMENT_TITLES,
-    BenchmarkResult,
-    Curves,
-    LearningRateSearch,
-    Record,
-    StageCurve,
-    Table,
-    ValidationSet,
-)
-from lab.runtime import timesplit
-from pytest_lab import RUN_CONFIG
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """What an experiment module's `experiment` marker says about it."""
-
-    number: int
-    backbones: str | None
-
-
-def experiment_of(node: pytest.Item) -> Experiment:
-    """Reads the `experiment` marker of a test; an error naming the module if it is malformed."""
-    marker = node.get_closest_marker("experiment")
-    number = marker.args[0] if marker and marker.args else None
-    if number not in EXPERIMENT_TITLES:
-        raise pytest.UsageError(
-            f"{node.nodeid}: mark its module `pytestmark = pytest.mark.experiment(N)`, N one of "
-            f"{', '.join(map(str, EXPERIMENT_TITLES))}"
-        )
-    return Experiment(number, marker.kwargs.get("backbones"))
+from lab.inputs.datasets import DatasetSpec
+from lab.networks.backbones import get_backbone, resolve_weights
+from lab.report.results import BenchmarkResult, Curves, LearningRateSearch, Record, StageCurve, Table
+from lab.runtime import storage, timesplit
+from lab.runtime.training import tensorboard_log_dir, train_lab_cnn
+from pytest_lab.cases import experiment_of
+from pytest_lab.datasets import backbone_dataset, cifar10_dataset, flowers_small_dataset
+from pytest_lab.plugin import DATASETS, RUN_CONFIG, is_worker, seed_of
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -92,43 +68,148 @@ def seed(request: pytest.FixtureRequest) -> int:
     return request.param
 
 
-@dataclasses.dataclass(frozen=True)
-class BackboneCase:
-    """One backbone of experiments 3-5, its weights, and their dataset (--dataset) at its input size."""
+@pytest.fixture(scope="session")
+def profile(run_config: RunConfig):
+    """The profile's settings (sizes, image counts, epochs)."""
+    return run_config.profile
 
-    backbone: Backbone
-    weights: WeightsSource
-    data: ImageData
-    augment: bool = False
 
-    @property
-    def name(self) -> str:
-        return self.backbone.name
+@pytest.fixture(scope="session")
+def keras_verbose(pytestconfig: pytest.Config) -> int:
+    """Keras's fit verbosity: one line per epoch when output is shown (`-s`), else silent."""
+    return 2 if pytestconfig.getoption("capture") == "no" else 0
 
-    @property
-    def image_size(self) -> int:
-        return self.data.image_size
 
-    def classifier(self, seed: int) -> keras.Model:
-        """A new classifier: the backbone with these weights, pooled, under a softmax head seeded
-        with `seed` (behind the augmentation layers with --augment)."""
-        return models.backbone_classifier(
-            self.backbone, self.image_size, self.data.num_classes, self.weights.path, self.augment, head_seed=seed
+@pytest.fixture
+def tensorboard_dir(request: pytest.FixtureRequest, run_config: RunConfig) -> str | None:
+    """This test's TensorBoard folder, `--tensorboard DIR/<test module>/<test>/seed<N>`; None without the option.
+
+    Pass it to `lab.runtime.training.tensorboard_callbacks`, with a subfolder for each fit of a test
+    that fits more than once.
+    """
+    if run_config.tensorboard_dir is None:
+        return None
+    return tensorboard_log_dir(
+        run_config.tensorboard_dir, [request.node.path.stem, request.node.name], seed_of(request, run_config)
+    )
+
+
+@pytest.fixture(scope="session")
+def image_data(pytestconfig: pytest.Config):
+    """Loads a dataset once per session: `image_data(dataset, image_size, train, validation, seed=None)`.
+
+    `dataset` is one of the lab's by name, or a `DatasetSpec`. `train` is the profile's count,
+    replaced by --subset when given. With --split-per-seed, a `seed` gets that seed's own split
+    of the loaded images (`ImageData.split_for_seed`). Data that cannot be loaded (not downloadable, a corrupt
+    file, a subset too large) stops the session at once with the message that names the fix.
+    """
+    datasets = pytestconfig.stash[DATASETS]
+    splits: dict[tuple, ImageData] = {}
+
+    def load(
+        dataset: str | DatasetSpec, image_size: int, train: int | None, validation: int | None, seed: int | None = None
+    ):
+        loaded = datasets.load(dataset, image_size, train, validation)
+        if isinstance(loaded, LabInputError):
+            datasets.stop_with(loaded)
+        if seed is None or not pytestconfig.stash[RUN_CONFIG].options.split_per_seed:
+            return loaded
+        key = (dataset, image_size, train, validation, seed)
+        if key not in splits:
+            splits[key] = loaded.split_for_seed(seed)
+        return splits[key]
+
+    return load
+
+
+@pytest.fixture
+def flowers_small(image_data, profile, request):
+    """tf_flowers at the lab CNN's size (32x32 by default), with the profile's image counts (the
+    test's seed's own split with --split-per-seed)."""
+    return image_data(*flowers_small_dataset(profile), seed=_split_seed(request))
+
+
+@pytest.fixture
+def cifar10(image_data, profile, request):
+    """CIFAR-10 at the lab CNN's size, with the profile's image counts (the test's seed's own
+    split with --split-per-seed, where CIFAR-10's own test split does not fix it)."""
+    return image_data(*cifar10_dataset(profile), seed=_split_seed(request))
+
+
+@pytest.fixture(scope="session")
+def backbone_data(image_data, profile, run_config):
+    """The dataset of experiments 3-5 (--dataset, tf_flowers by default) at a backbone's input
+    size: `backbone_data(backbone, seed=None)`, with the profile's counts (`seed`'s own split
+    with --split-per-seed)."""
+
+    def load(backbone, seed: int | None = None):
+        return image_data(*backbone_dataset(run_config.dataset, profile, backbone), seed=seed)
+
+    return load
+
+
+def _split_seed(request: pytest.FixtureRequest) -> int | None:
+    """The seed whose split a training test's data is (None for a test that does not train)."""
+    return request.getfixturevalue("seed") if "seed" in request.fixturenames else None
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> str:
+    """A folder every xdist worker of this session shares (the session's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return str(base.parent if is_worker(pytestconfig) else base)
+
+
+@pytest.fixture(scope="session")
+def saved_base_model(shared_dir, image_data, profile, run_config, keras_verbose):
+    """Trains the lab CNN on tf_flowers and saves it, once per filter widths and seed per session.
+
+    `saved_base_model(filters, seed)` returns the metadata of the saved `.keras` file: its `path`,
+    the training history and epoch times. Under xdist one worker trains and saves while the
+    others wait on a file lock and load the same file.
+    """
+
+    def get(filters: tuple[int, int, int], seed: int) -> dict:
+        model_name = "lab_cnn-{}".format("-".join(map(str, filters)))
+        path = os.path.join(shared_dir, f"{model_name}-seed{seed}.keras")
+        log_dir = run_config.tensorboard_dir and tensorboard_log_dir(
+            run_config.tensorboard_dir, ["saved_base_model", model_name], seed
+        )
+        return storage.ensure_saved(
+            path,
+            lambda target: train_lab_cnn(
+                image_data(*flowers_small_dataset(profile), seed=seed), filters, profile.cnn_epochs,
+                profile.batch_size, seed, target, keras_verbose, log_dir,
+            ),
         )
 
-    def run(self, compiled_models: CompiledRuns, purpose: str, seed: int) -> CompiledRun:
-        """This case's run of `purpose` ("frozen base", a strategy...) for `seed` (`lab.finetune.reuse.CompiledRuns`).
+    return get
 
-        Another seed of the run reuses the models compiled for the first. With a base from a
-        weights file and no augmentation only the head depends on the seed, so it is drawn
-        again in the kept classifier instead of building a new one.
-        """
-        head_only_seeded = self.weights.path is not None and not self.augment
-        return compiled_models.start(
-            (self.name, self.image_size, self.weights.kind, purpose),
-            lambda: self.classifier(seed),
-            head_seed=seed if head_only_seeded else None,
-        )
+
+@pytest.fixture(scope="session")
+def backbone_weights(run_config: RunConfig):
+    """Resolves weights for a backbone: `backbone_weights(backbone)` -> WeightsSource.
+
+    ImageNet weights that cannot be had offline fail a backbone named with --backbones; a
+    backbone that is only in the profile's default list is skipped instead, with the reason.
+    `control=True` resolves them for the random-weights control of an ImageNet case, which is
+    skipped with that reason too.
+    """
+
+    def resolve(backbone, weights: str | None = None, control: bool = False):
+        if weights == "imagenet" and run_config.options.weights == "none":
+            pytest.skip("ImageNet weights case: this run has --weights none")
+        try:
+            return resolve_weights(backbone, weights or run_config.options.weights, run_config.weights_dir)
+        except LabInputError as error:
+            if run_config.backbones:
+                pytest.fail(str(error), pytrace=False)
+            control_of = "random-weights control of an ImageNet case that cannot run: " if control else ""
+            pytest.skip(
+                f"{control_of}{error} (in the profile's default list; name it with --backbones to make this an error)"
+            )
+
+    return resolve
 
 
 @pytest.fixture
@@ -145,11 +226,11 @@ def backbone_case(backbone_name, backbone_weights, backbone_data, run_config, re
 
     def make(weights: str | None = None, paired: bool = False) -> BackboneCase:
         # Offline, resolving cannot download: it finds the file or says why the ImageNet arm cannot run.
-        if paired and weights == "none" and run_config.weights == "imagenet" and not network.can_reach():
+        if paired and weights == "none" and run_config.options.weights == "imagenet" and not network.can_reach():
             backbone_weights(backbone, "imagenet", control=True)
         resolved = backbone_weights(backbone, weights)
         seed = request.getfixturevalue("seed") if "seed" in request.fixturenames else None
-        return BackboneCase(backbone, resolved, backbone_data(backbone, seed), run_config.augment)
+        return BackboneCase(backbone, resolved, backbone_data(backbone, seed), run_config.options.augment)
 
     return make
 
@@ -180,9 +261,10 @@ def prefix_activations(run_config) -> PrefixActivations:
 def fine_tuning_options(run_config, profile) -> FineTuningOptions:
     """Experiment 5's settings from the run's options (--lr-schedule, --lr-factor, --cached,
     --cache-budget, --early-stopping) and the profile's batch size."""
+    options = run_config.options
     return FineTuningOptions(
-        profile.batch_size, run_config.lr_schedule, run_config.lr_factor, run_config.cached == "auto",
-        run_config.cache_budget, run_config.early_stopping,
+        profile.batch_size, options.lr_schedule, options.lr_factor, options.cached == "auto",
+        run_config.cache_budget, options.early_stopping,
     )
 
 
@@ -261,9 +343,12 @@ def record(request: pytest.FixtureRequest, run_config):
         missing = [key for key in table.keys if key not in row]
         if missing:
             raise KeyError(f"a row of {table.title!r} lacks its key columns {missing}")
-        validation_set = None if validation is None else _validation_set(validation)
+        validation_set = None if validation is None else validation.validation_set()
         if predictions is not None:
-            predictions = _checked_predictions(table, row, validation_set, predictions)
+            if validation_set is None:
+                raise TypeError(f"a row of {table.title!r} has predictions but no validation=: name the ImageData "
+                                "they predict")
+            predictions = validation_set.checked_predictions(table, row, predictions)
             request.node.user_properties.append(("lab_validation_set", dataclasses.asdict(validation_set)))
         entry = Record(
             experiment=experiment,
@@ -287,30 +372,6 @@ def record(request: pytest.FixtureRequest, run_config):
     return add
 
 
-def _validation_set(data: ImageData) -> ValidationSet:
-    name = f"{data.name} ({data.source}), {data.image_size}px, {data.validation_count} images"
-    if data.split_seed is not None:
-        name += f", split of seed {data.split_seed}"
-    return ValidationSet(name, data.num_classes, [int(label) for label in data.validation_labels])
-
-
-def _checked_predictions(table: Table, row: dict, validation_set: ValidationSet | None, predictions) -> list[int]:
-    """The predictions as plain ints, after checking they are the row's accuracy on its validation set."""
-    if validation_set is None:
-        raise TypeError(f"a row of {table.title!r} has predictions but no validation=: name the ImageData they predict")
-    predictions = np.asarray(predictions)
-    labels = np.asarray(validation_set.labels)
-    assert predictions.shape == labels.shape, (
-        f"{table.title}: {predictions.shape} predictions for the {labels.size} images of {validation_set.name}"
-    )
-    accuracy = Record(0, table.title, table.keys, row).accuracy()
-    if accuracy is not None:
-        assert float(np.mean(predictions == labels)) == pytest.approx(accuracy, abs=1e-6), (
-            f"{table.title}: the predictions' accuracy is not the recorded {accuracy}"
-        )
-    return [int(value) for value in predictions]
-
-
 @pytest.fixture
 def record_benchmark(request: pytest.FixtureRequest):
     """Hands pytest-benchmark's statistics for this test to the report: `record_benchmark(benchmark)`.
@@ -324,20 +385,8 @@ def record_benchmark(request: pytest.FixtureRequest):
         if benchmark.disabled:
             return
         stats = benchmark.stats.stats
-        extra = dict(benchmark.extra_info)
-        result = BenchmarkResult(
-            test=request.node.name,
-            backbone=extra.pop("backbone"),
-            mode=extra.pop("mode"),
-            image_size=extra.pop("image_size"),
-            images_per_epoch=extra.pop("images_per_epoch"),
-            median=stats.median,
-            mean=stats.mean,
-            min=stats.min,
-            max=stats.max,
-            rounds=stats.rounds,
-            extra=extra,
-            round_seconds=list(stats.data),
+        result = BenchmarkResult.from_pytest_benchmark(
+            request.node.name, benchmark.extra_info, {**stats.as_dict(), "data": list(stats.data)}
         )
         request.node.user_properties.append(("lab_benchmark", dataclasses.asdict(result)))
 

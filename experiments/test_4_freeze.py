@@ -137,6 +137,7 @@ def epoch_timing(backbone_case, profile, run_config) -> EpochTiming:
     )
 
 
+@pytest.mark.arm(mode="unfrozen")
 def test_epoch_time_unfrozen(epoch_timing, benchmark, record_benchmark):
     model, base = epoch_timing.model, epoch_timing.base
     freezing.unfreeze_base(model, train_bn=True)
@@ -158,6 +159,7 @@ def test_epoch_time_unfrozen(epoch_timing, benchmark, record_benchmark):
     record_benchmark(benchmark)
 
 
+@pytest.mark.arm(mode="frozen")
 def test_epoch_time_frozen(epoch_timing, benchmark, record_benchmark):
     model, base = epoch_timing.model, epoch_timing.base
     freezing.freeze_base(model)
@@ -171,8 +173,9 @@ def test_epoch_time_frozen(epoch_timing, benchmark, record_benchmark):
     record_benchmark(benchmark)
 
 
+@pytest.mark.arm(mode="frozen-cached")
 def test_epoch_time_frozen_cached(epoch_timing, profile, run_config, benchmark, record_benchmark, record):
-    if run_config.augment:
+    if run_config.options.augment:
         pytest.skip("frozen-cached trains the head on features computed once from unaugmented images, which "
                     "--augment would make wrong: run without --augment for this case")
     model, data = epoch_timing.model, epoch_timing.data

@@ -66,8 +66,8 @@ def test_unfreeze_strategy(strategy, seed, backbone_case, fine_tune, profile, ru
         frozen_before, statistics_before = freezing.weight_bytes(frozen_layers), freezing.batch_norm_statistics(model)
         settings = FitSettings(experiment=5, seed=seed, backbone=case.name, weights=case.weights.kind,
                                image_size=case.image_size, train_images=case.data.train_count, strategy=strategy,
-                               stage=stage.number, schedule=run_config.lr_schedule, lr_factor=run_config.lr_factor,
-                               rates=describe_rates(stage.rates))
+                               stage=stage.number, schedule=run_config.options.lr_schedule,
+                               lr_factor=run_config.options.lr_factor, rates=describe_rates(stage.rates))
 
         result = stage.train(keras_verbose, tensorboard_callbacks(tensorboard_dir, f"stage{stage.number}",
                                                                   settings=settings))
@@ -77,7 +77,7 @@ def test_unfreeze_strategy(strategy, seed, backbone_case, fine_tune, profile, ru
         assert result.classifier_difference <= 1e-5, "the classifier does not predict what the trained model did"
         # Exactly the groups with trainable weights stepped, each at its own configured rate.
         assert set(result.rates_used) == set(result.rates)
-        if run_config.lr_schedule == "constant":
+        if run_config.options.lr_schedule == "constant":
             assert result.rates_used == {name: pytest.approx([rate] * len(result.fit.loss), rel=1e-6)
                                          for name, rate in result.rates.items()}
         record(STAGES, {"backbone": case.name, "strategy": strategy, "stage": stage.number, **result.summary()},

@@ -40,27 +40,11 @@ class RunConfig:
         dataset: what experiments 3-5 run on (`--dataset`; experiments 1 and 2 keep the lab's).
         seed: the first of `seeds`; seeds the tests that do not train (structure checks,
             epoch timings), which run once whatever `--seeds` says.
-        subset: training images per dataset, overriding the profile.
         backbones: the backbones named with --backbones, or None for the profile's defaults.
-        weights: `imagenet` or `none`.
         weights_dir: a folder with official weights files.
-        deterministic: TensorFlow op determinism on.
-        distribute: `default`, `mirrored` or `multiworker`: the tf.distribute strategy (`--distribute`).
-        mixed_precision: float16 compute where the device supports it.
         tensorboard_dir: where each fit writes its TensorBoard log, or None for no logs.
-        run_eagerly: every tf.function runs as plain Python, untraced (quick structural runs).
-        lr_schedule: experiment 5's learning-rate schedule within each compile
-            (`lab.networks.optimizers.LR_SCHEDULES`).
-        lr_factor: the discriminative division of the learning rate per block going down.
-        augment: random flips, rotations and zooms in front of every backbone classifier.
-        early_stopping: experiment 5 stops a stage's fit after this many epochs without a
-            better validation accuracy, keeping its best weights; None trains every epoch.
         seeds: every training case runs once with each of these (`--seeds`).
-        cached: `auto` trains each stage of experiment 5 on its frozen prefix's cached
-            activations where that gives the same training, `off` always end to end.
         cache_budget: the most bytes one stage's cached activations may take.
-        worker_timeout: seconds `--distribute multiworker` waits for the other tasks of TF_CONFIG.
-        split_per_seed: every seed draws its own train/validation split (`ImageData.split_for_seed`).
         options: every option as given (`lab.options.Options`), unchecked values included: what
             the report's header lists, and where an option with nothing to resolve is read.
     """
@@ -70,24 +54,11 @@ class RunConfig:
     data_dir: str | None
     dataset: DatasetSpec
     seed: int
-    subset: int | None
     backbones: tuple[str, ...] | None
-    weights: str
     weights_dir: str | None
-    deterministic: bool = False
-    distribute: str = "default"
-    mixed_precision: bool = False
     tensorboard_dir: str | None = None
-    run_eagerly: bool = False
     seeds: tuple[int, ...] = (0,)
-    lr_schedule: str = "constant"
-    lr_factor: float = DISCRIMINATIVE_FACTOR
-    augment: bool = False
-    early_stopping: int | None = None
-    cached: str = "auto"
     cache_budget: int = stage_cache.DEFAULT_CACHE_BUDGET
-    worker_timeout: float = distribution.DEFAULT_WORKER_TIMEOUT
-    split_per_seed: bool = False
     options: Options = dataclasses.field(default_factory=Options)
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
@@ -101,7 +72,7 @@ class RunConfig:
         return chosen
 
     def train_count(self, profile_count: int | None) -> int | None:
-        return self.subset if self.subset is not None else profile_count
+        return self.options.subset if self.options.subset is not None else profile_count
 
     def describe_data(self) -> str:
         if self.data_source == "sample":
@@ -282,26 +253,13 @@ def build_config(*args, **kwargs) -> RunConfig:
         data_dir=data_dir,
         dataset=dataset_spec,
         seed=seed_list[0],
-        subset=subset,
         backbones=names,
-        weights=options.weights,
         weights_dir=os.path.abspath(weights_dir) if weights_dir else None,
-        deterministic=options.deterministic,
-        distribute=options.distribute,
-        mixed_precision=options.mixed_precision,
         # Every worker of a multi-worker run has the same weights and all-reduced metrics: the
         # chief's logs are the run's, as its report is.
         tensorboard_dir=os.path.abspath(tensorboard_dir) if tensorboard_dir and distribution.is_chief() else None,
-        run_eagerly=options.run_eagerly,
         seeds=seed_list,
-        lr_schedule=options.lr_schedule,
-        lr_factor=options.lr_factor,
-        augment=options.augment,
-        early_stopping=options.early_stopping,
-        cached=options.cached,
         cache_budget=budget_bytes,
-        worker_timeout=options.worker_timeout,
-        split_per_seed=options.split_per_seed,
         options=options,
     )
 

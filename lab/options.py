@@ -3,7 +3,7 @@
 `Options` is a frozen dataclass whose every field is one option of the "transfer-learning lab"
 group of `pytest --help`. Its declaration says all that is said about the option anywhere:
 
-- pytest's `addoption` arguments (conftest.py adds them in one loop, `addoption_arguments`);
+- pytest's `addoption` arguments (pytest_lab/plugin.py adds them in one loop, `addoption_arguments`);
 - its value, read from pytest in one call (`Options.from_pytest`), or given as keywords
   (`lab.config.build_config(seed=3, ...)`), whose checks it then passes;
 - how the report's header lists it when it is not the default (`Options.given`): as the user
@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from lab.finetune.stage_cache import DEFAULT_CACHE_BUDGET
 from lab.inputs import data
-from lab.networks.adam import ADAM_CHOICES
-from lab.networks.models import XLA_CHOICES
 from lab.networks.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
+from lab.networks.training_step import ADAM_CHOICES, XLA_CHOICES
 from lab.profiles import PROFILES
 from lab.report.tracking import displayed_uri
 from lab.runtime import distribution

@@ -1,8 +1,2 @@
-"""The lab's pytest plumbing: the session plugin that writes the report, and the key under
-which the run's checked settings live in `config.stash`."""
-
-import pytest
-
-from lab.config import RunConfig
-
-RUN_CONFIG = pytest.StashKey[RunConfig]()
+"""The lab's pytest plugin (`plugin`): options and hooks, the report's session state (`session`),
+the datasets loaded before the first test (`datasets`), and what each test is (`cases`)."""

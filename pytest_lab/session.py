@@ -21,11 +21,7 @@ from lab.errors import LabInputError
 from lab.report import findings, render, tracking, writing
 from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
 from lab.runtime import distribution, environment, keras_internals, timesplit
-
-# Node ids of the lab's experiments start with this; a session that ran none writes no report.
-EXPERIMENTS_PREFIX = "experiments/"
-# Names tried for one session's report (`stem`, `stem-2`...) before giving up.
-NAME_ATTEMPTS = 100
+from pytest_lab.cases import ExperimentCase, case_of
 
 
 class LabSession:
@@ -45,7 +41,7 @@ class LabSession:
         self.started = time.time()
         # Node ids in selection order; a dict keeps the order and drops the repeats that
         # each xdist worker's own copy of the collection brings.
-        self.selected: dict[str, None] = {}
+        self.selected: dict[str, ExperimentCase | None] = {}
         self.records: list[Record] = []
         self.benchmarks: list[BenchmarkResult] = []
         # Validation sets by name: every record that predicts one brings its labels along.
@@ -70,11 +66,11 @@ class LabSession:
         self.handle_sigterm()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.select(item.nodeid for item in session.items)
+        self.select((item.nodeid, case_of(item)) for item in session.items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
-        self.select(ids)
+        self.select((nodeid, None) for nodeid in ids)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.add_test_report(report)
@@ -124,9 +120,12 @@ class LabSession:
             signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
             self._previous_sigterm_handler = None
 
-    def select(self, nodeids) -> None:
-        """Adds tests that the session selected (after `-k`, `-m` and `--deselect`) to run."""
-        self.selected.update(dict.fromkeys(nodeids))
+    def select(self, tests) -> None:
+        """Adds tests that the session selected (after `-k`, `-m` and `--deselect`) to run:
+        (node id, `ExperimentCase` or None where only the id is known, as under xdist) pairs."""
+        for nodeid, case in tests:
+            if case is not None or nodeid not in self.selected:
+                self.selected[nodeid] = case
 
     def add_test_report(self, report: pytest.TestReport) -> None:
         """Takes a test's records and benchmark from its call, and its outcome."""
@@ -143,7 +142,8 @@ class LabSession:
         decisive = report.when == "call" or not report.passed
         previous = self.outcomes.get(report.nodeid)
         if decisive and (previous is None or previous.outcome == "passed"):
-            self.outcomes[report.nodeid] = Outcome(report.nodeid, report.outcome, _reason(report))
+            case = next((ExperimentCase(**value) for kind, value in report.user_properties if kind == "lab_case"), None)
+            self.outcomes[report.nodeid] = outcome_of(report.nodeid, report.outcome, _reason(report), case)
 
     def add_test_seconds(self, report: pytest.TestReport) -> None:
         """Adds a phase's duration to its test's seconds; its teardown brings what the test measured."""
@@ -164,7 +164,7 @@ class LabSession:
 
     def experiment_ran(self) -> bool:
         """Whether any experiment test ended (passed, failed or skipped)."""
-        return any(nodeid.startswith(EXPERIMENTS_PREFIX) for nodeid in self.outcomes)
+        return any(outcome.experiment is not None for outcome in self.outcomes.values())
 
     def finish(self, exitstatus: int) -> int:
         """Writes the report, if an experiment ran; returns the session's exit status.
@@ -179,8 +179,8 @@ class LabSession:
         if self.report_dir is None or not distribution.is_chief():
             return exitstatus
         started = time.perf_counter()
-        self.report_path, self.report_error = write_report_once(
-            self.results, self.report_dir, report_stem(self.results.run, self.started),
+        self.report_path, self.report_error = writing.write_report_once(
+            self.results, self.report_dir, writing.report_stem(self.results.run, self.started),
             f"latest-{self.run.profile.name}.md",
         )
         self.report_seconds = time.perf_counter() - started
@@ -201,11 +201,11 @@ class LabSession:
     def collect_results(self, exitstatus: int) -> Results:
         """Everything the report shows: the run's settings and machine, records, outcomes, and
         the comparisons that answer the lab's questions."""
-        run = self.run
+        run, options = self.run, self.run.options
         finished = time.time()
         not_run = [
-            Outcome(nodeid, "not run", "the session ended before it ran")
-            for nodeid in self.selected
+            outcome_of(nodeid, "not run", "the session ended before it ran", case)
+            for nodeid, case in self.selected.items()
             if nodeid not in self.outcomes
         ]
         complete = exitstatus == 0 and not not_run
@@ -222,7 +222,7 @@ class LabSession:
             data_source=run.data_source,
             data_source_description=self.displayed(run.describe_data()),
             dataset_description=self.displayed(run.dataset.describe()),
-            weights_description=f"--weights {run.weights}"
+            weights_description=f"--weights {run.options.weights}"
             + (f", --weights-dir {self.displayed(run.weights_dir)}" if run.weights_dir else ""),
             options={name: self.displayed(value) for name, value in self.options().items()},
             profile_settings={
@@ -238,14 +238,14 @@ class LabSession:
             replicas=distribution.replicas(),
             benchmarks_note=benchmarks_note(self.config),
             warnings=[
-                *environment.run_warnings(run.mixed_precision, run.deterministic, device, run.run_eagerly),
+                *environment.run_warnings(options.mixed_precision, options.deterministic, device, options.run_eagerly),
                 *filter(None, [keras_internals.version_warning()]),
             ],
             complete=complete,
             incomplete_reason=self.displayed(reason) if reason else None,
             seeds=list(run.seeds),
             training_step=environment.training_step(
-                run.options.adam, run.options.xla, device, run.distribute, run.deterministic, run.run_eagerly
+                options.adam, options.xla, device, options.distribute, options.deterministic, options.run_eagerly
             ),
         )
         results = Results(
@@ -293,7 +293,7 @@ class LabSession:
             if self.results.time_split:
                 lines.append(writing.time_split_line(self.results.time_split, self.report_seconds))
             note = self.results.run.benchmarks_note
-            if note and any(benchmark_case(nodeid) for nodeid in self.outcomes):
+            if note and any(findings.is_epoch_time_case(outcome) for outcome in self.outcomes.values()):
                 lines.append(f"epoch-time benchmarks: {note}")
         if self.report_path:
             lines.append(f"report: {os.path.relpath(self.report_path)}")
@@ -307,9 +307,11 @@ class LabSession:
                 terminalreporter.write_line(line)
 
 
-def benchmark_case(nodeid: str) -> bool:
-    """Whether a test is one of experiment 4's epoch-time cases."""
-    return nodeid.startswith(f"{EXPERIMENTS_PREFIX}test_4") and "::test_epoch_time" in nodeid
+def outcome_of(nodeid: str, outcome: str, reason: str, case: ExperimentCase | None) -> Outcome:
+    """An `Outcome`, with its experiment and parameters where the test is one of an experiment."""
+    if case is None:
+        return Outcome(nodeid, outcome, reason)
+    return Outcome(nodeid, outcome, reason, case.experiment, case.parameters)
 
 
 def benchmarks_note(config: pytest.Config) -> str | None:
@@ -319,36 +321,6 @@ def benchmarks_note(config: pytest.Config) -> str | None:
     if config.getoption("benchmark_disable", False):
         return "benchmarks disabled with --benchmark-disable"
     return None
-
-
-def report_stem(run: RunHeader, started: float) -> str:
-    """The report's name without `.md`: profile, device, the session's start (UTC) and process id.
-
-    The process id keeps apart two sessions that start in the same second.
-    """
-    moment = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{run.profile}-{run.device_slug}-{moment}-{os.getpid()}"
-
-
-def write_report_once(results: Results, report_dir: str, stem: str, latest_name: str) -> tuple[str | None, str | None]:
-    """Writes the report under `stem`, or `stem-2`, `stem-3`... if that name is taken.
-
-    `writing.write_report` writes all of a report or nothing, so a failure (a full disk)
-    leaves no part of it behind.
-
-    Returns:
-        (the markdown report's path, None), or (None, the error message naming that path).
-    """
-    # Taken only by this process's own earlier sessions: the stem holds the process id.
-    names = [stem, *(f"{stem}-{number}" for number in range(2, NAME_ATTEMPTS + 1))]
-    for name in names:
-        try:
-            return writing.write_report(results, report_dir, name, latest_name), None
-        except FileExistsError:
-            continue
-        except OSError as error:
-            return None, f"report not written: {error}"
-    return None, f"report not written: {stem} and {NAME_ATTEMPTS - 1} more names are taken in {report_dir}"
 
 
 def _reason(report: pytest.TestReport) -> str:

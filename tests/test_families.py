@@ -104,7 +104,8 @@ def test_family_unfreezes_top_down_and_trains(family):
     classifier = models.backbone_classifier(backbone, size, NUM_CLASSES, None)
     base = freezing.base_of(classifier)
 
-    assert base.output_shape[-1] == backbone.feature_channels
+    # Not `backbone.feature_channels`: a derived entry builds the network again to count it, which
+    # tests/test_backbones.py checks once (and here would double each family's build).
     cuts = backbones.cut_points(base)
     assert cuts, "no single-tensor cut"
     assert all(min(_tensors_crossing(base, index)) == 1 for index in cuts)

@@ -83,21 +83,25 @@ def test_identical_arms_show_no_difference(seeds):
     assert row["verdict"].startswith("no difference detectable; would detect ±")
 
 
+def _experiment_3_case(test: str, backbone: str, weights: str, outcome: str, reason: str = "") -> Outcome:
+    """An outcome of experiment 3's head test, as the plugin records it: its experiment and parameters."""
+    parameters = {"seed": "0", "backbone_name": backbone, "weights_kind": weights}
+    return Outcome(f"{test}[seed0-{backbone}-{weights}]", outcome, reason, 3, parameters)
+
+
 def test_an_arm_that_did_not_run_is_not_compared_with_its_reason():
     test = "experiments/test_3_pretrained_backbone.py::test_pretrained_features_classify_flowers"
     record = _record(3, "A head", ("backbone", "weights"), {"backbone": "resnet50", "weights": "none"},
                      _predictions(40))
-    outcomes = [Outcome(f"{test}[seed0-resnet50-imagenet]", "skipped", "no ImageNet weights for resnet50 offline"),
-                Outcome(f"{test}[seed0-resnet50-none]", "passed")]
+    outcomes = [_experiment_3_case(test, "resnet50", "imagenet", "skipped", "no ImageNet weights for resnet50 offline"),
+                _experiment_3_case(test, "resnet50", "none", "passed")]
 
     (comparison,) = findings.comparisons(_results([record], outcomes=outcomes))
 
     assert comparison.question == "Experiment 3, resnet50"
     assert comparison.verdict == statistics.NOT_COMPARED
     assert comparison.row()["verdict"] == (
-        "not compared: imagenet skipped "
-        "(test_pretrained_features_classify_flowers[seed0-resnet50-imagenet]: no ImageNet weights for resnet50 "
-        "offline)"
+        "not compared: imagenet skipped (seed 0, resnet50, imagenet: no ImageNet weights for resnet50 offline)"
     )
 
 
@@ -105,15 +109,33 @@ def test_a_question_whose_arms_were_both_skipped_is_still_asked_with_the_reason(
     test = "experiments/test_3_pretrained_backbone.py::test_pretrained_features_classify_flowers"
     answered = _record(3, "A head", ("backbone", "weights"), {"backbone": "mobilenet", "weights": "none"},
                        _predictions(40))
-    outcomes = [Outcome(f"{test}[seed0-resnet50-imagenet]", "skipped", "no ImageNet weights for resnet50 offline"),
-                Outcome(f"{test}[seed0-resnet50-none]", "skipped", "random-weights control of an ImageNet case"),
-                Outcome(f"{test}[seed0-mobilenet-none]", "passed")]
+    outcomes = [_experiment_3_case(test, "resnet50", "imagenet", "skipped", "no ImageNet weights for resnet50 offline"),
+                _experiment_3_case(test, "resnet50", "none", "skipped", "random-weights control of an ImageNet case"),
+                _experiment_3_case(test, "mobilenet", "none", "passed")]
 
     first, resnet = findings.comparisons(_results([answered], outcomes=outcomes))
 
     assert (first.question, resnet.question) == ("Experiment 3, mobilenet", "Experiment 3, resnet50")
     assert resnet.verdict == statistics.NOT_COMPARED
     assert "imagenet skipped" in resnet.reason and "no ImageNet weights for resnet50 offline" in resnet.reason
+
+
+def test_renaming_a_test_or_its_module_leaves_the_findings_as_they_were():
+    answered = _record(3, "A head", ("backbone", "weights"), {"backbone": "mobilenet", "weights": "none"},
+                       _predictions(40))
+
+    def findings_of(test: str) -> list[dict]:
+        outcomes = [
+            _experiment_3_case(test, "resnet50", "imagenet", "skipped", "no ImageNet weights for resnet50 offline"),
+            _experiment_3_case(test, "resnet50", "none", "skipped", "random-weights control of an ImageNet case"),
+            _experiment_3_case(test, "mobilenet", "none", "passed"),
+        ]
+        return [comparison.row() for comparison in findings.comparisons(_results([answered], outcomes=outcomes))]
+
+    before = findings_of("experiments/test_3_pretrained_backbone.py::test_pretrained_features_classify_flowers")
+    after = findings_of("experiments/test_9_imagenet_or_not.py::test_a_head_on_features")
+
+    assert before == after and any("resnet50" in row["question"] for row in before)
 
 
 def test_the_cnn_is_compared_with_one_over_the_number_of_classes():
@@ -228,7 +250,8 @@ def test_speedups_come_from_the_timed_rounds_and_a_missing_mode_is_not_compared(
 
 
 def test_epoch_times_that_were_not_measured_say_why():
-    outcomes = [Outcome("experiments/test_4_freeze.py::test_epoch_time_frozen[mobilenet]", "passed")]
+    outcomes = [Outcome("experiments/test_4_freeze.py::test_epoch_time_frozen[mobilenet]", "passed", "", 4,
+                        {"backbone_name": "mobilenet", "mode": "frozen"})]
     note = "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
 
     (comparison,) = findings.comparisons(_results([], outcomes=outcomes, run={"benchmarks_note": note}))

@@ -207,7 +207,9 @@ def test_fine_tuning_options_reach_the_run_config():
         lr_schedule="triangular", lr_factor=1.0, augment=True, early_stopping=1,
     )
 
-    assert (run.lr_schedule, run.lr_factor, run.augment, run.early_stopping) == ("triangular", 1.0, True, 1)
+    options = run.options
+    assert (options.lr_schedule, options.lr_factor, options.augment) == ("triangular", 1.0, True)
+    assert options.early_stopping == 1
 
 
 def _rate_record(strategy, rate_curves, seed=0):

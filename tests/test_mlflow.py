@@ -72,8 +72,10 @@ def _results() -> Results:
             Record(3, "Backbones against Keras's published structure", ("backbone",), {"backbone": "resnet50",
                    "layers": 175}, test=STRUCTURE, seed=0),
         ],
-        outcomes=[Outcome(EXPERIMENT_1, "passed"), Outcome(EXPERIMENT_5, "failed", "boom"),
-                  Outcome(STRUCTURE, "passed")],
+        outcomes=[Outcome(EXPERIMENT_1, "passed", "", 1, {"filters": "16-32-64", "seed": "0"}),
+                  Outcome(EXPERIMENT_5, "failed", "boom", 5,
+                          {"seed": "1", "backbone_name": "mobilenet_v2", "strategy": "gradual-blocks"}),
+                  Outcome(STRUCTURE, "passed", "", 3, {"backbone_name": "resnet50"})],
         validation_sets=[validation],
     )
 
@@ -120,7 +122,7 @@ def test_a_session_is_one_run_with_a_nested_run_per_training_test(tmp_path, runs
 
     cnn = runs["test_base_model[seed0-narrow]"]
     assert cnn.data.tags["mlflow.parentRunId"] == run_id and cnn.info.status == "FINISHED"
-    assert cnn.data.params == {"test": EXPERIMENT_1, "case": "seed0-narrow", "experiment": "1",
+    assert cnn.data.params == {"test": EXPERIMENT_1, "experiment": "1",
                                "table": "The lab CNN on tf_flowers", "seed": "0", "filters": "16-32-64"}
     # 3 of 4 images right: Wilson's interval over those 4 images.
     assert cnn.data.metrics["final_validation_accuracy"] == 0.75 and cnn.data.metrics["seconds"] == 12.5
@@ -175,13 +177,13 @@ def test_a_pytest_session_with_mlflow_is_logged_by_the_xdist_controller(tmp_path
 
 
 def test_an_unreachable_server_stops_the_session_before_anything_trains(run_python):
-    completed, seconds = run_python(
+    completed, _ = run_python(
         "-m", "pytest", "experiments/test_1_base_model.py", "--mlflow", "http://127.0.0.1:1",
         "-q", "-p", "no:cacheprovider", "--data-source", "mock", "--weights", "none",
     )
     assert completed.returncode == pytest.ExitCode.USAGE_ERROR, completed.stdout + completed.stderr
     assert "--mlflow http://127.0.0.1:1: no tracking server answered within 3 s" in completed.stderr
-    assert "passed" not in completed.stdout and seconds < 30
+    assert "passed" not in completed.stdout
 
 
 def test_a_server_that_never_answers_is_given_up_on_within_seconds():

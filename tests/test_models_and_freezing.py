@@ -234,7 +234,7 @@ def bases():
     return get
 
 
-# Not `backbone_name`: the root conftest parametrizes that argument from --backbones.
+# Not `backbone_name`: experiments/conftest.py parametrizes that argument from --backbones.
 PROFILE_CASES = [
     (profile.name, backbone, strategy)
     for profile in profiles.PROFILES.values()

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from lab import config
-from lab.networks import adam, models
+from lab.networks import adam, models, training_step
 from lab.options import Options, addoption_arguments, declarations, flag_of
 from lab.report import render
 from lab.runtime import environment
@@ -151,14 +151,12 @@ def test_the_header_says_which_adam_ran_and_whether_xla_compiled(pytestconfig):
 def test_adam_and_xla_choices_reach_compile():
     keras = pytest.importorskip("keras")
     model = models.lab_cnn(3, image_size=8, filters=(2, 2, 2))
-    run_adam, run_xla = adam.chosen_adam(), models.chosen_xla()
+    run_step = training_step.current()
     try:
-        adam.use_adam("keras")
-        models.use_xla("off")
+        training_step.use(training_step.TrainingStep(adam="keras", xla="off"))
         models.compile_for_classification(model)
         assert type(model.optimizer) is keras.optimizers.Adam and model.jit_compile is False
-        adam.use_adam("fused")
-        models.use_xla("auto")
+        training_step.use(training_step.TrainingStep(adam="fused", xla="auto"))
         models.compile_for_classification(model)
         # Keras's "auto" on this machine: XLA exactly where there is an accelerator.
         import tensorflow as tf
@@ -166,5 +164,4 @@ def test_adam_and_xla_choices_reach_compile():
         accelerator = any(device.device_type != "CPU" for device in tf.config.list_physical_devices())
         assert isinstance(model.optimizer, adam.FusedAdam) and model.jit_compile is accelerator
     finally:
-        adam.use_adam(run_adam)
-        models.use_xla(run_xla)
+        training_step.use(run_step)

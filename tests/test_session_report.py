@@ -17,6 +17,7 @@ import pytest
 
 from lab.report.results import Record, Table
 from lab.runtime import atomic, environment
+from pytest_lab.cases import ExperimentCase
 from pytest_lab.session import LabSession
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,17 +231,20 @@ def test_k_freeze_selects_experiments_4_and_5_only(sessions):
 
 TABLE = Table("Backbones against Keras's published structure", keys=("backbone",))
 NODEID = f"{STRUCTURE}[mobilenet]"
+CASE = ExperimentCase(3, {"backbone_name": "mobilenet"})
 
 
 def lab_session(pytestconfig, run_config, report_dir) -> LabSession:
     return LabSession(pytestconfig, run_config, str(report_dir))
 
 
-def passed(session: LabSession, nodeid: str = NODEID) -> None:
-    """Feeds `session` the reports of a test that passed and recorded one row."""
+def passed(session: LabSession, nodeid: str = NODEID, case: ExperimentCase | None = CASE) -> None:
+    """Feeds `session` the reports of a test that passed and recorded one row; `case` is what the
+    plugin tagged it with (None for a test of no experiment)."""
     record = Record(3, TABLE.title, TABLE.keys, {"backbone": "mobilenet"}, test=nodeid, seed=0)
+    tagged = [("lab_case", dataclasses.asdict(case))] if case else []
     for when in ("setup", "call", "teardown"):
-        properties = [("lab_record", dataclasses.asdict(record))] if when == "call" else []
+        properties = tagged + ([("lab_record", dataclasses.asdict(record))] if when == "call" else [])
         session.add_test_report(
             pytest.TestReport(nodeid, ("experiments/x.py", 1, "x"), {}, "passed", None, when,
                               user_properties=properties)
@@ -251,7 +255,7 @@ def test_two_sessions_finishing_in_the_same_second_write_two_reports(pytestconfi
     first, second = (lab_session(pytestconfig, run_config, tmp_path) for _ in range(2))
     for session in (first, second):
         session.started = 1_800_000_000.0
-        session.select([NODEID])
+        session.select([(NODEID, CASE)])
         passed(session)
         assert session.finish(0) == 0
 
@@ -260,12 +264,12 @@ def test_two_sessions_finishing_in_the_same_second_write_two_reports(pytestconfi
     assert len([name for name in os.listdir(tmp_path) if name.endswith(".md") and name != "latest-smoke.md"]) == 2
 
 
-@pytest.mark.parametrize("selected", [[], [NODEID]], ids=["nothing selected", "none finished"])
+@pytest.mark.parametrize("selected", [[], [(NODEID, CASE)]], ids=["nothing selected", "none finished"])
 def test_a_session_in_which_no_experiment_ran_writes_no_report(pytestconfig, run_config, tmp_path, selected):
     (tmp_path / "latest-smoke.md").write_text("an earlier report\n")
     session = lab_session(pytestconfig, run_config, tmp_path)
     session.select(selected)
-    passed(session, "tests/test_data.py::test_something")
+    passed(session, "tests/test_data.py::test_something", case=None)
 
     assert session.finish(pytest.ExitCode.NO_TESTS_COLLECTED) == pytest.ExitCode.NO_TESTS_COLLECTED
     assert report_files(tmp_path) == ["latest-smoke.md"]
@@ -276,7 +280,7 @@ def test_only_the_chief_of_a_multi_worker_cluster_writes_the_report(pytestconfig
     cluster = {"worker": ["localhost:1", "localhost:2"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     session = lab_session(pytestconfig, run_config, tmp_path)
-    session.select([NODEID])
+    session.select([(NODEID, CASE)])
     passed(session)
 
     assert session.finish(0) == 0
@@ -297,7 +301,7 @@ def test_a_report_that_cannot_be_written_fails_the_session_and_leaves_nothing(
 
     monkeypatch.setattr(atomic, "atomic_write_text", disk_full_for_markdown)
     session = lab_session(pytestconfig, run_config, tmp_path)
-    session.select([NODEID])
+    session.select([(NODEID, CASE)])
     passed(session)
 
     assert session.finish(0) != 0

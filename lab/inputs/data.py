@@ -33,6 +33,7 @@ from lab.inputs.datasets import (
     prepared_split_sizes,
     tfds_splits,
 )
+from lab.report.results import ValidationSet
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,14 @@ class ImageData:
     @property
     def validation_count(self) -> int:
         return len(self.validation_labels)
+
+    def validation_set(self) -> ValidationSet:
+        """Its validation images as the report names them, with their labels: what a record's
+        predictions are checked against and paired by."""
+        name = f"{self.name} ({self.source}), {self.image_size}px, {self.validation_count} images"
+        if self.split_seed is not None:
+            name += f", split of seed {self.split_seed}"
+        return ValidationSet(name, self.num_classes, [int(label) for label in self.validation_labels])
 
     def batches(
         self, split: str, batch_size: int, seed: int | None = None, limit: int | None = None

@@ -7,7 +7,7 @@ same update as one operation. It rounds its intermediate results otherwise than 
 separate operations, so an update may differ from Keras's by a float32 step or two of the
 weight; two runs of this Adam agree bit for bit, as two runs of Keras's do.
 
-Which Adam a run's compiles build is the run's `--adam` (`use_adam`, once per process): `fused`,
+Which Adam a run's compiles build is the run's `--adam` (`lab.networks.training_step`): `fused`,
 the default, or `keras`, Keras's own. Build every Adam with `adam()`.
 """
 
@@ -16,28 +16,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from lab.networks import training_step
 from lab.runtime import keras_internals
-
-ADAM_CHOICES = ("fused", "keras")
-# The run's --adam: set once per process by `use_adam`, read by `adam`.
-_chosen = {"adam": "fused"}
-
-
-def use_adam(choice: str) -> None:
-    """Makes every later `adam()` the `fused` one (`FusedAdam`) or Keras's own (`keras`)."""
-    if choice not in ADAM_CHOICES:
-        raise ValueError(f"unknown Adam {choice!r}: use one of {', '.join(ADAM_CHOICES)}")
-    _chosen["adam"] = choice
-
-
-def chosen_adam() -> str:
-    """The Adam `adam()` builds: `fused` or `keras`."""
-    return _chosen["adam"]
 
 
 def adam(learning_rate=0.001, **kwargs) -> keras.optimizers.Adam:
-    """A fresh Adam of the run's choice (`use_adam`) with Keras's Adam arguments."""
-    optimizer_class = FusedAdam if _chosen["adam"] == "fused" else keras.optimizers.Adam
+    """A fresh Adam of the run's choice (`training_step.current().adam`) with Keras's Adam arguments."""
+    optimizer_class = FusedAdam if training_step.current().adam == "fused" else keras.optimizers.Adam
     return optimizer_class(learning_rate=learning_rate, **kwargs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from lab.networks import training_step
 from lab.networks.adam import adam
 from lab.networks.backbones import Backbone, get_backbone
 from lab.runtime import keras_internals
@@ -11,12 +12,6 @@ from lab.runtime import keras_internals
 BASE_LAYER_NAME = "base"
 HEAD_LAYER_NAME = "head"
 AUGMENTATION_LAYER_NAME = "augmentation"
-# --xla -> compile()'s jit_compile. auto is Keras's own default: XLA for a GPU, none on a CPU,
-# under op determinism, with run_eagerly, or for a model with a layer XLA cannot compile.
-XLA_CHOICES = ("auto", "on", "off")
-_JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
-# The run's --xla: set once per process by `use_xla`, read by `compile_for_classification`.
-_chosen = {"xla": "auto"}
 
 
 def lab_cnn(
@@ -182,7 +177,8 @@ def compile_for_classification(
     optimizer: keras.optimizers.Optimizer | None = None,
 ) -> None:
     """Adam (the run's `--adam`, `lab.networks.adam.adam`) and sparse categorical cross-entropy, as the lab
-    asks, tracking accuracy, with XLA as the run's `--xla` says (`use_xla`; Keras's "auto" by default).
+    asks, tracking accuracy, with XLA as the run's `--xla` says (`lab.networks.training_step`; Keras's
+    "auto" by default).
 
     Args:
         model: the model to compile.
@@ -194,21 +190,9 @@ def compile_for_classification(
         optimizer=optimizer or adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
-        jit_compile=_JIT_COMPILE[_chosen["xla"]],
+        jit_compile=training_step.current().jit_compile,
     )
     build_training_state(model)
-
-
-def use_xla(choice: str) -> None:
-    """Makes every later `compile_for_classification` compile with XLA `auto`, `on` or `off`."""
-    if choice not in XLA_CHOICES:
-        raise ValueError(f"unknown XLA choice {choice!r}: use one of {', '.join(XLA_CHOICES)}")
-    _chosen["xla"] = choice
-
-
-def chosen_xla() -> str:
-    """The run's --xla: `auto`, `on` or `off`."""
-    return _chosen["xla"]
 
 
 def build_training_state(model: keras.Model) -> None:

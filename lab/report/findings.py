@@ -24,12 +24,11 @@ each a different network), so their p-values stand unadjusted.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import defaultdict
 
 from lab.errors import LabInputError
 from lab.report import statistics
-from lab.report.results import BenchmarkResult, Record, Results, ValidationSet
+from lab.report.results import BenchmarkResult, Outcome, Record, Results, ValidationSet
 from lab.report.statistics import Comparison, Correctness
 
 # Experiment 5's baselines: every other strategy is compared with both.
@@ -37,6 +36,9 @@ HEAD_ONLY, FULL = "head-only", "full"
 # Experiment 4's baseline and the modes compared with it.
 UNFROZEN, FASTER_MODES = "unfrozen", ("frozen", "frozen-cached")
 FEATURE_NAMES = {"imagenet": "ImageNet features", "none": "random features"}
+# The parameters that make a test an arm of its question: a training case's seed, and experiment
+# 4's epoch-time mode (its `arm` marker).
+SEED_PARAMETER, MODE_PARAMETER = "seed", "mode"
 
 
 def comparisons(results: Results) -> list[Comparison]:
@@ -159,13 +161,13 @@ def _arms_that_never_ran(
     say: a random-weights control is skipped with its ImageNet case), named from the test ids."""
     unasked = {}
     for outcome in results.outcomes:
-        if outcome.outcome == "passed" or not _answers_question(outcome.test, experiment):
+        if outcome.outcome == "passed" or not _answers_question(outcome, experiment):
             continue
-        parameters = _parameter_text(outcome.test).split("-")
+        parameters = [value for name, value in outcome.parameters.items() if name != SEED_PARAMETER]
         for a, b in pairs:
             if a not in parameters and b not in parameters:
                 continue
-            context = [value for value in parameters if value not in (a, b) and not re.fullmatch(r"seed\d+", value)]
+            context = [value for value in parameters if value not in (a, b)]
             question = ", ".join([f"Experiment {experiment}", *context])
             if question not in asked and question not in unasked:
                 unasked[question] = (question, a, b, _why_missing(results, experiment, a, context))
@@ -242,47 +244,53 @@ def _why_missing(results: Results, experiment: int, arm: str, context: list[str]
     """Why an arm has no result: the outcome of its tests that did not pass, else that none ran."""
     ended = [
         outcome for outcome in results.outcomes
-        if outcome.outcome != "passed" and _is_case_of(outcome.test, experiment, [arm, *context])
+        if outcome.outcome != "passed" and _is_case_of(outcome, experiment, [arm, *context])
     ]
     if not ended:
         return f"{arm} did not run in this session"
     outcome = ended[0]
     why = f": {outcome.reason}" if outcome.reason else ""
-    return f"{arm} {outcome.outcome} ({outcome.test.rsplit('::', 1)[-1]}{why})"
+    return f"{arm} {outcome.outcome} ({_case_text(outcome)}{why})"
 
 
 def _unanswered(results: Results, experiment: int) -> Comparison | None:
     """A line for an experiment whose question's tests ran, none of them usable for its question."""
-    ended = [outcome for outcome in results.outcomes if _answers_question(outcome.test, experiment)]
+    ended = [outcome for outcome in results.outcomes if _answers_question(outcome, experiment)]
     if not ended:
         return None
     if experiment == 4 and results.run.benchmarks_note:
         reason = results.run.benchmarks_note
     else:
         failed = [outcome for outcome in ended if outcome.outcome != "passed"]
-        reason = "; ".join(f"{o.test.rsplit('::', 1)[-1]} {o.outcome}" + (f": {o.reason}" if o.reason else "")
+        reason = "; ".join(f"{_case_text(o)} {o.outcome}" + (f": {o.reason}" if o.reason else "")
                            for o in failed[:3]) or "no arm recorded a result"
     return statistics.not_compared(f"Experiment {experiment}", "its arms", "each other", reason)
 
 
-def _answers_question(test: str, experiment: int) -> bool:
-    """Whether a test is an arm of its experiment's question: a training case (it runs per
-    seed), or for experiment 4 an epoch-time case."""
+def _case_text(outcome: Outcome) -> str:
+    """A test's case as its parameters' values (`mobilenet_v2, head-only, seed 0`), whatever the test is named."""
+    return ", ".join(
+        f"seed {value}" if name == SEED_PARAMETER else value for name, value in outcome.parameters.items()
+    ) or f"experiment {outcome.experiment}"
+
+
+def is_epoch_time_case(outcome: Outcome) -> bool:
+    """Whether a test is one of experiment 4's epoch-time cases (an arm of its speed question)."""
+    return outcome.experiment == 4 and MODE_PARAMETER in outcome.parameters
+
+
+def _answers_question(outcome: Outcome, experiment: int) -> bool:
+    """Whether a test is an arm of `experiment`'s question: a training case (it runs per seed),
+    or for experiment 4 an epoch-time case."""
     if experiment == 4:
-        return test.startswith("experiments/test_4_") and "::test_epoch_time" in test
-    return test.startswith(f"experiments/test_{experiment}_") and re.search(r"\bseed\d+\b", test) is not None
+        return is_epoch_time_case(outcome)
+    return outcome.experiment == experiment and SEED_PARAMETER in outcome.parameters
 
 
-def _is_case_of(test: str, experiment: int, values: list[str]) -> bool:
-    parameters = _parameter_text(test)
-    return test.startswith(f"experiments/test_{experiment}_") and bool(parameters) and all(
-        value in parameters for value in values
-    )
-
-
-def _parameter_text(test: str) -> str:
-    """`seed0-resnet50-imagenet` of `...::test_x[seed0-resnet50-imagenet]`; "" for a test without parameters."""
-    return test[test.index("[") + 1:].rstrip("]") if "[" in test else ""
+def _is_case_of(outcome: Outcome, experiment: int, values: list[str]) -> bool:
+    """Whether a test of `experiment` has each of `values` among its parameters' values."""
+    parameters = set(outcome.parameters.values())
+    return outcome.experiment == experiment and bool(parameters) and all(value in parameters for value in values)
 
 
 def _seed_list(arm: dict[int, Record]) -> str:

@@ -225,6 +225,24 @@ class ValidationSet:
     num_classes: int
     labels: list[int]
 
+    def checked_predictions(self, table: Table, row: dict, predictions) -> list[int]:
+        """`predictions` as plain ints, after checking that they are one class per image of
+        this set and that their accuracy is `row`'s.
+
+        Raises:
+            ValueError: they are not, which would make every paired comparison of the row wrong.
+        """
+        predictions = [int(value) for value in predictions]
+        if len(predictions) != len(self.labels):
+            raise ValueError(f"{table.title}: {len(predictions)} predictions for the {len(self.labels)} images of "
+                             f"{self.name}")
+        accuracy = Record(0, table.title, table.keys, row).accuracy()
+        correct = sum(predicted == label for predicted, label in zip(predictions, self.labels, strict=True))
+        if accuracy is not None and abs(correct / len(self.labels) - accuracy) > 1e-6:
+            raise ValueError(f"{table.title}: the predictions' accuracy {correct / len(self.labels)} is not the "
+                             f"recorded {accuracy}")
+        return predictions
+
 
 @dataclasses.dataclass
 class TimeSplit:
@@ -260,11 +278,24 @@ class TimeSplit:
 
 @dataclasses.dataclass
 class Outcome:
-    """How one selected test ended: passed, failed, skipped, or not run."""
+    """How one selected test ended: passed, failed, skipped, or not run.
+
+    Args:
+        test: the test's node id, for people to read; nothing is parsed out of it.
+        outcome: `passed`, `failed`, `skipped` or `not run`.
+        reason: why it was skipped or failed, or did not run.
+        experiment: the experiment it belongs to (its module's `experiment` marker); None for a
+            test of no experiment, or one that did not run under xdist.
+        parameters: its parametrization (`seed`, `backbone_name`, `strategy`...) and the
+            parameters its `arm` marker names (experiment 4's `mode`), as text: what the
+            Findings match arms by.
+    """
 
     test: str
     outcome: str
     reason: str = ""
+    experiment: int | None = None
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

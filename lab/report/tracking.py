@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from lab.errors import LabInputError
 from lab.report import findings, statistics
-from lab.report.results import ACCURACY_COLUMNS, Record, Results, RunHeader, ValidationSet
+from lab.report.results import ACCURACY_COLUMNS, Outcome, Record, Results, RunHeader, ValidationSet
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -285,15 +285,15 @@ def training_runs(results: Results, test_seconds: dict[str, float]) -> list[RunC
     by_test: dict[str, list[Record]] = {}
     for record in results.records:
         by_test.setdefault(record.test, []).append(record)
-    outcomes = {outcome.test: outcome.outcome for outcome in results.outcomes}
+    outcomes = {outcome.test: outcome for outcome in results.outcomes}
     return [
         RunContent(
             name=test.split("::")[-1],
-            params=case_params(test, record),
+            params=case_params(test, record, outcomes.get(test)),
             metrics=case_metrics(record, results.validation_sets, test_seconds.get(test)),
             series=case_series(record),
             tags={},
-            status="FAILED" if outcomes.get(test) == "failed" else "FINISHED",
+            status="FAILED" if test in outcomes and outcomes[test].outcome == "failed" else "FINISHED",
         )
         for test, records in by_test.items()
         if (record := final_record(records)) is not None
@@ -308,12 +308,11 @@ def final_record(records: list[Record]) -> Record | None:
     return (summaries or scored or [None])[-1]
 
 
-def case_params(test: str, record: Record) -> dict[str, str]:
-    """A test's node id and parametrization, and its record's experiment, table, seed and key columns."""
+def case_params(test: str, record: Record, outcome: Outcome | None) -> dict[str, str]:
+    """A test's node id and parameters (its outcome's), and its record's experiment, table, seed and key columns."""
     params = {"test": test, "experiment": record.experiment, "table": record.table, "seed": record.seed}
-    case = re.search(r"\[(.*)\]$", test)
-    if case:
-        params["case"] = case.group(1)
+    if outcome is not None:
+        params.update(outcome.parameters)
     params.update({column: record.row.get(column) for column in record.keys})
     return {name: str(value) for name, value in params.items()}
 

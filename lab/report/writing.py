@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import shutil
@@ -26,11 +27,13 @@ import tempfile
 
 from lab.errors import LabInputError
 from lab.report import compare, findings, render
-from lab.report.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, TimeSplit
+from lab.report.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, RunHeader, TimeSplit
 from lab.runtime import atomic, timesplit
 
 USAGE_ERROR = 2
 WRITE_ERROR = 1
+# Names tried for one session's report (`stem`, `stem-2`...) before giving up.
+NAME_ATTEMPTS = 100
 
 
 def write_report(results: Results, report_dir: str, stem: str, latest_name: str | None) -> str:
@@ -83,6 +86,36 @@ def write_report(results: Results, report_dir: str, stem: str, latest_name: str 
             raise OSError(f"cannot write the report {markdown_path} ({reason}); nothing of it was kept") from error
         raise
     return markdown_path
+
+
+def report_stem(run: RunHeader, started: float) -> str:
+    """The report's name without `.md`: profile, device, the session's start (UTC) and process id.
+
+    The process id keeps apart two sessions that start in the same second.
+    """
+    moment = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{run.profile}-{run.device_slug}-{moment}-{os.getpid()}"
+
+
+def write_report_once(results: Results, report_dir: str, stem: str, latest_name: str) -> tuple[str | None, str | None]:
+    """Writes the report under `stem`, or `stem-2`, `stem-3`... if that name is taken.
+
+    `write_report` writes all of a report or nothing, so a failure (a full disk)
+    leaves no part of it behind.
+
+    Returns:
+        (the markdown report's path, None), or (None, the error message naming that path).
+    """
+    # Taken only by this process's own earlier sessions: the stem holds the process id.
+    names = [stem, *(f"{stem}-{number}" for number in range(2, NAME_ATTEMPTS + 1))]
+    for name in names:
+        try:
+            return write_report(results, report_dir, name, latest_name), None
+        except FileExistsError:
+            continue
+        except OSError as error:
+            return None, f"report not written: {error}"
+    return None, f"report not written: {stem} and {NAME_ATTEMPTS - 1} more names are taken in {report_dir}"
 
 
 def summary_lines(results: Results) -> list[str]:

@@ -78,3 +78,19 @@ def weights_digest(model: keras.Model) -> str:
     for weight in model.weights:
         digest.update(weight.numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_writable(folder: str, what: str, fix: str) -> None:
+    """Checks that files can be written in `folder`, creating it if need be.
+
+    Raises:
+        LabInputError: saying that `what` cannot be written to `folder`, why, and `fix`.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-check-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise LabInputError(f"cannot write {what} to {folder} ({error.strerror}): {fix}") from None

@@ -1,0 +1,40 @@
+"""The run's process-wide TensorFlow and Keras settings, applied once per process before the first test."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from lab.config import RunConfig
+from lab.networks import training_step
+from lab.runtime import distribution, reproducibility
+
+
+def apply_run_settings(run: RunConfig) -> None:
+    """Sets up this process as `run` says: the distribution strategy, the seed, eager execution,
+    op determinism, mixed precision and the training step (--adam, --xla).
+
+    Raises:
+        LabInputError: a machine of `--distribute multiworker` did not answer.
+    """
+    if run.options.distribute == "mirrored":
+        distribution.use_mirrored_strategy()
+    elif run.options.distribute == "multiworker":
+        distribution.use_multiworker_strategy(run.options.worker_timeout)
+    reproducibility.seed_everything(run.seed)
+    if run.options.run_eagerly:
+        # Tracing ResNet50's training step takes about 20 s on two CPU cores, an eager step 1 s.
+        tf.config.run_functions_eagerly(True)
+    if run.options.deterministic:
+        reproducibility.enable_determinism()
+    if run.options.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    training_step.use(training_step.TrainingStep(adam=run.options.adam, xla=run.options.xla))
+
+
+def pin_worker_gpu(worker_index: int) -> None:
+    """Makes an xdist worker (`gw<worker_index>`) see only GPU `worker_index` modulo the GPU
+    count, so that `pytest -n K` on a machine of several GPUs spreads its workers over them."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.set_visible_devices(gpus[worker_index % len(gpus)], "GPU")

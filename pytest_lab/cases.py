@@ -1,0 +1,75 @@
+"""Which experiment a test belongs to and which case of it it is, read from its markers and parameters.
+
+An experiment module declares itself with a marker:
+
+    pytestmark = pytest.mark.experiment(4, backbones="freeze")
+
+`4` is its number (titles in `lab.report.results.EXPERIMENT_TITLES`); `backbones` names the
+profile's backbone list (`pretrained`, `freeze`, `unfreeze`) that parametrizes `backbone_name`.
+A test that is an arm of its experiment's question without a parameter saying which (experiment
+4's epoch-time cases) names it with `@pytest.mark.arm(mode="frozen")`. Every test's outcome
+carries its `ExperimentCase`, and the Findings are built from those, never from node ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lab.report.results import EXPERIMENT_TITLES
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What an experiment module's `experiment` marker says about it."""
+
+    number: int
+    backbones: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentCase:
+    """A test of an experiment: its number, and its parameters and `arm` marker's, as text."""
+
+    experiment: int
+    parameters: dict[str, str]
+
+
+def experiment_of(node: pytest.Item) -> Experiment:
+    """Reads the `experiment` marker of a test; an error naming the module if it is malformed."""
+    marker = node.get_closest_marker("experiment")
+    number = marker.args[0] if marker and marker.args else None
+    if number not in EXPERIMENT_TITLES:
+        raise pytest.UsageError(
+            f"{node.nodeid}: mark its module `pytestmark = pytest.mark.experiment(N)`, N one of "
+            f"{', '.join(map(str, EXPERIMENT_TITLES))}"
+        )
+    return Experiment(number, marker.kwargs.get("backbones"))
+
+
+def case_of(item: pytest.Item) -> ExperimentCase | None:
+    """The experiment case `item` is; None for a test of no experiment."""
+    if item.get_closest_marker("experiment") is None:
+        return None
+    callspec = getattr(item, "callspec", None)
+    parameters = {name: _text(value) for name, value in (callspec.params if callspec else {}).items()}
+    arm = item.get_closest_marker("arm")
+    if arm is not None:
+        parameters.update({name: _text(value) for name, value in arm.kwargs.items()})
+    return ExperimentCase(experiment_of(item).number, parameters)
+
+
+def _text(value) -> str:
+    """A parameter as the report's rows write it: experiment 1's filter widths as `16-32-64`."""
+    return "-".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+def tag(items: list[pytest.Item]) -> None:
+    """Puts each experiment test's case in its user properties, so that its reports carry it to
+    the session (from xdist workers too)."""
+    for item in items:
+        case = case_of(item)
+        if case is not None:
+            # Plain types: under xdist, user properties travel to the controller in test reports.
+            item.user_properties.append(("lab_case", dataclasses.asdict(case)))
