@@ -108,9 +108,12 @@ def _report_dir_fix(name: str) -> str:
 
 
 def _apply_to_process(config: pytest.Config, run: RunConfig) -> None:
-    """The run's TensorFlow settings for this process; an xdist worker on a GPU machine takes one GPU."""
-    if is_worker(config) and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        process.pin_worker_gpu(int(config.workerinput["workerid"].removeprefix("gw")))
+    """The run's TensorFlow settings for this process; an xdist worker takes its share of the CPU
+    cores, and on a GPU machine one GPU."""
+    if is_worker(config):
+        process.share_cpu_cores(int(config.workerinput["workercount"]))
+        if "CUDA_VISIBLE_DEVICES" not in os.environ:
+            process.pin_worker_gpu(int(config.workerinput["workerid"].removeprefix("gw")))
     try:
         process.apply_run_settings(run)
     except LabInputError as error:
