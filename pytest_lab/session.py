@@ -325,7 +325,8 @@ def benchmarks_note(config: pytest.Config) -> str | None:
 
 def _reason(report: pytest.TestReport) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
-        return report.longrepr[2]
+        # pytest's own prefix: the outcome column already says "skipped".
+        return report.longrepr[2].removeprefix("Skipped: ")
     if report.failed and report.longreprtext:
         return report.longreprtext.strip().splitlines()[-1][:300]
     return ""

@@ -379,3 +379,14 @@ def test_offline_the_random_control_of_a_skipped_imagenet_case_is_skipped_and_th
     assert {arm: outcome["outcome"] for arm, outcome in outcomes.items()} == {"imagenet": "skipped", "none": "skipped"}
     assert "random-weights control of an ImageNet case that cannot run" in outcomes["none"]["reason"]
     assert re.search(r"Experiment 3, resnet50: ImageNet features vs random features +not compared", process.stdout)
+
+
+def test_a_skipped_test_keeps_its_reason_without_pytests_prefix(pytestconfig, run_config, tmp_path):
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    reason = "ImageNet weights case: this run has --weights none"
+    session.add_test_report(
+        pytest.TestReport(NODEID, ("experiments/x.py", 1, "x"), {}, "skipped", ("x.py", 1, f"Skipped: {reason}"),
+                          "setup", user_properties=[("lab_case", dataclasses.asdict(CASE))])
+    )
+
+    assert session.outcomes[NODEID].reason == reason and session.outcomes[NODEID].experiment == 3
