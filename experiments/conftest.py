@@ -229,7 +229,7 @@ def backbone_case(backbone_name, backbone_weights, backbone_data, run_config, re
         if paired and weights == "none" and run_config.options.weights == "imagenet" and not network.can_reach():
             backbone_weights(backbone, "imagenet", control=True)
         resolved = backbone_weights(backbone, weights)
-        seed = request.getfixturevalue("seed") if "seed" in request.fixturenames else None
+        seed = _split_seed(request)
         return BackboneCase(backbone, resolved, backbone_data(backbone, seed), run_config.options.augment)
 
     return make
@@ -327,7 +327,7 @@ def record(request: pytest.FixtureRequest, run_config):
     experiments 3-5 run on (--dataset), so that runs on different data never pair in --compare.
     """
     experiment = experiment_of(request.node).number
-    seed = request.getfixturevalue("seed") if "seed" in request.fixturenames else run_config.seed
+    seed = seed_of(request, run_config)
 
     def add(
         table: Table,

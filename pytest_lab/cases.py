@@ -19,6 +19,9 @@ import pytest
 
 from lab.report.results import EXPERIMENT_TITLES
 
+# The user property under which a test's reports carry its `ExperimentCase`.
+CASE_PROPERTY = "lab_case"
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -72,4 +75,9 @@ def tag(items: list[pytest.Item]) -> None:
         case = case_of(item)
         if case is not None:
             # Plain types: under xdist, user properties travel to the controller in test reports.
-            item.user_properties.append(("lab_case", dataclasses.asdict(case)))
+            item.user_properties.append((CASE_PROPERTY, dataclasses.asdict(case)))
+
+
+def tagged_case(user_properties: list[tuple[str, object]]) -> ExperimentCase | None:
+    """The case `tag` put in a test's (or its report's) user properties; None for a test of no experiment."""
+    return next((ExperimentCase(**value) for kind, value in user_properties if kind == CASE_PROPERTY), None)

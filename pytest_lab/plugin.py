@@ -9,6 +9,7 @@ experiments use live in experiments/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -73,12 +74,9 @@ def _checked_run(config: pytest.Config) -> RunConfig:
     """The run's settings from the command line, or a usage error naming the fix."""
     # pytest cannot catch warnings raised in pytest_configure itself: handed to it, they
     # reach its warnings summary (once, from the controller, under xdist).
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            run = build_config(Options.from_pytest(config))
-    except LabInputError as error:
-        raise pytest.UsageError(str(error)) from None
+    with _usage_error(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = build_config(Options.from_pytest(config))
     if run.options.distribute == "multiworker" and config.getoption("numprocesses", None):
         raise pytest.UsageError(
             "--distribute multiworker runs one pytest per machine: drop -n (xdist workers on one machine "
@@ -90,13 +88,20 @@ def _checked_run(config: pytest.Config) -> RunConfig:
     return run
 
 
+@contextlib.contextmanager
+def _usage_error():
+    """Turns the lab's bad-input error into pytest's usage error: its message, no traceback, exit 4."""
+    try:
+        yield
+    except LabInputError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
 def _check_writable(folder: str | None, what: str, fix: str) -> None:
     if folder is None:
         return
-    try:
+    with _usage_error():
         storage.check_writable(folder, what, fix)
-    except LabInputError as error:
-        raise pytest.UsageError(str(error)) from None
 
 
 def _report_dir_fix(name: str) -> str:
@@ -114,11 +119,9 @@ def _apply_to_process(config: pytest.Config, run: RunConfig) -> None:
         process.share_cpu_cores(int(config.workerinput["workercount"]))
         if "CUDA_VISIBLE_DEVICES" not in os.environ:
             process.pin_worker_gpu(int(config.workerinput["workerid"].removeprefix("gw")))
-    try:
+    # Raises for a machine of --distribute multiworker that did not answer.
+    with _usage_error():
         process.apply_run_settings(run)
-    except LabInputError as error:
-        # A machine of --distribute multiworker that did not answer.
-        raise pytest.UsageError(str(error)) from None
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from lab.errors import LabInputError
 from lab.report import findings, render, tracking, writing
 from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
 from lab.runtime import distribution, environment, keras_internals, timesplit
-from pytest_lab.cases import ExperimentCase, case_of
+from pytest_lab.cases import ExperimentCase, tagged_case
 
 
 class LabSession:
@@ -66,7 +66,7 @@ class LabSession:
         self.handle_sigterm()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.select((item.nodeid, case_of(item)) for item in session.items)
+        self.select((item.nodeid, tagged_case(item.user_properties)) for item in session.items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
@@ -142,7 +142,7 @@ class LabSession:
         decisive = report.when == "call" or not report.passed
         previous = self.outcomes.get(report.nodeid)
         if decisive and (previous is None or previous.outcome == "passed"):
-            case = next((ExperimentCase(**value) for kind, value in report.user_properties if kind == "lab_case"), None)
+            case = tagged_case(report.user_properties)
             self.outcomes[report.nodeid] = outcome_of(report.nodeid, report.outcome, _reason(report), case)
 
     def add_test_seconds(self, report: pytest.TestReport) -> None:
@@ -222,7 +222,7 @@ class LabSession:
             data_source=run.data_source,
             data_source_description=self.displayed(run.describe_data()),
             dataset_description=self.displayed(run.dataset.describe()),
-            weights_description=f"--weights {run.options.weights}"
+            weights_description=f"--weights {options.weights}"
             + (f", --weights-dir {self.displayed(run.weights_dir)}" if run.weights_dir else ""),
             options={name: self.displayed(value) for name, value in self.options().items()},
             profile_settings={
