@@ -29,7 +29,7 @@ from lab.inputs.data import ImageData
 from lab.inputs.datasets import DatasetSpec
 from lab.networks.backbones import get_backbone, resolve_weights
 from lab.report.results import BenchmarkResult, Curves, LearningRateSearch, Record, StageCurve, Table
-from lab.runtime import storage, timesplit
+from lab.runtime import reproducibility, storage, timesplit
 from lab.runtime.training import tensorboard_log_dir, train_lab_cnn
 from pytest_lab.cases import experiment_of
 from pytest_lab.datasets import backbone_dataset, cifar10_dataset, flowers_small_dataset
@@ -166,7 +166,9 @@ def saved_base_model(shared_dir, image_data, profile, run_config, keras_verbose)
 
     `saved_base_model(filters, seed)` returns the metadata of the saved `.keras` file: its `path`,
     the training history and epoch times. Under xdist one worker trains and saves while the
-    others wait on a file lock and load the same file.
+    others wait on a file lock and load the same file. Whether this call trained the model or
+    found it saved, it leaves every generator freshly seeded with `seed`, so that what the test
+    draws next does not depend on which tests ran before it.
     """
 
     def get(filters: tuple[int, int, int], seed: int) -> dict:
@@ -175,13 +177,14 @@ def saved_base_model(shared_dir, image_data, profile, run_config, keras_verbose)
         log_dir = run_config.tensorboard_dir and tensorboard_log_dir(
             run_config.tensorboard_dir, ["saved_base_model", model_name], seed
         )
-        return storage.ensure_saved(
-            path,
-            lambda target: train_lab_cnn(
-                image_data(*flowers_small_dataset(profile), seed=seed), filters, profile.cnn_epochs,
-                profile.batch_size, seed, target, keras_verbose, log_dir,
-            ),
-        )
+        with reproducibility.seeded_after(seed):
+            return storage.ensure_saved(
+                path,
+                lambda target: train_lab_cnn(
+                    image_data(*flowers_small_dataset(profile), seed=seed), filters, profile.cnn_epochs,
+                    profile.batch_size, seed, target, keras_verbose, log_dir,
+                ),
+            )
 
     return get
 
@@ -271,16 +274,18 @@ def fine_tuning_options(run_config, profile) -> FineTuningOptions:
 @pytest.fixture(scope="session")
 def head_rate_search(fine_tuning_options, prefix_activations):
     """The head's learning-rate search of a case and seed (--lr-find), run once per session:
-    `head_rate_search(case, seed)` -> `lab.finetune.fine_tuning.HeadRateSearch`."""
+    `head_rate_search(case, seed)` -> `lab.finetune.fine_tuning.HeadRateSearch`. Searched here or
+    found, it leaves every generator freshly seeded with `seed`, as `saved_base_model` does."""
     searches: dict[tuple, HeadRateSearch] = {}
 
     def search(case: BackboneCase, seed: int) -> HeadRateSearch:
         key = (case.name, case.image_size, case.weights.kind, seed, case.data.split_seed)
-        if key not in searches:
-            searches[key] = search_head_rate(
-                case.classifier(seed), case.data, seed, fine_tuning_options, prefix_activations
-            )
-        return searches[key]
+        with reproducibility.seeded_after(seed):
+            if key not in searches:
+                searches[key] = search_head_rate(
+                    case.classifier(seed), case.data, seed, fine_tuning_options, prefix_activations
+                )
+            return searches[key]
 
     return search
 

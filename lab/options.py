@@ -55,6 +55,7 @@ def option(
     metavar: str | None = None,
     shown: Shown | None = None,
     const: str | None = None,
+    changes_results: bool = True,
 ) -> Any:
     """One option's declaration: a dataclass field of `Options`.
 
@@ -67,9 +68,12 @@ def option(
         metavar: the placeholder `pytest --help` shows for its value.
         shown: how the report's header shows a non-default value, where not as typed.
         const: its value when the flag is given without one, which makes the value optional.
+        changes_results: whether a record can differ with its value; `--resume` refuses a
+            journal whose options that do differ from this session's.
     """
     metadata = {
-        "flag": flag, "help": help, "type": type, "choices": choices, "metavar": metavar, "shown": shown, "const": const
+        "flag": flag, "help": help, "type": type, "choices": choices, "metavar": metavar, "shown": shown,
+        "const": const, "changes_results": changes_results,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -158,10 +162,18 @@ class Options:
         "or a folder of <class>/* images (default: tf_flowers; experiments 1 and 2 keep the lab's)",
     )
     report_dir: str | None = option(
-        "--report-dir", None, metavar="PATH", shown=_absolute,
-        help="where the session's markdown report goes (default: $LAB_REPORT_DIR, else reports/)",
+        "--report-dir", None, metavar="PATH", shown=_absolute, changes_results=False,
+        help="where the session's run folder (its journal, results.json and figures) and markdown report go "
+        "(default: $LAB_REPORT_DIR, else reports/)",
     )
-    no_report: bool = option("--no-report", False, help="write no report")
+    no_report: bool = option("--no-report", False, changes_results=False, help="write no report and no journal")
+    resume: str | None = option(
+        "--resume", None, metavar="RUN", shown=_absolute, changes_results=False,
+        help="finish a session that ended early: take the tests its journal (RUN: its run folder "
+        "reports/<run>/, or RUN/journal.jsonl) holds as passed or skipped, run the rest of this selection, and "
+        "write one report of both; refused where the profile, seeds, an option that changes results or a "
+        "library version differs",
+    )
     deterministic: bool = option(
         "--deterministic", False,
         help="TensorFlow op determinism (deterministic kernels are slower: timings are not comparable)",
@@ -234,17 +246,17 @@ class Options:
         "such as 512M or 2G (default 2G); a stage over it trains end to end",
     )
     tensorboard_dir: str | None = option(
-        "--tensorboard", None, metavar="DIR", shown=_absolute,
+        "--tensorboard", None, metavar="DIR", shown=_absolute, changes_results=False,
         help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>",
     )
     mlflow: str | None = option(
-        "--mlflow", None, metavar="URI", const="", shown=_tracking_uri,
+        "--mlflow", None, metavar="URI", const="", shown=_tracking_uri, changes_results=False,
         help="log the session to MLflow once its report is written: one run (options, versions, device; the "
         "report as artifacts) with a nested run per training test; URI: sqlite:///PATH, file:PATH or a "
         "tracking server's http(s)://HOST:PORT (default: sqlite:///<report dir>/mlflow.db)",
     )
     worker_timeout: float = option(
-        "--worker-timeout", distribution.DEFAULT_WORKER_TIMEOUT, type=float, metavar="SECONDS",
+        "--worker-timeout", distribution.DEFAULT_WORKER_TIMEOUT, type=float, metavar="SECONDS", changes_results=False,
         help="--distribute multiworker: how long to wait for every other machine TF_CONFIG names to "
         "accept a connection, then stop naming those that did not "
         f"(default {distribution.DEFAULT_WORKER_TIMEOUT:g})",
@@ -271,6 +283,14 @@ class Options:
             if text is not None:
                 listed[field.metadata["flag"]] = text
         return listed
+
+    def result_options(self) -> dict[str, Any]:
+        """Flag -> value as given, of every option that can change a record (`changes_results`)."""
+        return {
+            field.metadata["flag"]: getattr(self, field.name)
+            for field in declarations()
+            if field.metadata["changes_results"]
+        }
 
     def choice_errors(self) -> Iterator[str]:
         """`unknown --weights 'x': use one of imagenet, none` for every value outside its choices.

@@ -41,6 +41,8 @@ class Profile:
         default_backbones: the backbones each experiment covers when --backbones is not given.
         backbone_image_size: one input side for every backbone (--image-size), or None for
             each backbone's own size in this profile.
+        test_timeout_seconds: pytest-timeout's limit per test where none is given (`--timeout`),
+            or None for no limit.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Profile:
     stage_epochs: int
     default_backbones: dict[str, tuple[str, ...]]
     backbone_image_size: int | None = None
+    test_timeout_seconds: float | None = None
 
     def image_size_of(self, backbone: Backbone) -> int:
         """The input side `backbone` gets in this profile."""
@@ -116,6 +119,8 @@ FULL = Profile(
         "freeze": ("resnet50", "mobilenet_v2"),
         "unfreeze": ("vgg16", "mobilenet_v2", "resnet50"),
     },
+    # Two hours: the longest test of a full run on one GPU takes minutes; on a CPU, hours.
+    test_timeout_seconds=7200.0,
 )
 
 PROFILES = {profile.name: profile for profile in (SMOKE, FULL)}

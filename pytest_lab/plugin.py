@@ -10,6 +10,7 @@ experiments use live in experiments/conftest.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 
@@ -21,13 +22,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lab.config import RunConfig, build_config, path_option
 from lab.errors import LabInputError
 from lab.options import Options, addoption_arguments
-from lab.runtime import process, reproducibility, storage
+from lab.report import journal
+from lab.report.journal import Journal
+from lab.runtime import environment, process, reproducibility, storage
 from pytest_lab import cases
 from pytest_lab.datasets import SessionDatasets
 from pytest_lab.session import LabSession
 
 RUN_CONFIG = pytest.StashKey[RunConfig]()
 DATASETS = pytest.StashKey[SessionDatasets]()
+EARLIER = pytest.StashKey["Journal | None"]()
+# Libraries whose version can change a record: a journal of other versions cannot be resumed.
+RESULT_LIBRARIES = ("python", "tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,14 +43,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(flag, **arguments)
 
 
+# First: the full profile's time limit per test must be set before pytest-timeout reads its settings.
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     run = _checked_run(config)
     config.stash[RUN_CONFIG] = run
     config.stash[DATASETS] = SessionDatasets(run, is_worker(config))
+    _default_timeout(config, run)
+    config.stash[EARLIER] = _earlier_session(config, run)
     report_dir, report_dir_name = path_option("report_dir", run.options.report_dir, str(config.rootpath / "reports"))
     if not is_worker(config):
         config.pluginmanager.register(
-            LabSession(config, run, None if run.options.no_report else report_dir), "lab-session"
+            LabSession(config, run, None if run.options.no_report else report_dir, config.stash[EARLIER]),
+            "lab-session",
         )
         _check_writable(None if run.options.no_report else report_dir, "reports", _report_dir_fix(report_dir_name))
         _check_writable(
@@ -53,8 +64,18 @@ def pytest_configure(config: pytest.Config) -> None:
     _apply_to_process(config, run)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# Last: after -k, -m and --deselect, so that what a resumed session takes from its journal is
+# what this session selected.
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cases.tag(items)
+    earlier = config.stash[EARLIER]
+    if earlier is not None:
+        kept = {test.test for test in earlier.kept()}
+        taken = [item for item in items if item.nodeid in kept]
+        if taken:
+            items[:] = [item for item in items if item.nodeid not in kept]
+            config.hook.pytest_deselected(items=taken)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -68,6 +89,50 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def is_worker(config: pytest.Config) -> bool:
     """Whether this process is an xdist worker, not the session's controller."""
     return hasattr(config, "workerinput")
+
+
+def _default_timeout(config: pytest.Config, run: RunConfig) -> None:
+    """Gives pytest-timeout the profile's time limit per test where none was given (option,
+    PYTEST_TIMEOUT or ini file): generous, to end a test that hangs, not one that is slow."""
+    given = config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT")
+    if run.profile.test_timeout_seconds is not None and not given and not config.getini("timeout"):
+        config.option.timeout = run.profile.test_timeout_seconds
+
+
+def _earlier_session(config: pytest.Config, run: RunConfig) -> Journal | None:
+    """The journal `--resume` names, read and checked against this session; a usage error naming
+    every difference that would make a resumed test compute something else."""
+    if run.options.resume is None:
+        return None
+    with _usage_error():
+        earlier = journal.read_journal(run.options.resume)
+        if is_worker(config):
+            return earlier
+        problems = journal.resume_problems(earlier, _resume_terms(earlier.run, earlier.options), _resume_terms(
+            None, dataclasses.asdict(run.options), run.profile.name, run.seeds
+        ))
+    if problems:
+        raise pytest.UsageError(
+            f"--resume {run.options.resume}: this session differs from the one that wrote its journal in "
+            + "; ".join(problems) + ". Resume with the journal's options, or start a new session"
+        )
+    return earlier
+
+
+def _resume_terms(header, options: dict, profile: str | None = None, seeds=None) -> journal.ResumeTerms:
+    """What must match between a journal's session (its `header`) and this one (header None)."""
+    from lab.options import Options
+
+    given = Options(**{name: value for name, value in options.items() if name in Options.__dataclass_fields__})
+    # Seeds are compared as the sessions resolved them, whichever of --seed and --seeds gave them.
+    compared = {flag: value for flag, value in given.result_options().items() if flag not in ("--seed", "--seeds")}
+    versions = header.versions if header is not None else environment.versions()
+    return journal.ResumeTerms(
+        profile=header.profile if header is not None else profile,
+        seeds=tuple(header.seeds) if header is not None else tuple(seeds),
+        options=compared,
+        versions={library: version for library, version in versions.items() if library in RESULT_LIBRARIES},
+    )
 
 
 def _checked_run(config: pytest.Config) -> RunConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import signal
 import threading
 import time
@@ -18,8 +19,18 @@ import pytest
 
 from lab.config import RunConfig
 from lab.errors import LabInputError
-from lab.report import findings, render, tracking, writing
-from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader, TimeSplit, ValidationSet
+from lab.report import findings, journal, render, tracking, writing
+from lab.report.journal import Journal, TestEnded
+from lab.report.results import (
+    BenchmarkResult,
+    EarlierSession,
+    Outcome,
+    Record,
+    Results,
+    RunHeader,
+    TimeSplit,
+    ValidationSet,
+)
 from lab.runtime import distribution, environment, keras_internals, timesplit
 from pytest_lab.cases import ExperimentCase, tagged_case
 
@@ -30,25 +41,33 @@ class LabSession:
     Args:
         config: the session's pytest config.
         run: the run's checked settings.
-        report_dir: where the report goes, or None for `--no-report`.
+        report_dir: where the run folder and report go, or None for `--no-report`.
+        earlier: the journal of the session this one resumes (`--resume`), or None.
     """
 
-    def __init__(self, config: pytest.Config, run: RunConfig, report_dir: str | None):
+    def __init__(self, config: pytest.Config, run: RunConfig, report_dir: str | None, earlier: Journal | None = None):
         self.config = config
         self.run = run
         self.report_dir = report_dir
+        self.earlier = earlier
         self.root = str(config.rootpath)
         self.started = time.time()
         # Node ids in selection order; a dict keeps the order and drops the repeats that
         # each xdist worker's own copy of the collection brings.
         self.selected: dict[str, ExperimentCase | None] = {}
-        self.records: list[Record] = []
-        self.benchmarks: list[BenchmarkResult] = []
-        # Validation sets by name: every record that predicts one brings its labels along.
-        self.validation_sets: dict[str, ValidationSet] = {}
-        self.outcomes: dict[str, Outcome] = {}
-        # Each test's durations and measured seconds, for the time split.
-        self.test_seconds: dict[str, timesplit.SecondsOfTest] = {}
+        # Every test that ended, in the order it did: what the journal holds and the report shows.
+        self.ended: dict[str, TestEnded] = {}
+        # What the reports of a test that has not ended yet brought so far.
+        self.ending: dict[str, TestEnded] = {}
+        if earlier is not None:
+            for test in earlier.kept():
+                self.ended[test.test] = dataclasses.replace(test, earlier=True)
+            self.selected.update((test, _case(case)) for test, case in earlier.selected.items())
+        self.header: RunHeader | None = None
+        self.run_folder: str | None = None
+        self.journal: journal.JournalWriter | None = None
+        self.journal_seconds = 0.0
+        self.session: pytest.Session | None = None
         self.report_seconds: float | None = None
         self.results: Results | None = None
         self.report_path: str | None = None
@@ -63,10 +82,13 @@ class LabSession:
         self.open_mlflow()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session
         self.handle_sigterm()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.select((item.nodeid, tagged_case(item.user_properties)) for item in session.items)
+        if any(case is not None for case in self.selected.values()):
+            self.open_journal()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
@@ -127,35 +149,91 @@ class LabSession:
             if case is not None or nodeid not in self.selected:
                 self.selected[nodeid] = case
 
+    @property
+    def outcomes(self) -> dict[str, Outcome]:
+        """How each test that ended did, by node id."""
+        return {test: ended.outcome for test, ended in self.ended.items()}
+
     def add_test_report(self, report: pytest.TestReport) -> None:
-        """Takes a test's records and benchmark from its call, and its outcome."""
+        """Takes what a test's setup, call and teardown reports bring; at its teardown (or the
+        crash report of its xdist worker) the test has ended and goes to the journal."""
+        case = tagged_case(report.user_properties)
+        if case is not None:
+            self.open_journal()
+        test = self.ending.setdefault(report.nodeid, TestEnded(outcome_of(report.nodeid, "passed", "", case)))
         if report.when == "call":
             for kind, value in report.user_properties:
                 if kind == "lab_record":
-                    self.records.append(Record.from_json(value))
+                    test.records.append(Record.from_json(value))
                 elif kind == "lab_benchmark":
-                    self.benchmarks.append(BenchmarkResult(**value))
+                    test.benchmarks.append(BenchmarkResult(**value))
                 elif kind == "lab_validation_set":
-                    self.validation_sets.setdefault(value["name"], ValidationSet(**value))
-        self.add_test_seconds(report)
+                    validation_set = ValidationSet(**value)
+                    if validation_set not in test.validation_sets:
+                        test.validation_sets.append(validation_set)
+        test.duration_seconds += report.duration
+        if report.when == "teardown":
+            for kind, value in report.user_properties:
+                if kind == "lab_data_seconds":
+                    test.data_seconds += value
+                elif kind == "lab_time_split":
+                    test.measured = TimeSplit(**value)
         # A failed setup or teardown decides the outcome; a passed one does not.
         decisive = report.when == "call" or not report.passed
-        previous = self.outcomes.get(report.nodeid)
-        if decisive and (previous is None or previous.outcome == "passed"):
-            case = tagged_case(report.user_properties)
-            self.outcomes[report.nodeid] = outcome_of(report.nodeid, report.outcome, _reason(report), case)
+        if decisive and test.outcome.outcome == "passed":
+            test.outcome = outcome_of(report.nodeid, report.outcome, _reason(report), case)
+        # xdist reports a test whose worker died with `when` "???" and no teardown.
+        if report.when in ("teardown", "???"):
+            self.test_ended(self.ending.pop(report.nodeid))
 
-    def add_test_seconds(self, report: pytest.TestReport) -> None:
-        """Adds a phase's duration to its test's seconds; its teardown brings what the test measured."""
-        seconds = self.test_seconds.setdefault(report.nodeid, timesplit.SecondsOfTest(None))
-        seconds.duration_seconds += report.duration
-        if report.when != "teardown":
+    def test_ended(self, test: TestEnded) -> None:
+        """Keeps a test that ended, and writes it to the journal before the next test starts.
+
+        Where the journal cannot be written (a full disk, a folder made unwritable), the session
+        stops before the next test, naming the path; what the journal holds stays readable.
+        """
+        self.ended.pop(test.test, None)
+        self.ended[test.test] = test
+        if self.journal is None:
             return
-        for kind, value in report.user_properties:
-            if kind == "lab_data_seconds":
-                seconds.data_seconds += value
-            elif kind == "lab_time_split":
-                seconds.measured = TimeSplit(**value)
+        started = time.perf_counter()
+        try:
+            self.journal.ended(test)
+        except OSError as error:
+            self.journal = None
+            reason = f"cannot write the journal {self.displayed_path()} ({error.strerror or error})"
+            self.stop_reason = self.stop_reason or reason
+            if self.session is not None:
+                self.session.shouldstop = f"{reason}: the session stops; the journal so far stays readable"
+        finally:
+            self.journal_seconds += time.perf_counter() - started
+
+    def open_journal(self) -> None:
+        """Makes the session's run folder and starts its journal, once: as soon as the session
+        selected an experiment's test (under xdist, where the controller sees node ids only, at
+        the first report that carries an experiment's case). A session of unit tests alone
+        leaves no run folder behind."""
+        if self.run_folder is not None or self.report_dir is None or not distribution.is_chief():
+            return
+        self.header = self.header or self.start_header()
+        try:
+            self.run_folder = writing.make_run_folder(self.report_dir, writing.report_stem(self.header, self.started))
+            self.journal = journal.JournalWriter(os.path.join(self.run_folder, journal.JOURNAL_NAME))
+            self.journal.start(self.header, dataclasses.asdict(self.run.options))
+            self.journal.selected(
+                (test, dataclasses.asdict(case) if case else None) for test, case in self.selected.items()
+            )
+            for test in self.ended.values():
+                self.journal.ended(test)
+        except OSError as error:
+            raise pytest.UsageError(
+                f"cannot start the session's journal in {self.displayed(self.report_dir)} ({error.strerror or error}): "
+                "pass --report-dir a folder you can write, or --no-report"
+            ) from None
+
+    def displayed_path(self) -> str:
+        path = os.path.join(self.run_folder or "", journal.JOURNAL_NAME)
+        return self.displayed(path)
 
     def interrupted(self, error: BaseException) -> None:
         """Ctrl-C, SIGTERM or a `pytest.exit` stopped the session: the report says which."""
@@ -173,27 +251,47 @@ class LabSession:
         """
         self.restore_sigterm()
         if not self.experiment_ran():
+            self.close_journal(None)
+            if self.run_folder is not None:
+                writing.remove_run_folder(self.run_folder)
             return exitstatus
         self.results = self.collect_results(exitstatus)
+        self.close_journal(self.results.run)
         # Under --distribute multiworker every worker runs the whole session; one report is enough.
         if self.report_dir is None or not distribution.is_chief():
             return exitstatus
         started = time.perf_counter()
-        self.report_path, self.report_error = writing.write_report_once(
-            self.results, self.report_dir, writing.report_stem(self.results.run, self.started),
-            f"latest-{self.run.profile.name}.md",
-        )
+        latest = f"latest-{self.run.profile.name}.md"
+        if self.run_folder is not None:
+            self.report_path, self.report_error = writing.write_report_into(self.results, self.run_folder, latest)
+        else:
+            self.report_path, self.report_error = writing.write_report_once(
+                self.results, self.report_dir, writing.report_stem(self.results.run, self.started), latest
+            )
         self.report_seconds = time.perf_counter() - started
         if self.report_error:
             return exitstatus or pytest.ExitCode.TESTS_FAILED
         return exitstatus
+
+    def close_journal(self, run: RunHeader | None) -> None:
+        """Records the session's end (`run`, its final header) in the journal, and closes it."""
+        if self.journal is None:
+            return
+        try:
+            if run is not None:
+                self.journal.end(run)
+            self.journal.close()
+        except OSError as error:
+            reason = error.strerror or error
+            self.report_error = f"cannot record the session's end in {self.displayed_path()} ({reason})"
+        self.journal = None
 
     def log_to_mlflow(self, exitstatus: int) -> int:
         """Logs the session to MLflow once its report is written (`--mlflow`); returns the exit status,
         failed where it could not be logged, as for a report that could not be written."""
         if self.mlflow is None or self.results is None:
             return exitstatus
-        seconds = {nodeid: split.duration_seconds for nodeid, split in self.test_seconds.items()}
+        seconds = {test: ended.duration_seconds for test, ended in self.ended.items()}
         if self.mlflow.log(self.results, self.report_path, seconds):
             return exitstatus
         return exitstatus or pytest.ExitCode.TESTS_FAILED
@@ -201,12 +299,12 @@ class LabSession:
     def collect_results(self, exitstatus: int) -> Results:
         """Everything the report shows: the run's settings and machine, records, outcomes, and
         the comparisons that answer the lab's questions."""
-        run, options = self.run, self.run.options
         finished = time.time()
+        outcomes = self.outcomes
         not_run = [
             outcome_of(nodeid, "not run", "the session ended before it ran", case)
             for nodeid, case in self.selected.items()
-            if nodeid not in self.outcomes
+            if nodeid not in outcomes
         ]
         complete = exitstatus == 0 and not not_run
         reason = None
@@ -215,8 +313,45 @@ class LabSession:
             reason = self.stop_reason or ("some tests failed" if status == 1 else f"pytest exit status {status}")
             if not_run:
                 reason += f"; {len(not_run)} tests did not run"
+        header = dataclasses.replace(
+            self.header or self.start_header(),
+            finished=_iso(finished),
+            wall_seconds=finished - self.started,
+            complete=complete,
+            incomplete_reason=self.displayed(reason) if reason else None,
+        )
+        ended = list(self.ended.values())
+        validation_sets: dict[str, ValidationSet] = {}
+        for test in ended:
+            for validation_set in test.validation_sets:
+                validation_sets.setdefault(validation_set.name, validation_set)
+        results = Results(
+            run=header,
+            records=[self.displayed_record(record) for test in ended for record in test.records],
+            benchmarks=[benchmark for test in ended for benchmark in test.benchmarks],
+            outcomes=[
+                dataclasses.replace(outcome, reason=self.displayed(outcome.reason))
+                for outcome in [*(test.outcome for test in ended), *not_run]
+            ],
+            validation_sets=list(validation_sets.values()),
+        )
+        results.comparisons = findings.comparisons(results)
+        seconds = [
+            timesplit.SecondsOfTest(test.measured, test.duration_seconds, test.data_seconds)
+            for test in ended
+            if not test.earlier
+        ]
+        results.time_split = timesplit.session_split(
+            seconds, header.wall_seconds, parallel=bool(self.config.getoption("numprocesses", None))
+        )
+        return results
+
+    def start_header(self) -> RunHeader:
+        """The report's header as the session starts: settings, machine, versions; a session the
+        journal shows with this header alone was killed before it could record its end."""
+        run, options = self.run, self.run.options
         device = environment.device_summary()
-        header = RunHeader(
+        return RunHeader(
             profile=run.profile.name,
             seed=run.seed,
             data_source=run.data_source,
@@ -229,8 +364,6 @@ class LabSession:
                 key: value for key, value in vars(run.profile).items() if key not in ("name", "default_backbones")
             },
             started=_iso(self.started),
-            finished=_iso(finished),
-            wall_seconds=finished - self.started,
             commit=environment.git_commit(self.root),
             versions=environment.versions(),
             device=device,
@@ -240,29 +373,27 @@ class LabSession:
             warnings=[
                 *environment.run_warnings(options.mixed_precision, options.deterministic, device, options.run_eagerly),
                 *filter(None, [keras_internals.version_warning()]),
+                *(self.earlier.warnings if self.earlier else []),
             ],
-            complete=complete,
-            incomplete_reason=self.displayed(reason) if reason else None,
+            complete=False,
+            incomplete_reason=journal.KILLED,
             seeds=list(run.seeds),
             training_step=environment.training_step(
                 options.adam, options.xla, device, options.distribute, options.deterministic, options.run_eagerly
             ),
+            resumed_from=self.earlier_session(),
         )
-        results = Results(
-            run=header,
-            records=[self.displayed_record(record) for record in self.records],
-            benchmarks=self.benchmarks,
-            outcomes=[
-                dataclasses.replace(outcome, reason=self.displayed(outcome.reason))
-                for outcome in [*self.outcomes.values(), *not_run]
-            ],
-            validation_sets=list(self.validation_sets.values()),
+
+    def earlier_session(self) -> EarlierSession | None:
+        """What the header says of the session this one resumed."""
+        if self.earlier is None:
+            return None
+        return EarlierSession(
+            journal=self.displayed(self.earlier.path),
+            started=self.earlier.run.started,
+            commit=self.earlier.run.commit,
+            tests=len(self.earlier.kept()),
         )
-        results.comparisons = findings.comparisons(results)
-        results.time_split = timesplit.session_split(
-            self.test_seconds.values(), header.wall_seconds, parallel=bool(self.config.getoption("numprocesses", None))
-        )
-        return results
 
     def options(self) -> dict[str, str]:
         """The options of this run that are not defaults, as the user typed them (`Options.given`),
@@ -291,7 +422,12 @@ class LabSession:
                 lines += ["findings:", *render.findings_table(self.results.comparisons, "simple").splitlines()]
             lines += [f"warning: {warning}" for warning in self.results.run.warnings]
             if self.results.time_split:
-                lines.append(writing.time_split_line(self.results.time_split, self.report_seconds))
+                lines.append(
+                    writing.time_split_line(self.results.time_split, self.report_seconds, self.journal_seconds)
+                )
+            earlier = self.results.run.resumed_from
+            if earlier:
+                lines.append(f"resumed {earlier.journal}: {earlier.tests} tests taken from it, the rest run here")
             note = self.results.run.benchmarks_note
             if note and any(findings.is_epoch_time_case(outcome) for outcome in self.outcomes.values()):
                 lines.append(f"epoch-time benchmarks: {note}")
@@ -314,6 +450,10 @@ def outcome_of(nodeid: str, outcome: str, reason: str, case: ExperimentCase | No
     return Outcome(nodeid, outcome, reason, case.experiment, case.parameters)
 
 
+def _case(case: dict | None) -> ExperimentCase | None:
+    return ExperimentCase(**case) if case else None
+
+
 def benchmarks_note(config: pytest.Config) -> str | None:
     """Why this run has no epoch times, if it has none by its options."""
     if config.pluginmanager.hasplugin("xdist") and (config.getoption("numprocesses", None) or 0):
@@ -324,12 +464,19 @@ def benchmarks_note(config: pytest.Config) -> str | None:
 
 
 def _reason(report: pytest.TestReport) -> str:
+    timed_out = re.search(TIMEOUT_MESSAGE, report.longreprtext) if report.failed else None
+    if timed_out:
+        return f"timed out: over its {float(timed_out.group(1)):g} s limit (--timeout)"
     if report.skipped and isinstance(report.longrepr, tuple):
         # pytest's own prefix: the outcome column already says "skipped".
         return report.longrepr[2].removeprefix("Skipped: ")
     if report.failed and report.longreprtext:
         return report.longreprtext.strip().splitlines()[-1][:300]
     return ""
+
+
+# pytest-timeout's failure message (its `signal` method; its `thread` method ends the process).
+TIMEOUT_MESSAGE = r"Timeout \(>([0-9.]+)s\) from pytest-timeout"
 
 
 def _iso(timestamp: float) -> str:

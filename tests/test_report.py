@@ -116,7 +116,7 @@ def test_render_writes_sections_tables_and_figures():
     for png in pngs:
         assert f"(figures/{png})" in markdown
         assert rendered.figures[png].startswith(PNG_SIGNATURE)
-    assert "Mock data" not in markdown and "Incomplete run" not in markdown and "Warning" not in markdown
+    assert "Mock data" not in markdown and "Incomplete" not in markdown and "Warning" not in markdown
 
 
 def test_render_banners_say_mock_data_incomplete_run_and_warnings():
@@ -128,7 +128,7 @@ def test_render_banners_say_mock_data_incomplete_run_and_warnings():
     markdown = render.render(results, "f").markdown
 
     header = markdown.split("|", 1)[0]
-    assert "> **Incomplete run**: interrupted; 3 tests did not run." in header
+    assert "> **Incomplete: interrupted; 3 tests did not run.**" in header
     assert "> **Mock data**" in header and "means nothing" in header
     assert "> **Warning**: --mixed-precision without a GPU: about 3x slower" in header
 

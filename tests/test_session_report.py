@@ -143,7 +143,7 @@ def test_a_selection_that_all_passed_is_complete(sessions):
     assert results["run"]["complete"] is True, results["run"]["incomplete_reason"]
     assert [(o["test"], o["outcome"]) for o in results["outcomes"]] == [(f"{STRUCTURE}[mobilenet]", "passed")]
     markdown = (session.report_dir / "latest-smoke.md").read_text()
-    assert "Incomplete run" not in markdown
+    assert "Incomplete" not in markdown
 
     texts = [path.read_text() for path in session.report_dir.rglob("*") if path.suffix in (".md", ".json")]
     for leak in (str(session.directory), ROOT):
@@ -175,7 +175,7 @@ def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run
     assert "Traceback" not in process.stdout + process.stderr, process.stderr[-3000:]
 
     markdown = (session.report_dir / "latest-smoke.md").read_text()
-    assert "**Incomplete run**: terminated (SIGTERM); 1 tests did not run" in markdown
+    assert "**Incomplete: terminated (SIGTERM); 1 tests did not run.**" in markdown
     assert "**Mock data**" in markdown
     assert "| mobilenet " in markdown, "the finished test's results are missing"
     assert "test_backbone_matches_keras_structure[mobilenet_v2] | not run" in markdown.replace("  ", "")

@@ -92,7 +92,7 @@ def banners(run: RunHeader) -> list[str]:
     lines = []
     if not run.complete:
         lines.append(
-            f"**Incomplete run**: {public_text(run.incomplete_reason or 'reason unknown')}. Tables show what finished."
+            f"**Incomplete: {public_text(run.incomplete_reason or 'reason unknown')}.** Tables show what finished."
         )
     if run.data_source == "mock":
         lines.append(
@@ -116,6 +116,7 @@ def header_table(run: RunHeader) -> str:
         ("seeds" if len(run.seeds) > 1 else "seed", ", ".join(map(str, run.seeds)) if run.seeds else run.seed),
         ("what varies between seeds", _varied(run)),
         ("git commit", run.commit),
+        *([("resumed from", _resumed_from(run))] if run.resumed_from else []),
         ("versions", ", ".join(f"{name} {version}" for name, version in run.versions.items())),
         ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
         ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
@@ -129,6 +130,13 @@ def header_table(run: RunHeader) -> str:
         ("wall time", f"{run.wall_seconds:.0f} s" if run.wall_seconds is not None else None),
     ]
     return tabulate([[key, cell(value)] for key, value in rows], headers=["", ""], tablefmt="github")
+
+
+def _resumed_from(run: RunHeader) -> str:
+    """The earlier session a `--resume` session took its finished tests from."""
+    earlier = run.resumed_from
+    commit = earlier.commit if earlier.commit == run.commit else f"{earlier.commit}, not this session's"
+    return f"{earlier.journal} (started {earlier.started}, commit {commit}): {earlier.tests} tests ended there"
 
 
 def _varied(run: RunHeader) -> str:

@@ -298,6 +298,23 @@ class Outcome:
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlierSession:
+    """The session whose journal a `--resume` session took its finished tests from.
+
+    Args:
+        journal: the journal's path, as the report shows paths.
+        started: when that session started (UTC, ISO 8601).
+        commit: the commit it ran, which may differ from this session's (fix, then resume).
+        tests: how many of this report's tests ended in it.
+    """
+
+    journal: str
+    started: str | None
+    commit: str | None
+    tests: int
+
+
 @dataclasses.dataclass
 class RunHeader:
     """The run's settings and machine: everything the report says above its tables."""
@@ -327,6 +344,14 @@ class RunHeader:
     # Which Adam ran and whether XLA compiled the steps (`environment.training_step`); None in
     # reports from before --adam and --xla.
     training_step: str | None = None
+    # Where this session resumed an earlier one (`--resume`); None for a session of its own.
+    resumed_from: EarlierSession | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunHeader:
+        """Reads its plain-JSON form (`dataclasses.asdict`)."""
+        earlier = data.get("resumed_from")
+        return cls(**{**data, "resumed_from": EarlierSession(**earlier) if earlier else None})
 
     @property
     def options_description(self) -> str:
@@ -363,7 +388,7 @@ class Results:
             raise ResultsFormatError("not a results.json of this suite: it has no 'run' object")
         try:
             return cls(
-                run=RunHeader(**data["run"]),
+                run=RunHeader.from_json(data["run"]),
                 records=[Record.from_json(item) for item in data.get("records", [])],
                 benchmarks=[BenchmarkResult(**item) for item in data.get("benchmarks", [])],
                 outcomes=[Outcome(**item) for item in data.get("outcomes", [])],

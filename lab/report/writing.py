@@ -1,9 +1,11 @@
 """A session's results on disk: the report folder, pytest's summary lines, and the command line.
 
-The pytest session calls `write_report` and `summary_lines`; the same report can be
-regenerated from its results.json without training, and two runs compared:
+The pytest session calls `make_run_folder` at its start, `write_report_into` and `summary_lines`
+at its end; the same report can be regenerated from its results.json without training, the
+report of a killed session written from its journal, and two runs compared:
 
     python -m lab.report reports/RUN/results.json [--benchmark-json FILE] [--out-dir DIR] [--name NAME]
+    python -m lab.report reports/RUN                 (results.json, or the journal of a killed session)
     python -m lab.report --compare A.json B.json
 
 from the checkout's folder, or from any other with `PYTHONPATH=PATH/TO/CHECKOUT`: `python -m`
@@ -26,7 +28,7 @@ import sys
 import tempfile
 
 from lab.errors import LabInputError
-from lab.report import compare, findings, render
+from lab.report import compare, findings, journal, render
 from lab.report.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, RunHeader, TimeSplit
 from lab.runtime import atomic, timesplit
 
@@ -88,6 +90,62 @@ def write_report(results: Results, report_dir: str, stem: str, latest_name: str 
     return markdown_path
 
 
+def make_run_folder(report_dir: str, stem: str) -> str:
+    """Creates a session's run folder `<report_dir>/<stem>` (or `<stem>-2`... where taken) at its
+    start, for its journal; returns its path. The report's figures and results.json join it at the end.
+
+    Raises:
+        OSError: the folder cannot be made.
+    """
+    os.makedirs(report_dir, exist_ok=True)
+    for name in [stem, *(f"{stem}-{number}" for number in range(2, NAME_ATTEMPTS + 1))]:
+        folder = os.path.join(report_dir, name)
+        if os.path.lexists(os.path.join(report_dir, f"{name}.md")):
+            continue
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue
+        os.chmod(folder, atomic.usual_mode(0o777))
+        return folder
+    raise OSError(f"{stem} and {NAME_ATTEMPTS - 1} more names are taken in {report_dir}")
+
+
+def remove_run_folder(folder: str) -> None:
+    """Removes the run folder of a session in which no experiment ran: it has nothing to report or resume."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_report_into(results: Results, run_folder: str, latest_name: str | None) -> tuple[str | None, str | None]:
+    """Writes the report of the session whose run folder (holding its journal) is `run_folder`:
+    figures and results.json into it, `<run folder>.md` beside it. Each file appears whole; if
+    one cannot be written, those written before it are removed again and the journal stays.
+
+    Returns:
+        (the markdown report's path, None), or (None, the error message naming that path).
+    """
+    report_dir, stem = os.path.split(os.path.abspath(run_folder))
+    markdown_path = os.path.join(report_dir, f"{stem}.md")
+    written: list[str] = []
+    try:
+        rendered = render.render(results, figures_link=stem)
+        files = {**rendered.figures, "results.json": json.dumps(results.to_json(), indent=2).encode("utf-8")}
+        for name, payload in files.items():
+            path = os.path.join(run_folder, name)
+            atomic.atomic_write_bytes(path, payload)
+            written.append(path)
+        atomic.atomic_write_text(markdown_path, rendered.markdown)
+        written.append(markdown_path)
+        if latest_name:
+            atomic.atomic_write_text(os.path.join(report_dir, latest_name), rendered.markdown)
+    except OSError as error:
+        _remove(written, [])
+        reason = error.strerror or str(error)
+        return None, (f"report not written: cannot write the report {markdown_path} ({reason}); nothing of it was "
+                      f"kept; the journal in {run_folder} holds every test that ended")
+    return markdown_path, None
+
+
 def report_stem(run: RunHeader, started: float) -> str:
     """The report's name without `.md`: profile, device, the session's start (UTC) and process id.
 
@@ -140,14 +198,17 @@ def summary_lines(results: Results) -> list[str]:
     return lines
 
 
-def time_split_line(splits: list[TimeSplit], report_seconds: float | None) -> str:
-    """The session's time split in one line for pytest's terminal summary, with the report's own seconds."""
+def time_split_line(splits: list[TimeSplit], report_seconds: float | None, journal_seconds: float | None = None) -> str:
+    """The session's time split in one line for pytest's terminal summary, with the report's and
+    the journal's own seconds."""
     whole = timesplit.total(splits)
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in render.time_split_parts(whole))
     wall = "s" if any(split.experiment is None for split in splits) else "s summed over xdist workers"
     line = f"time: {parts} (of {whole.total_seconds:.0f} {wall}; per experiment in the report)"
     if report_seconds is not None:
         line += f"; writing the report {report_seconds:.1f} s"
+    if journal_seconds:
+        line += f", the journal {journal_seconds:.2f} s"
     return line
 
 
@@ -162,6 +223,27 @@ def load_results(path: str) -> Results:
         return Results.from_json(data)
     except ResultsFormatError as error:
         raise LabInputError(f"{path}: {error}; give a results.json that a pytest session of this suite wrote") from None
+
+
+def load_run(path: str) -> tuple[Results, str]:
+    """The results of a run: its results.json, or, for a session that was killed before it wrote
+    one, what its journal holds; and its run folder.
+
+    Args:
+        path: a results.json, a run folder, or a journal.
+
+    Raises:
+        LabInputError: none of those can be read; the message says why.
+    """
+    folder = os.path.abspath(path) if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "results.json")):
+        return load_results(os.path.join(path, "results.json")), folder
+    if os.path.isdir(path) or path.endswith(".jsonl"):
+        read = journal.read_journal(path)
+        for warning in read.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        return journal.results_of(read), folder
+    return load_results(path), folder
 
 
 def load_benchmarks(path: str) -> list[BenchmarkResult]:
@@ -194,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lab.report", description=__doc__.split("\n")[0],
         epilog="From outside the checkout: PYTHONPATH=PATH/TO/CHECKOUT python -m lab.report ...",
     )
-    parser.add_argument("results", nargs="?", help="a results.json that a pytest session saved")
+    parser.add_argument(
+        "results", nargs="?", metavar="RUN",
+        help="a results.json that a pytest session saved, a run folder, or its journal.jsonl (a killed session's)",
+    )
     parser.add_argument("--benchmark-json", metavar="FILE", help="epoch times from pytest --benchmark-json")
     parser.add_argument(
         "--out-dir", metavar="DIR", help="where to write the report (default: the reports folder holding the results)"
@@ -203,17 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two runs' figures side by side")
     args = parser.parse_args(argv)
     if not args.compare and args.results is None:
-        parser.error("give a results.json, or --compare A.json B.json")
+        parser.error("give a results.json, a run folder or its journal, or --compare A.json B.json")
     try:
         if args.compare:
             print(compare.compare(load_results(args.compare[0]), load_results(args.compare[1])))
             return 0
-        results = load_results(args.results)
+        results, run_folder = load_run(args.results)
         if args.benchmark_json is not None:
             results = dataclasses.replace(results, benchmarks=load_benchmarks(args.benchmark_json))
             # Experiment 4's speedups come from the epoch times: answer them from the new ones.
             results.comparisons = findings.comparisons(results)
-        run_folder = os.path.dirname(os.path.abspath(args.results))
         out_dir = os.path.dirname(run_folder) if args.out_dir is None else args.out_dir
         _check_out_dir(out_dir)
         stem = args.name or os.path.basename(run_folder) + "-regenerated"

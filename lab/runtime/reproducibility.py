@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import tensorflow as tf
 
@@ -22,6 +25,20 @@ def seed_everything(seed: int) -> None:
     # Private: TensorFlow offers no way to set its global seed and keep its kernel cache.
     with keras_internals.kernel_cache_kept():
         keras.utils.set_random_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_after(seed: int) -> Iterator[None]:
+    """Seeds every generator with `seed` again when the block ends, however it ends.
+
+    For a product that a session makes once and its tests share (a saved base model, a rate
+    search): the test that makes it draws from the generators while the others find it made, so
+    without this what a test draws next would depend on which tests ran before it.
+    """
+    try:
+        yield
+    finally:
+        seed_everything(seed)
 
 
 def enable_determinism() -> None:
