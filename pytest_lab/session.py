@@ -20,7 +20,7 @@ import pytest
 from lab.config import RunConfig
 from lab.errors import LabInputError
 from lab.report import findings, journal, render, tracking, writing
-from lab.report.journal import Journal, TestEnded
+from lab.report.journal import Journal, EndedTest
 from lab.report.results import (
     BenchmarkResult,
     EarlierSession,
@@ -56,9 +56,9 @@ class LabSession:
         # each xdist worker's own copy of the collection brings.
         self.selected: dict[str, ExperimentCase | None] = {}
         # Every test that ended, in the order it did: what the journal holds and the report shows.
-        self.ended: dict[str, TestEnded] = {}
+        self.ended: dict[str, EndedTest] = {}
         # What the reports of a test that has not ended yet brought so far.
-        self.ending: dict[str, TestEnded] = {}
+        self.ending: dict[str, EndedTest] = {}
         if earlier is not None:
             for test in earlier.kept():
                 self.ended[test.test] = dataclasses.replace(test, earlier=True)
@@ -160,7 +160,7 @@ class LabSession:
         case = tagged_case(report.user_properties)
         if case is not None:
             self.open_journal()
-        test = self.ending.setdefault(report.nodeid, TestEnded(outcome_of(report.nodeid, "passed", "", case)))
+        test = self.ending.setdefault(report.nodeid, EndedTest(outcome_of(report.nodeid, "passed", "", case)))
         if report.when == "call":
             for kind, value in report.user_properties:
                 if kind == "lab_record":
@@ -186,7 +186,7 @@ class LabSession:
         if report.when in ("teardown", "???"):
             self.test_ended(self.ending.pop(report.nodeid))
 
-    def test_ended(self, test: TestEnded) -> None:
+    def test_ended(self, test: EndedTest) -> None:
         """Keeps a test that ended, and writes it to the journal before the next test starts.
 
         Where the journal cannot be written (a full disk, a folder made unwritable), the session

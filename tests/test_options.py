@@ -55,6 +55,7 @@ def non_default(field: dataclasses.Field, tmp_path) -> object:
         "cache_budget": "1G",
         "worker_timeout": 60.0,
         "mlflow": "sqlite:///mlflow.db",
+        "resume": str(tmp_path / "reports" / "run"),
     }
     assert field.name in typed, f"give {field.metadata['flag']} a non-default value in this test's `typed`"
     return typed[field.name]

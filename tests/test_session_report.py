@@ -307,7 +307,9 @@ def test_a_report_that_cannot_be_written_fails_the_session_and_leaves_nothing(
     assert session.finish(0) != 0
     assert session.report_path is None
     assert str(tmp_path) in session.report_error and os.strerror(errno.ENOSPC) in session.report_error
-    assert report_files(tmp_path) == ["latest-smoke.md"]
+    # The journal stays: the session's tests are not lost with its report.
+    run_folder = os.path.basename(session.run_folder)
+    assert report_files(tmp_path) == ["latest-smoke.md", run_folder, f"{run_folder}/journal.jsonl"]
     assert (tmp_path / "latest-smoke.md").read_text() == "an earlier report\n"
 
 
@@ -384,9 +386,11 @@ def test_offline_the_random_control_of_a_skipped_imagenet_case_is_skipped_and_th
 def test_a_skipped_test_keeps_its_reason_without_pytests_prefix(pytestconfig, run_config, tmp_path):
     session = lab_session(pytestconfig, run_config, tmp_path)
     reason = "ImageNet weights case: this run has --weights none"
-    session.add_test_report(
-        pytest.TestReport(NODEID, ("experiments/x.py", 1, "x"), {}, "skipped", ("x.py", 1, f"Skipped: {reason}"),
-                          "setup", user_properties=[("lab_case", dataclasses.asdict(CASE))])
-    )
+    for outcome, longrepr, when in [("skipped", ("x.py", 1, f"Skipped: {reason}"), "setup"),
+                                    ("passed", None, "teardown")]:
+        session.add_test_report(
+            pytest.TestReport(NODEID, ("experiments/x.py", 1, "x"), {}, outcome, longrepr, when,
+                              user_properties=[("lab_case", dataclasses.asdict(CASE))])
+        )
 
     assert session.outcomes[NODEID].reason == reason and session.outcomes[NODEID].experiment == 3

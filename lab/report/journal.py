@@ -33,6 +33,7 @@ from lab.report.results import (
     TimeSplit,
     ValidationSet,
 )
+from lab.runtime import timesplit
 
 FORMAT = 1
 JOURNAL_NAME = "journal.jsonl"
@@ -47,7 +48,7 @@ class JournalError(LabInputError):
 
 
 @dataclasses.dataclass
-class TestEnded:
+class EndedTest:
     """What a session keeps of one test that ended: one line of the journal.
 
     Args:
@@ -79,7 +80,7 @@ class TestEnded:
         return {"kind": "test", "test": self.test, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_json(cls, item: dict) -> TestEnded:
+    def from_json(cls, item: dict) -> EndedTest:
         measured = item.get("measured")
         return cls(
             outcome=Outcome(**item["outcome"]),
@@ -112,11 +113,11 @@ class Journal:
     run: RunHeader
     options: dict
     selected: dict[str, dict | None]
-    ended: dict[str, TestEnded]
+    ended: dict[str, EndedTest]
     end_recorded: bool
     warnings: list[str]
 
-    def kept(self) -> list[TestEnded]:
+    def kept(self) -> list[EndedTest]:
         """The tests a resumed session takes from this journal: those that passed or were skipped."""
         return [test for test in self.ended.values() if test.outcome.outcome in KEPT_OUTCOMES]
 
@@ -145,7 +146,7 @@ class JournalWriter:
     def selected(self, tests: Iterable[tuple[str, dict | None]]) -> None:
         self.append({"kind": "selected", "tests": [{"test": test, "case": case} for test, case in tests]})
 
-    def ended(self, test: TestEnded) -> None:
+    def ended(self, test: EndedTest) -> None:
         self.append(test.to_json())
 
     def end(self, run: RunHeader) -> None:
@@ -205,14 +206,14 @@ def _journal(path: str, lines: list, warnings: list[str]) -> Journal:
     try:
         run = RunHeader.from_json(start["run"])
         selected: dict[str, dict | None] = {}
-        ended: dict[str, TestEnded] = {}
+        ended: dict[str, EndedTest] = {}
         end_recorded = False
         for line in lines[1:]:
             kind = line.get("kind")
             if kind == "selected":
                 selected.update((test["test"], test["case"]) for test in line["tests"])
             elif kind == "test":
-                ended[line["test"]] = TestEnded.from_json(line)
+                ended[line["test"]] = EndedTest.from_json(line)
             elif kind == "end":
                 run = RunHeader.from_json(line["run"])
                 end_recorded = True
@@ -230,9 +231,6 @@ def results_of(journal: Journal, wall_seconds: float | None = None, parallel: bo
         wall_seconds: the session's wall time, where known (the time split's rest needs it).
         parallel: the tests ran in several xdist workers at once.
     """
-    # Imported here: the time split's sums live beside the timers, which only sessions need.
-    from lab.runtime import timesplit
-
     run = journal.run
     ended = list(journal.ended.values())
     not_run = [
