@@ -20,7 +20,7 @@ import pytest
 from lab.config import RunConfig
 from lab.errors import LabInputError
 from lab.report import findings, journal, render, tracking, writing
-from lab.report.journal import Journal, EndedTest
+from lab.report.journal import EndedTest, Journal
 from lab.report.results import (
     BenchmarkResult,
     EarlierSession,

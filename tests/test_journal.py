@@ -16,7 +16,7 @@ import types
 import pytest
 
 from lab.report import journal, writing
-from lab.report.journal import JournalWriter, ResumeTerms, EndedTest
+from lab.report.journal import EndedTest, JournalWriter, ResumeTerms
 from lab.report.results import Outcome, Record, RunHeader
 from pytest_lab.cases import ExperimentCase
 from pytest_lab.session import LabSession
@@ -71,7 +71,7 @@ def run_folder(report_dir: pathlib.Path) -> pathlib.Path:
 def trained(results: dict) -> dict:
     """What a session's records measured, by test: accuracy, losses and every prediction."""
     return {
-        record["test"]: (record["row"].get("validation accuracy"), record["curves"]["train_loss"], record["predictions"])
+        record["test"]: (record["row"]["validation accuracy"], record["curves"]["train_loss"], record["predictions"])
         for record in results["records"]
     }
 
