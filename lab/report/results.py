@@ -394,7 +394,11 @@ class Results:
                 outcomes=[Outcome(**item) for item in data.get("outcomes", [])],
                 validation_sets=[ValidationSet(**item) for item in data.get("validation_sets", [])],
                 comparisons=[
-                    Comparison(**{**item, "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None})
+                    Comparison(**{
+                        **item,
+                        "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None,
+                        "discordant": tuple(item["discordant"]) if item.get("discordant") else None,
+                    })
                     for item in data.get("comparisons", [])
                 ],
                 time_split=[TimeSplit(**item) for item in data.get("time_split", [])],

@@ -6,7 +6,7 @@ other training runs. Bouthillier et al. (2021, "Accounting for Variance in Machi
 Benchmarks") measure data sampling and seeds as separate sources of variance, both large.
 
 - One seed: the interval is over the images, for these trained models: a Wilson interval for
-  an accuracy, the exact binomial test against a constant, McNemar's exact test (with its
+  an accuracy, the score test against a constant (the test the Wilson interval inverts), McNemar's exact test (with its
   Clopper-Pearson interval) for two arms. Training again is not measured.
 - Several seeds, scored on the same images: the per-image, per-seed correctness is a crossed
   two-way design (seeds x images). The variance of its mean is estimated from the two-way
@@ -32,6 +32,7 @@ detectable difference carries the smallest difference it could have detected wit
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -119,10 +120,44 @@ class Intervals:
     standard_error: np.ndarray
     df: np.ndarray
 
-    def detectable(self) -> np.ndarray:
-        """The smallest true difference a two-sided test at ALPHA finds with POWER."""
-        quantiles = stats.t.ppf(1 - ALPHA / 2, self.df) + stats.t.ppf(POWER, self.df)
-        return quantiles * self.standard_error
+    def detectable(self, alpha: float = ALPHA) -> np.ndarray:
+        """The smallest true difference a two-sided test at `alpha` finds with POWER."""
+        return detectable_size(self.standard_error, self.df, alpha)
+
+
+def detectable_size(standard_error, df, alpha: float = ALPHA):
+    """The smallest true difference a two-sided test at `alpha` finds with POWER, for an
+    estimate with this standard error and degrees of freedom.
+
+    The t statistic at a true difference d is noncentral t with noncentrality d / standard
+    error: d is where the test's rejection probability under it reaches POWER. The textbook
+    shortcut, (t quantile at alpha + t quantile at POWER) x standard error, overstates the
+    power at few degrees of freedom: with three seeds (about 2 degrees of freedom) the size it
+    gives was found 62% of the time in tests/test_statistics_agreement.py's simulation.
+    """
+    standard_error = np.asarray(standard_error, dtype=float)
+    df = np.broadcast_to(np.asarray(df, dtype=float), standard_error.shape)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    normal = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(POWER)
+    finite = np.isfinite(df)
+    safe_df = np.where(finite, df, 1.0)
+    # Bisection on the noncentrality, vectorised over experiments: rejection probability rises with it.
+    low = np.zeros(standard_error.shape)
+    high = np.where(finite, critical + 10 * (stats.t.ppf(POWER, safe_df) + 1) + 1000 / np.maximum(safe_df, 0.1), normal)
+    with warnings.catch_warnings():
+        # Far in its tail scipy's noncentral t warns that its series stopped short: the value
+        # it gives there is still on the right side of POWER, which is all bisection asks.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(40):
+            middle = (low + high) / 2
+            power = stats.nct.sf(critical, safe_df, middle) + stats.nct.cdf(-critical, safe_df, middle)
+            low, high = np.where(power < POWER, middle, low), np.where(power < POWER, high, middle)
+    noncentrality = np.where(finite, (low + high) / 2, normal)
+    # The noncentrality is in units of the true standard error, which an estimate from few
+    # degrees of freedom understates more often than not: divided by its median share of the
+    # truth, sqrt(median of chi-squared(df) / df), a typical row's estimate stands for the truth.
+    median_share = np.sqrt(stats.chi2.ppf(0.5, safe_df) / safe_df)
+    return noncentrality * standard_error / np.where(finite, median_share, 1.0)
 
 
 def two_way_intervals(scores: np.ndarray, reference: float = 0.0) -> Intervals:
@@ -187,7 +222,7 @@ def seed_intervals(seed_values: np.ndarray, reference: float = 0.0) -> Intervals
     return _t_intervals(mean, variance, df, reference, flat, _sign_test(values, reference))
 
 
-def mcnemar_intervals(only_a: np.ndarray, only_b: np.ndarray, n_images: int) -> Intervals:
+def mcnemar_intervals(only_a: np.ndarray, only_b: np.ndarray, n_images: int, alpha: float = ALPHA) -> Intervals:
     """McNemar's exact test and its interval, for two arms of one seed on the same images.
 
     Conditional on the discordant images, A's share of them is binomial with p = 1/2 under no
@@ -197,13 +232,14 @@ def mcnemar_intervals(only_a: np.ndarray, only_b: np.ndarray, n_images: int) -> 
     Args:
         only_a, only_b: images only A (only B) got right, per experiment.
         n_images: validation images both predicted.
+        alpha: one minus the interval's confidence (a Holm step's level, `adjusted_for_family`).
     """
     only_a, only_b = np.asarray(only_a, dtype=float), np.asarray(only_b, dtype=float)
     discordant = only_a + only_b
     mean = (only_a - only_b) / n_images
     with np.errstate(divide="ignore", invalid="ignore"):
-        share_low = np.where(only_a > 0, stats.beta.ppf(ALPHA / 2, only_a, discordant - only_a + 1), 0.0)
-        share_high = np.where(only_b > 0, stats.beta.ppf(1 - ALPHA / 2, only_a + 1, discordant - only_a), 1.0)
+        share_low = np.where(only_a > 0, stats.beta.ppf(alpha / 2, only_a, discordant - only_a + 1), 0.0)
+        share_high = np.where(only_b > 0, stats.beta.ppf(1 - alpha / 2, only_a + 1, discordant - only_a), 1.0)
     smaller = np.minimum(only_a, only_b)
     p_value = np.where(discordant > 0, np.minimum(1.0, 2 * stats.binom.cdf(smaller, discordant, 0.5)), 1.0)
     low = np.where(discordant > 0, discordant / n_images * (2 * share_low - 1), mean)
@@ -221,8 +257,9 @@ class Estimate:
     Args:
         value: the accuracy of the one seed, or the mean over seeds.
         low, high: the 95% interval.
-        method: `wilson` (one seed: over the validation images), `two-way` (several seeds on
-            the same images: over images and seeds) or `t` (several seeds, each its own split).
+        method: `wilson` (one seed: over the validation images), `two-way t-test over seeds and
+            images` (several seeds on the same images) or `t-test over seeds, each with its own
+            split` (`--split-per-seed`).
         n_seeds: seeds the value is measured over.
         n_images: validation images each seed was measured on.
         per_seed: the accuracy of each seed, in seed order.
@@ -264,9 +301,15 @@ class Comparison:
             which then decides the verdict; None when the comparison stands alone.
         family_size: the comparisons `p_adjusted` is adjusted over; None when it stands alone.
         detectable: the smallest difference (for a ratio, the smallest speed-up or slow-down
-            factor) this budget detects with 80% power at the unadjusted level.
+            factor) this budget detects with 80% power, at the level of the interval (Holm's
+            step, in a family).
         split_per_seed: every seed drew its own validation images.
         experiment: the lab's experiment (1..5) whose question this answers, where known.
+        confidence: the interval's confidence: 95%, or, in a Holm-adjusted family, the level of
+            the Holm step that decided the verdict (`adjusted_for_family`).
+        standard_error, df: the estimate's standard error and degrees of freedom (for a ratio,
+            of its log), from which an interval at another confidence follows; None where unknown.
+        discordant: one seed's McNemar test: the images only A, and only B, got right.
     """
 
     question: str
@@ -288,6 +331,10 @@ class Comparison:
     detectable: float | None = None
     split_per_seed: bool = False
     experiment: int | None = None
+    confidence: float = CONFIDENCE
+    standard_error: float | None = None
+    df: float | None = None
+    discordant: tuple[int, int] | None = None
 
     def row(self) -> dict[str, str]:
         """The comparison as a Findings table row (`FINDINGS_COLUMNS`)."""
@@ -303,6 +350,8 @@ class Comparison:
             evidence = f"{self.n_seeds} seed{'s' if self.n_seeds != 1 else ''} x {self.n_images} images"
             evidence += " (split per seed)" if self.split_per_seed else ""
             evidence += " (these trained models)" if self.n_seeds == 1 else ""
+        if abs(self.confidence - CONFIDENCE) > _SAME:
+            interval += f" ({self.confidence:.1%}, Holm's step)"
         verdict = self.verdict
         if verdict == NO_DIFFERENCE and self.detectable is not None:
             verdict = f"no difference detectable; would detect {self._detectable_text()}"
@@ -368,8 +417,8 @@ def compare_correctness(
         only_b = int(np.sum(~a_seeds[0] & b_seeds[0]))
         intervals = mcnemar_intervals(np.array(only_a), np.array(only_b), a_seeds[0].size)
         method = f"McNemar's exact test ({only_a} images only {a_name} got right, {only_b} only {b_name})"
-    else:
-        intervals, method = _several_seeds(differences, differences.per_seed, 0.0)
+        return _comparison(question, a_name, b_name, intervals, method, "better", differences, (only_a, only_b))
+    intervals, method = _several_seeds(differences, differences.per_seed, 0.0)
     return _comparison(question, a_name, b_name, intervals, method, "better", differences)
 
 
@@ -400,23 +449,22 @@ def compare_with_constant(
 ) -> Comparison:
     """Compares an accuracy with a fixed one (experiment 1: the CNN against chance).
 
-    One seed: the exact binomial test of the correct count against `constant`, with the
-    Wilson interval. Several seeds: the accuracy's interval over images and seeds, and the
-    t-test it implies.
+    One seed: the score test of the correct count against `constant`, whose inversion is the
+    Wilson interval (so the two agree). Several seeds: the accuracy's interval over images and
+    seeds, and the t-test it implies.
     """
     if not 0.0 < constant < 1.0:
         raise LabInputError(f"{question}: the accuracy to compare with must be between 0 and 1, got {constant}")
     estimate = estimate_accuracy(correctness)
     b_name = f"{constant_name} ({constant:.3f})"
     if estimate.n_seeds == 1:
-        correct = int(correctness.per_seed[0].sum())
-        p_value = float(stats.binomtest(correct, estimate.n_images, constant).pvalue)
         standard_error = np.sqrt(constant * (1 - constant) / estimate.n_images)
+        p_value = float(2 * stats.norm.sf(abs(estimate.value - constant) / standard_error))
         intervals = Intervals(
             np.array(estimate.value - constant), np.array(estimate.low - constant),
             np.array(estimate.high - constant), np.array(p_value), np.array(standard_error), np.array(np.inf),
         )
-        method = "exact binomial test"
+        method = "score test (Wilson)"
     else:
         intervals, method = _several_seeds(correctness, _checked(correctness), constant)
         intervals = dataclasses.replace(
@@ -469,7 +517,7 @@ def compare_times(
         question, a_name, b_name, "ratio", float(np.exp(log_ratio)), float(np.exp(low)), float(np.exp(high)),
         p_value, "Welch's t-test on log epoch times",
         _verdict(a_name, b_name, log_ratio, p_value, "faster"), n_rounds=(a_logs.size, b_logs.size),
-        detectable=float(np.exp(detectable_log)),
+        detectable=float(np.exp(detectable_log)), standard_error=standard_error, df=float(df),
     )
 
 
@@ -485,6 +533,12 @@ def adjusted_for_family(family: Sequence[Comparison]) -> list[Comparison]:
     below `ALPHA`, whatever the dependence between its comparisons (they share arms). "Not
     compared" entries are returned unchanged and not counted; a family of one compared
     comparison is returned as it is.
+
+    Each interval and smallest detectable difference is recomputed at the level of the Holm
+    step that decided its verdict: the i-th smallest p-value (from 0) is tested at
+    ALPHA / (size - i) while the steps before it rejected, and a comparison past the first step
+    that did not reject at that step's level. So an interval excludes 0 exactly where the
+    verdict names a winner.
 
     Args:
         family: comparisons whose verdicts are read together (experiment 5: one backbone's).
@@ -503,21 +557,56 @@ def adjusted_for_family(family: Sequence[Comparison]) -> list[Comparison]:
     stepped = np.minimum(np.maximum.accumulate(p_values[order] * (size - np.arange(size))), 1.0)
     adjusted = np.empty(size)
     adjusted[order] = stepped
+    step_alpha = ALPHA / (size - np.arange(size))
+    first_kept = next((rank for rank in range(size) if stepped[rank] >= ALPHA), size)
+    levels = np.empty(size)
+    levels[order] = np.where(np.arange(size) < first_kept, step_alpha, step_alpha[min(first_kept, size - 1)])
     answers = list(family)
-    for index, p_adjusted in zip(compared, adjusted, strict=True):
+    for index, p_adjusted, alpha in zip(compared, adjusted, levels, strict=True):
         comparison = answers[index]
         verdict = NO_DIFFERENCE if p_adjusted >= ALPHA else comparison.verdict
-        answers[index] = dataclasses.replace(
-            comparison, p_adjusted=float(p_adjusted), family_size=size, verdict=verdict
+        answers[index] = at_level(
+            dataclasses.replace(comparison, p_adjusted=float(p_adjusted), family_size=size, verdict=verdict),
+            float(alpha),
         )
     return answers
+
+
+def at_level(comparison: Comparison, alpha: float) -> Comparison:
+    """`comparison` with its interval and smallest detectable difference at confidence 1 - `alpha`.
+
+    Needs what the interval came from: McNemar's discordant counts, or the standard error and
+    degrees of freedom of a t-interval (of the log, for a ratio). A comparison without them is
+    returned as it is.
+    """
+    if comparison.effect is None or comparison.standard_error is None or comparison.df is None:
+        return comparison
+    standard_error, df = comparison.standard_error, comparison.df
+    if comparison.discordant is not None:
+        only_a, only_b = comparison.discordant
+        intervals = mcnemar_intervals(np.array(only_a), np.array(only_b), comparison.n_images, alpha)
+        low, high = float(intervals.low), float(intervals.high)
+    elif standard_error > 0:
+        center = np.log(comparison.effect) if comparison.measure == "ratio" else comparison.effect
+        half = float(stats.t.ppf(1 - alpha / 2, df)) * standard_error
+        low, high = center - half, center + half
+        if comparison.measure == "ratio":
+            low, high = float(np.exp(low)), float(np.exp(high))
+    else:
+        low, high = comparison.low, comparison.high
+    detectable = float(detectable_size(standard_error, df, alpha))
+    if comparison.measure == "ratio":
+        detectable = float(np.exp(detectable))
+    return dataclasses.replace(comparison, low=low, high=high, detectable=detectable, confidence=1 - alpha)
 
 
 def method_note(comparisons: Sequence[Comparison]) -> str:
     """The methods behind a Findings table, in one paragraph for below it."""
     parts = [
         f"A verdict names a winner only where its two-sided test gives p < {ALPHA:.2f} (Holm-adjusted "
-        "over one question's comparisons where the p column says so); otherwise \"no difference "
+        "over one question's comparisons where the p column says so, with the interval at the confidence "
+        "of the Holm step that decided it, so that it excludes 0 exactly where a winner is named); "
+        "otherwise \"no difference "
         f"detectable\" gives the smallest difference this run would have found with {POWER:.0%} power, "
         "which more seeds, `--split-per-seed` or more images bring down."
     ]
@@ -525,7 +614,7 @@ def method_note(comparisons: Sequence[Comparison]) -> str:
     if any(c.measure == "difference" and c.n_seeds == 1 for c in compared):
         parts.append(
             "With one seed a row speaks of these trained models on new images like these (McNemar's exact "
-            "test, or the exact binomial test against chance): training again is not measured."
+            "test, or the score test against chance): training again is not measured."
         )
     if any(c.measure == "difference" and (c.n_seeds or 0) > 1 and not c.split_per_seed for c in compared):
         parts.append(
@@ -561,7 +650,7 @@ def _several_seeds(
 
 def _comparison(
     question: str, a_name: str, b_name: str, intervals: Intervals, method: str, better: str,
-    correctness: Correctness,
+    correctness: Correctness, discordant: tuple[int, int] | None = None,
 ) -> Comparison:
     effect = float(intervals.mean)
     p_value = float(intervals.p_value)
@@ -569,7 +658,8 @@ def _comparison(
         question, a_name, b_name, "difference", effect, float(intervals.low), float(intervals.high), p_value,
         method, _verdict(a_name, b_name, effect, p_value, better), n_seeds=correctness.n_seeds,
         n_images=correctness.n_images, detectable=float(intervals.detectable()),
-        split_per_seed=not correctness.shared_images,
+        split_per_seed=not correctness.shared_images, standard_error=float(intervals.standard_error),
+        df=float(intervals.df), discordant=discordant,
     )
 
 
@@ -581,8 +671,14 @@ def _t_intervals(
     with np.errstate(divide="ignore", invalid="ignore"):
         p_value = 2 * stats.t.sf(np.abs(mean - reference) / standard_error, df)
     p_value = np.where(flat, flat_p, p_value)
-    return Intervals(mean, mean - quantile * standard_error, mean + quantile * standard_error, p_value,
-                     standard_error, df)
+    low, high = mean - quantile * standard_error, mean + quantile * standard_error
+    # Values with no spread give an interval of no width, and the sign test the p-value: where
+    # that test cannot reject the reference (three seeds that tie), the interval reaches it, so
+    # that interval and p-value never disagree.
+    unrejected = flat & (p_value >= ALPHA)
+    low = np.where(unrejected, np.minimum(low, reference), low)
+    high = np.where(unrejected, np.maximum(high, reference), high)
+    return Intervals(mean, low, high, p_value, standard_error, df)
 
 
 def _sign_test(values: np.ndarray, reference: float) -> np.ndarray:
