@@ -45,11 +45,14 @@ class SessionDatasets:
     Args:
         run: the run's checked settings.
         is_worker: whether this process is an xdist worker (which cannot stop its siblings).
+        resumed_digests: validation set name -> its images' digest, in the journal `--resume`
+            continues: data loaded under one of those names must be the same images.
     """
 
-    def __init__(self, run: RunConfig, is_worker: bool):
+    def __init__(self, run: RunConfig, is_worker: bool, resumed_digests: dict[str, str | None] | None = None):
         self.run = run
         self.is_worker = is_worker
+        self.resumed_digests = resumed_digests or {}
         self.loaded: dict[DatasetArguments, ImageData | LabInputError] = {}
         # Seconds each dataset loaded before the first test took, and those a test's time split holds.
         self.load_seconds: dict[DatasetArguments, float] = {}
@@ -104,6 +107,8 @@ class SessionDatasets:
             started = time.perf_counter()
             loaded = self.load(*arguments)
             self.load_seconds[arguments] = time.perf_counter() - started
+            if not isinstance(loaded, LabInputError):
+                loaded = self.resumable(loaded)
             if isinstance(loaded, LabInputError):
                 if not self.is_worker:
                     pytest.exit(str(loaded), returncode=pytest.ExitCode.USAGE_ERROR)
@@ -112,6 +117,19 @@ class SessionDatasets:
                 self.error = loaded
                 session.shouldstop = str(loaded)
                 return
+
+    def resumable(self, loaded: ImageData) -> ImageData | LabInputError:
+        """`loaded`, or the error that refuses `--resume` where the journal's session predicted
+        other images under the same name (the data folder changed in between)."""
+        validation_set = loaded.validation_set()
+        earlier = self.resumed_digests.get(validation_set.name)
+        if earlier is None or earlier == validation_set.images_digest:
+            return loaded
+        return LabInputError(
+            f"--resume {self.run.options.resume}: the validation images of {validation_set.name} differ from "
+            "those the journal's session predicted (the data changed in between): resume with the same data, "
+            "or start a new session"
+        )
 
     def before_test(self, item: pytest.Item) -> None:
         """Fails, before it trains, the test an xdist worker runs after its data check failed.

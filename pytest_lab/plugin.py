@@ -48,9 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     run = _checked_run(config)
     config.stash[RUN_CONFIG] = run
-    config.stash[DATASETS] = SessionDatasets(run, is_worker(config))
     _default_timeout(config, run)
-    config.stash[EARLIER] = _earlier_session(config, run)
+    earlier = config.stash[EARLIER] = _earlier_session(config, run)
+    config.stash[DATASETS] = SessionDatasets(run, is_worker(config), earlier and earlier.validation_digests())
     report_dir, report_dir_name = path_option("report_dir", run.options.report_dir, str(config.rootpath / "reports"))
     if not is_worker(config):
         config.pluginmanager.register(

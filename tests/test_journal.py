@@ -13,12 +13,16 @@ import pathlib
 import signal
 import types
 
+import numpy as np
 import pytest
 
+from lab.errors import LabInputError
+from lab.inputs.data import ImageData
 from lab.report import journal, writing
 from lab.report.journal import EndedTest, JournalWriter, ResumeTerms
 from lab.report.results import Outcome, Record, RunHeader
 from pytest_lab.cases import ExperimentCase
+from pytest_lab.datasets import SessionDatasets
 from pytest_lab.session import LabSession
 
 TINY = ("--subset", "64", "--epochs", "2", "--image-size", "32", "--deterministic", "-p", "no:cacheprovider")
@@ -274,3 +278,22 @@ def test_a_journal_that_cannot_be_written_stops_the_session_before_the_next_test
     monkeypatch.undo()
     read = journal.read_journal(session.run_folder)
     assert list(read.ended) == [] and len(read.selected) == 2
+
+
+def test_a_resume_on_other_validation_images_under_the_same_name_is_refused(run_config):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+
+    def loaded(validation_images):
+        return ImageData("tf_flowers", "folder", ("a", "b", "c"), 12, 8, images, labels, validation_images, labels)
+
+    journaled = loaded(images).validation_set()
+    datasets = SessionDatasets(run_config, False, {journaled.name: journaled.images_digest})
+    assert datasets.resumable(loaded(images.copy())).validation_digest() == journaled.images_digest
+
+    changed = images.copy()
+    changed[3, 0, 0, 0] ^= 1
+    refused = datasets.resumable(loaded(changed))
+    assert isinstance(refused, LabInputError)
+    assert journaled.name in str(refused) and "differ from those the journal's session predicted" in str(refused)

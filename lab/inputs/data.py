@@ -52,6 +52,8 @@ CLASS_NAMES = {
 FOLDER_NAMES = {"tf_flowers": "flower_photos", "cifar10": "cifar10"}
 # Split seeds draw from their own stream, apart from the training generators `seed` seeds.
 _SPLIT_STREAM = 0x5B1
+# Images hashed at a time by `ImageData.validation_digest`.
+DIGEST_CHUNK = 256
 # A message about the data folder names both ways of giving it: loading does not know which one did.
 DATA_DIR_NAMES = "--data-dir (or LAB_DATA_DIR)"
 
@@ -88,6 +90,7 @@ class ImageData:
     split_seed: int | None = None
     pool: ImageData | None = None
     pool_indices: tuple[np.ndarray, np.ndarray] | None = None
+    _validation_digest: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -107,7 +110,23 @@ class ImageData:
         name = f"{self.name} ({self.source}), {self.image_size}px, {self.validation_count} images"
         if self.split_seed is not None:
             name += f", split of seed {self.split_seed}"
-        return ValidationSet(name, self.num_classes, [int(label) for label in self.validation_labels])
+        return ValidationSet(
+            name, self.num_classes, [int(label) for label in self.validation_labels], self.validation_digest()
+        )
+
+    def validation_digest(self) -> str:
+        """SHA-256 of the validation images' pixels and labels, in order: equal digests, the same
+        images (what `--resume` and a baseline check before they pair records)."""
+        if self._validation_digest is None:
+            digest = hashlib.sha256()
+            images, labels = self.split("validation")
+            # In chunks: a full profile's validation images need not all be in memory at once.
+            for start in range(0, len(labels), DIGEST_CHUNK):
+                chunk = np.arange(start, min(start + DIGEST_CHUNK, len(labels)))
+                digest.update(np.ascontiguousarray(image_cache.take(images, chunk)).tobytes())
+            digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+            self._validation_digest = digest.hexdigest()
+        return self._validation_digest
 
     def batches(
         self, split: str, batch_size: int, seed: int | None = None, limit: int | None = None

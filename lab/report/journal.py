@@ -117,6 +117,14 @@ class Journal:
     end_recorded: bool
     warnings: list[str]
 
+    def validation_digests(self) -> dict[str, str | None]:
+        """Validation set name -> the digest of its images, of every set the journal's tests predicted."""
+        return {
+            validation_set.name: validation_set.images_digest
+            for test in self.ended.values()
+            for validation_set in test.validation_sets
+        }
+
     def kept(self) -> list[EndedTest]:
         """The tests a resumed session takes from this journal: those that passed or were skipped."""
         return [test for test in self.ended.values() if test.outcome.outcome in KEPT_OUTCOMES]

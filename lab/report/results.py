@@ -219,11 +219,14 @@ class ValidationSet:
         name: what records name it by (`tf_flowers (sample), 32px, 100 images`).
         num_classes: classes of the dataset (chance is one over this).
         labels: the true class of each image, in the order predictions are recorded.
+        images_digest: SHA-256 of the images' pixels and labels (`ImageData.validation_digest`);
+            None in results from before it was kept.
     """
 
     name: str
     num_classes: int
     labels: list[int]
+    images_digest: str | None = None
 
     def checked_predictions(self, table: Table, row: dict, predictions) -> list[int]:
         """`predictions` as plain ints, after checking that they are one class per image of
