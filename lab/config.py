@@ -242,6 +242,10 @@ def build_config(*args, **kwargs) -> RunConfig:
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
         raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
     check_fine_tuning(options.lr_schedule, options.lr_factor, options.early_stopping)
+    if options.fail_if_worse and options.baseline is None:
+        raise LabInputError(
+            "--fail-if-worse needs --baseline RUN: the earlier run (its results.json or run folder) to compare with"
+        )
     budget_bytes = stage_cache.parse_cache_budget(options.cache_budget)
     if data_source == "sample":
         # Hashes every sample file (once per process): a broken sample stops the run before it starts.

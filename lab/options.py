@@ -245,6 +245,16 @@ class Options:
         help="the most memory one stage's cached activations may take: bytes, or K, M, G, T, "
         "such as 512M or 2G (default 2G); a stage over it trains end to end",
     )
+    baseline: str | None = option(
+        "--baseline", None, metavar="RUN", shown=_absolute, changes_results=False,
+        help="set every accuracy row against the same row of an earlier run (RUN: its results.json or run "
+        "folder) on the same validation images: a paired verdict per row (Holm over the session), and "
+        "experiment 4's epoch times as ratios",
+    )
+    fail_if_worse: bool = option(
+        "--fail-if-worse", False, changes_results=False,
+        help="with --baseline: exit 1 when any accuracy row is worse than the baseline's, naming the rows",
+    )
     tensorboard_dir: str | None = option(
         "--tensorboard", None, metavar="DIR", shown=_absolute, changes_results=False,
         help="write a TensorBoard log of every fit to DIR/<test module>/<test>/seed<N>",

@@ -47,12 +47,18 @@ class SessionDatasets:
         is_worker: whether this process is an xdist worker (which cannot stop its siblings).
         resumed_digests: validation set name -> its images' digest, in the journal `--resume`
             continues: data loaded under one of those names must be the same images.
+        baseline_digests: the digests of the validation images `--baseline`'s run predicted: the
+            data this session loads must share some of them, or nothing could be compared.
     """
 
-    def __init__(self, run: RunConfig, is_worker: bool, resumed_digests: dict[str, str | None] | None = None):
+    def __init__(
+        self, run: RunConfig, is_worker: bool, resumed_digests: dict[str, str | None] | None = None,
+        baseline_digests: set[str] | None = None,
+    ):
         self.run = run
         self.is_worker = is_worker
         self.resumed_digests = resumed_digests or {}
+        self.baseline_digests = baseline_digests or set()
         self.loaded: dict[DatasetArguments, ImageData | LabInputError] = {}
         # Seconds each dataset loaded before the first test took, and those a test's time split holds.
         self.load_seconds: dict[DatasetArguments, float] = {}
@@ -103,20 +109,29 @@ class SessionDatasets:
         if session.config.getoption("collectonly"):
             return
         needed = [arguments for item in session.items for arguments in self.needed(item)]
+        digests = set()
         for arguments in dict.fromkeys(needed):
             started = time.perf_counter()
             loaded = self.load(*arguments)
             self.load_seconds[arguments] = time.perf_counter() - started
             if not isinstance(loaded, LabInputError):
                 loaded = self.resumable(loaded)
-            if isinstance(loaded, LabInputError):
-                if not self.is_worker:
-                    pytest.exit(str(loaded), returncode=pytest.ExitCode.USAGE_ERROR)
+            if not isinstance(loaded, LabInputError):
+                digests.add(loaded.validation_digest())
+            elif not self.is_worker:
+                pytest.exit(str(loaded), returncode=pytest.ExitCode.USAGE_ERROR)
+            else:
                 # A worker that exits during collection crashes xdist's controller; instead it
                 # fails its first test with the message and then stops, and the controller with it.
                 self.error = loaded
                 session.shouldstop = str(loaded)
                 return
+        if digests and self.baseline_digests and not digests & self.baseline_digests:
+            pytest.exit(
+                f"--baseline {self.run.options.baseline} predicted none of this session's validation images "
+                "(another dataset, size, count or split): give a baseline run on the same data",
+                returncode=pytest.ExitCode.USAGE_ERROR,
+            )
 
     def resumable(self, loaded: ImageData) -> ImageData | LabInputError:
         """`loaded`, or the error that refuses `--resume` where the journal's session predicted

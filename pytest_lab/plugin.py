@@ -22,8 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lab.config import RunConfig, build_config, path_option
 from lab.errors import LabInputError
 from lab.options import Options, addoption_arguments
-from lab.report import journal
+from lab.report import journal, writing
 from lab.report.journal import Journal
+from lab.report.results import Results
 from lab.runtime import environment, process, reproducibility, storage
 from pytest_lab import cases
 from pytest_lab.datasets import SessionDatasets
@@ -50,11 +51,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_CONFIG] = run
     _default_timeout(config, run)
     earlier = config.stash[EARLIER] = _earlier_session(config, run)
-    config.stash[DATASETS] = SessionDatasets(run, is_worker(config), earlier and earlier.validation_digests())
+    baseline = None if is_worker(config) else _baseline(run)
+    config.stash[DATASETS] = SessionDatasets(
+        run, is_worker(config), earlier and earlier.validation_digests(),
+        baseline and {entry.images_digest for entry in baseline.validation_sets if entry.images_digest},
+    )
     report_dir, report_dir_name = path_option("report_dir", run.options.report_dir, str(config.rootpath / "reports"))
     if not is_worker(config):
         config.pluginmanager.register(
-            LabSession(config, run, None if run.options.no_report else report_dir, config.stash[EARLIER]),
+            LabSession(config, run, None if run.options.no_report else report_dir, earlier, baseline),
             "lab-session",
         )
         _check_writable(None if run.options.no_report else report_dir, "reports", _report_dir_fix(report_dir_name))
@@ -117,6 +122,15 @@ def _earlier_session(config: pytest.Config, run: RunConfig) -> Journal | None:
             + "; ".join(problems) + ". Resume with the journal's options, or start a new session"
         )
     return earlier
+
+
+def _baseline(run: RunConfig) -> Results | None:
+    """The run `--baseline` names, read before anything trains; a usage error where it cannot be."""
+    if run.options.baseline is None:
+        return None
+    with _usage_error():
+        results, _ = writing.load_run(run.options.baseline)
+    return results
 
 
 def _resume_terms(header, options: dict, profile: str | None = None, seeds=None) -> journal.ResumeTerms:

@@ -20,6 +20,7 @@ import pytest
 from lab.config import RunConfig
 from lab.errors import LabInputError
 from lab.report import findings, journal, render, tracking, writing
+from lab.report.baseline import against_baseline
 from lab.report.journal import EndedTest, Journal
 from lab.report.results import (
     BenchmarkResult,
@@ -43,13 +44,18 @@ class LabSession:
         run: the run's checked settings.
         report_dir: where the run folder and report go, or None for `--no-report`.
         earlier: the journal of the session this one resumes (`--resume`), or None.
+        baseline: the results of the run `--baseline` names, or None.
     """
 
-    def __init__(self, config: pytest.Config, run: RunConfig, report_dir: str | None, earlier: Journal | None = None):
+    def __init__(
+        self, config: pytest.Config, run: RunConfig, report_dir: str | None, earlier: Journal | None = None,
+        baseline: Results | None = None,
+    ):
         self.config = config
         self.run = run
         self.report_dir = report_dir
         self.earlier = earlier
+        self.baseline = baseline
         self.root = str(config.rootpath)
         self.started = time.time()
         # Node ids in selection order; a dict keeps the order and drops the repeats that
@@ -107,8 +113,9 @@ class LabSession:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         self.summarize(terminalreporter)
 
-    def pytest_unconfigure(self) -> None:
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.restore_sigterm()
+        self.name_worse_rows(config)
 
     # What the hooks hand off to.
 
@@ -257,6 +264,8 @@ class LabSession:
             return exitstatus
         self.results = self.collect_results(exitstatus)
         self.close_journal(self.results.run)
+        if self.run.options.fail_if_worse and self.results.baseline and self.results.baseline.worse():
+            exitstatus = exitstatus or pytest.ExitCode.TESTS_FAILED
         # Under --distribute multiworker every worker runs the whole session; one report is enough.
         if self.report_dir is None or not distribution.is_chief():
             return exitstatus
@@ -336,6 +345,9 @@ class LabSession:
             validation_sets=list(validation_sets.values()),
         )
         results.comparisons = findings.comparisons(results)
+        if self.baseline is not None:
+            source = self.displayed(os.path.abspath(self.run.options.baseline))
+            results.baseline = against_baseline(results, self.baseline, source)
         seconds = [
             timesplit.SecondsOfTest(test.measured, test.duration_seconds, test.data_seconds)
             for test in ended
@@ -420,6 +432,11 @@ class LabSession:
             lines += writing.summary_lines(self.results)
             if self.results.comparisons:
                 lines += ["findings:", *render.findings_table(self.results.comparisons, "simple").splitlines()]
+            if self.results.baseline:
+                lines += [f"baseline: {render.baseline_line(self.results.baseline)}",
+                          *render.baseline_table(self.results.baseline.rows, "simple").splitlines()]
+                if self.results.baseline.epoch_times:
+                    lines += render.baseline_table(self.results.baseline.epoch_times, "simple").splitlines()
             lines += [f"warning: {warning}" for warning in self.results.run.warnings]
             if self.results.time_split:
                 lines.append(
@@ -441,6 +458,24 @@ class LabSession:
             terminalreporter.section("transfer-learning lab")
             for line in lines:
                 terminalreporter.write_line(line)
+
+
+    def name_worse_rows(self, config: pytest.Config) -> None:
+        """With `--fail-if-worse`, the terminal's last lines: the rows that failed the session."""
+        baseline_results = self.results and self.results.baseline
+        if not (self.run.options.fail_if_worse and baseline_results and baseline_results.worse()):
+            return
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None:
+            return
+        worse = baseline_results.worse()
+        terminal.write_line(f"--fail-if-worse: {len(worse)} rows worse than the baseline, so the session failed:")
+        for row in worse:
+            comparison = row.comparison
+            terminal.write_line(
+                f"  {row.row}: {row.this_run} against {row.baseline} "
+                f"({comparison.effect:+.3f}, p {comparison.p_adjusted or comparison.p_value:.3g})"
+            )
 
 
 def outcome_of(nodeid: str, outcome: str, reason: str, case: ExperimentCase | None) -> Outcome:

@@ -56,6 +56,7 @@ def non_default(field: dataclasses.Field, tmp_path) -> object:
         "worker_timeout": 60.0,
         "mlflow": "sqlite:///mlflow.db",
         "resume": str(tmp_path / "reports" / "run"),
+        "baseline": str(tmp_path / "reports" / "baseline"),
     }
     assert field.name in typed, f"give {field.metadata['flag']} a non-default value in this test's `typed`"
     return typed[field.name]
@@ -76,7 +77,9 @@ def test_every_option_not_at_its_default_is_in_the_header(pytestconfig, tmp_path
     if field.name == "distribute":
         monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}')
     value = non_default(field, tmp_path)
-    run = config.build_config(**{**BASE, field.name: value})
+    # --fail-if-worse is refused without a --baseline to compare with.
+    needed = {"baseline": str(tmp_path)} if field.name == "fail_if_worse" else {}
+    run = config.build_config(**{**BASE, **needed, field.name: value})
 
     listed = LabSession(pytestconfig, run, None).options()
 

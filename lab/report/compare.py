@@ -2,7 +2,9 @@
 figure of each table row, paired by the table's key columns.
 
 Each validation accuracy both runs measured is then set against its 95% interval in each run:
-the runs differ beyond their intervals when the two intervals do not overlap.
+the runs differ beyond their intervals when the two intervals do not overlap. Where the
+validation images match, B's rows are then set against A's as `--baseline` does (paired on the
+images: two intervals can overlap while the paired difference is clear).
 
 Rows pair by what identifies them (backbone, strategy, weights...), never by settings such as
 input size or number of images: a CPU smoke run and a GPU full run of the same backbone pair
@@ -19,7 +21,16 @@ from tabulate import tabulate
 
 from lab.errors import LabInputError
 from lab.report import findings, statistics
-from lab.report.render import BENCHMARK_EXPERIMENT, banners, benchmark_rows, cell, is_measurement, public_text
+from lab.report.baseline import against_baseline
+from lab.report.render import (
+    BENCHMARK_EXPERIMENT,
+    banners,
+    baseline_table,
+    benchmark_rows,
+    cell,
+    is_measurement,
+    public_text,
+)
 from lab.report.results import ACCURACY_COLUMNS, Results, RunHeader
 from lab.report.statistics import Estimate
 
@@ -83,7 +94,24 @@ def compare(first: Results, second: Results) -> str:
     if setting_notes:
         lines += ["", "Paired rows measured under different settings (A / B):", "", *setting_notes]
     lines += _interval_section(accuracy_estimates(first), accuracy_estimates(second), a)
+    lines += _paired_section(first, second)
     return "\n".join(lines) + "\n"
+
+
+def _paired_section(first: Results, second: Results) -> list[str]:
+    """B's rows against A's as against a baseline (`pytest --baseline A`): paired verdicts where the
+    validation images match, which intervals side by side cannot give."""
+    paired = against_baseline(second, first, "A")
+    if not paired.rows:
+        return []
+    lines = [
+        "", "## B against A, paired on the same validation images", "",
+        "As `pytest --baseline A` would set B's rows against A's: \"this run\" is B, \"the baseline\" A.", "",
+        baseline_table(paired.rows),
+    ]
+    if paired.epoch_times:
+        lines += ["", baseline_table(paired.epoch_times)]
+    return lines
 
 
 def accuracy_estimates(results: Results) -> dict[tuple, dict[str, Estimate]]:

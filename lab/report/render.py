@@ -16,6 +16,8 @@ from lab.report import findings, plots, statistics
 from lab.report.results import (
     ACCURACY_COLUMNS,
     EXPERIMENT_TITLES,
+    Baseline,
+    BaselineRow,
     BenchmarkResult,
     Outcome,
     Record,
@@ -54,8 +56,9 @@ def render(results: Results, figures_link: str) -> RenderedReport:
     figures: dict[str, bytes] = {}
     lines = [f"# Transfer-learning lab report: {run.profile} profile on {run.device_slug}", ""]
     lines += _blockquotes(banners(run))
-    lines += [header_table(run), ""]
+    lines += [header_table(run, results.baseline), ""]
     lines += _findings_section(results)
+    lines += _baseline_section(results.baseline)
     lines += _time_split_section(results.time_split)
     by_experiment = records_by_experiment(results.records)
     rows = benchmark_rows(results.benchmarks)
@@ -103,7 +106,14 @@ def banners(run: RunHeader) -> list[str]:
     return lines
 
 
-def header_table(run: RunHeader) -> str:
+def baseline_line(baseline: Baseline) -> str:
+    """The baseline run in one line: where, when, which commit, and what differs."""
+    differing = "; ".join(baseline.differing) or "nothing"
+    return (f"{baseline.source} (started {baseline.started}, commit {baseline.commit}); "
+            f"settings that differ (this run / baseline): {differing}")
+
+
+def header_table(run: RunHeader, baseline: Baseline | None = None) -> str:
     """The run's date, settings and machine as a two-column table."""
     device = run.device
     gpus = ", ".join(device.get("gpus") or []) or "none"
@@ -117,6 +127,7 @@ def header_table(run: RunHeader) -> str:
         ("what varies between seeds", _varied(run)),
         ("git commit", run.commit),
         *([("resumed from", _resumed_from(run))] if run.resumed_from else []),
+        *([("baseline", baseline_line(baseline))] if baseline else []),
         ("versions", ", ".join(f"{name} {version}" for name, version in run.versions.items())),
         ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
         ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
@@ -286,6 +297,43 @@ def _findings_section(results: Results) -> list[str]:
     lines = ["## Findings", "", findings_table(results.comparisons), ""]
     lines += [public_text(statistics.method_note(results.comparisons)), ""]
     return lines
+
+
+def _baseline_section(baseline: Baseline | None) -> list[str]:
+    """This run's rows against the baseline's: the verdicts, then epoch times as ratios."""
+    if baseline is None:
+        return []
+    lines = ["## Against the baseline", "", baseline_table(baseline.rows), ""]
+    lines += [
+        "Each row pairs this run's predictions with the baseline's on the same validation images; "
+        "p-values are Holm-adjusted over the rows, each interval at the confidence of the Holm step that "
+        "decided its verdict. The truth covered is the expected accuracy over new images and new training "
+        "runs; with one seed on each side a row speaks of those two trained models only.",
+        "",
+    ]
+    if baseline.epoch_times:
+        lines += ["### Epoch times against the baseline", "", baseline_table(baseline.epoch_times), ""]
+        lines += [
+            "A ratio is the baseline's epoch time over this run's (above 1: this run faster), from each side's "
+            "timed epochs: the interval covers their epoch-to-epoch spread in each process, not another load "
+            "or machine. Reported only: `--fail-if-worse` reads accuracies.",
+            "",
+        ]
+    return lines
+
+
+def baseline_table(rows: Sequence[BaselineRow], tablefmt: str = "github") -> str:
+    """Rows against the baseline: row, this run, baseline, difference, interval, verdict."""
+    table = []
+    for row in rows:
+        cells = row.comparison.row()
+        table.append({
+            "row": public_text(row.row), "this run": row.this_run, "baseline": row.baseline,
+            "difference": cells["difference"], "95% CI": cells["95% CI"], "p": cells["p"],
+            "verdict": public_text(cells["verdict"].replace("this run faster than the baseline", "faster").replace(
+                "the baseline faster than this run", "slower")),
+        })
+    return tabulate(table, headers="keys", tablefmt=tablefmt, disable_numparse=True)
 
 
 def findings_table(comparisons: Sequence[statistics.Comparison], tablefmt: str = "github") -> str:

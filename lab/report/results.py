@@ -362,6 +362,71 @@ class RunHeader:
         return ", ".join(f"{name} {value}".strip() for name, value in self.options.items()) or "defaults"
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineRow:
+    """One row of this session set against the same row of a baseline run (`--baseline`).
+
+    Args:
+        experiment: 1..5.
+        row: the row as the report names it (table, key values).
+        this_run, baseline: each side's accuracy with its 95% interval (or `-`).
+        comparison: the paired verdict (`worse than the baseline`, ...); for an epoch time, the
+            ratio of the baseline's time to this run's.
+    """
+
+    experiment: int
+    row: str
+    this_run: str
+    baseline: str
+    comparison: Comparison
+
+
+@dataclasses.dataclass
+class Baseline:
+    """What `--baseline` set this session against: the run, and every row compared.
+
+    Args:
+        source: the baseline's results.json (or run folder), as the report shows paths.
+        started: when the baseline session started.
+        commit: the commit it ran.
+        differing: every setting that differs, `--epochs 2 / 8` (this run / the baseline): the
+            change being tested.
+        rows: each accuracy row against the baseline's.
+        epoch_times: experiment 4's epoch times against the baseline's, as ratios (reported, never gating).
+    """
+
+    source: str
+    started: str | None
+    commit: str | None
+    differing: list[str] = dataclasses.field(default_factory=list)
+    rows: list[BaselineRow] = dataclasses.field(default_factory=list)
+    epoch_times: list[BaselineRow] = dataclasses.field(default_factory=list)
+
+    def worse(self) -> list[BaselineRow]:
+        """The accuracy rows whose verdict is "worse than the baseline"."""
+        return [row for row in self.rows if row.comparison.verdict == WORSE]
+
+    @classmethod
+    def from_json(cls, data: dict) -> Baseline:
+        def rows(items):
+            return [BaselineRow(**{**item, "comparison": comparison_from_json(item["comparison"])}) for item in items]
+
+        return cls(**{**data, "rows": rows(data.get("rows", [])), "epoch_times": rows(data.get("epoch_times", []))})
+
+
+# The verdicts of a row against the baseline (`lab.report.baseline`).
+WORSE, BETTER = "worse than the baseline", "better than the baseline"
+
+
+def comparison_from_json(item: dict) -> Comparison:
+    """A `Comparison` from its plain-JSON form."""
+    return Comparison(**{
+        **item,
+        "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None,
+        "discordant": tuple(item["discordant"]) if item.get("discordant") else None,
+    })
+
+
 @dataclasses.dataclass
 class Results:
     """Everything a session saved: the run, its records, benchmarks and test outcomes, the
@@ -375,6 +440,7 @@ class Results:
     validation_sets: list[ValidationSet] = dataclasses.field(default_factory=list)
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
     time_split: list[TimeSplit] = dataclasses.field(default_factory=list)
+    baseline: Baseline | None = None
 
     def to_json(self) -> dict:
         """The plain-JSON form written as results.json."""
@@ -396,16 +462,10 @@ class Results:
                 benchmarks=[BenchmarkResult(**item) for item in data.get("benchmarks", [])],
                 outcomes=[Outcome(**item) for item in data.get("outcomes", [])],
                 validation_sets=[ValidationSet(**item) for item in data.get("validation_sets", [])],
-                comparisons=[
-                    Comparison(**{
-                        **item,
-                        "n_rounds": tuple(item["n_rounds"]) if item.get("n_rounds") else None,
-                        "discordant": tuple(item["discordant"]) if item.get("discordant") else None,
-                    })
-                    for item in data.get("comparisons", [])
-                ],
+                comparisons=[comparison_from_json(item) for item in data.get("comparisons", [])],
                 time_split=[TimeSplit(**item) for item in data.get("time_split", [])],
+                baseline=Baseline.from_json(data["baseline"]) if data.get("baseline") else None,
             )
-        except (TypeError, AttributeError) as error:
+        except (TypeError, AttributeError, KeyError) as error:
             raise ResultsFormatError(f"not a results.json of this suite: {error}") from None
 

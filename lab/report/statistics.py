@@ -204,6 +204,66 @@ def two_way_intervals(scores: np.ndarray, reference: float = 0.0) -> Intervals:
     return _t_intervals(mean, variance, np.where(flat, np.inf, df), reference, flat, sign_p)
 
 
+def independent_seed_intervals(a_scores: np.ndarray, b_scores: np.ndarray) -> Intervals:
+    """Intervals for the difference of two arms' means whose seeds are independent training runs
+    (two sessions' seeds) scored on the same images.
+
+    The images pair up and the seeds do not: the variance is each arm's seed part (its two-way
+    MS_seeds / (seeds x images), as in `two_way_intervals`) plus the spread of the per-image
+    difference of the arms' seed means beyond what each arm's residual noise explains. An arm of
+    one seed cannot show its seed part: it takes the other arm's (the same training, in the
+    usual case of a baseline). Satterthwaite's degrees of freedom, a t quantile.
+
+    Args:
+        a_scores, b_scores: (..., seeds, images) correctness (0/1) of each arm; at least two
+            seeds in one of them, the same images in both.
+    """
+    a_scores, b_scores = np.asarray(a_scores, dtype=float), np.asarray(b_scores, dtype=float)
+    n_images = a_scores.shape[-1]
+    if b_scores.shape[-1] != n_images or n_images < 2:
+        raise LabInputError("both arms must predict the same validation images, two or more of them")
+    if max(a_scores.shape[-2], b_scores.shape[-2]) < 2:
+        raise LabInputError("independent seeds need two or more seeds in one arm")
+    parts = [_seed_part(scores) if scores.shape[-2] > 1 else None for scores in (a_scores, b_scores)]
+    known = next(part for part in parts if part is not None)
+    parts = [part if part is not None else known for part in parts]
+    seed_counts = [scores.shape[-2] for scores in (a_scores, b_scores)]
+    seed_variance = [seed_part / count for (seed_part, _, _), count in zip(parts, seed_counts, strict=True)]
+    residual_variance = [residual / count for (_, residual, _), count in zip(parts, seed_counts, strict=True)]
+    image_differences = a_scores.mean(axis=-2) - b_scores.mean(axis=-2)
+    mean = image_differences.mean(axis=-1)
+    spread = image_differences.var(axis=-1, ddof=1)
+    image_part = np.maximum(spread - residual_variance[0] - residual_variance[1], 0.0) / n_images
+    variance = seed_variance[0] + seed_variance[1] + image_part
+    residual_dfs = [df for (_, _, df) in parts]
+    image_noise = (
+        spread**2 / (n_images - 1)
+        + sum(part**2 / df for part, df in zip(residual_variance, residual_dfs, strict=True))
+    ) / n_images**2
+    seed_noise = sum(
+        part**2 / max(count - 1, 1) for part, count in zip(seed_variance, seed_counts, strict=True)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = variance**2 / (seed_noise + np.where(image_part > 0, image_noise, 0.0))
+    flat = variance <= _SAME**2
+    return _t_intervals(mean, variance, np.where(flat, np.inf, df), 0.0, flat, _sign_test(image_differences, 0.0))
+
+
+def _seed_part(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """One arm's (MS_seeds / images, MS_residual, the residual's degrees of freedom) of its seeds
+    x images scores: the variance of one seed's mean, and the per-cell noise. Seed means that
+    tie exactly take the residual instead, as in `two_way_intervals`."""
+    n_seeds, n_images = scores.shape[-2:]
+    mean = scores.mean(axis=(-2, -1))
+    seed_means, image_means = scores.mean(axis=-1), scores.mean(axis=-2)
+    ms_seeds = n_images * seed_means.var(axis=-1, ddof=1)
+    residuals = scores - seed_means[..., :, None] - image_means[..., None, :] + mean[..., None, None]
+    residual_df = (n_seeds - 1) * (n_images - 1)
+    ms_residual = (residuals**2).sum(axis=(-2, -1)) / residual_df
+    ms_seeds = np.where(ms_seeds <= _SAME**2, ms_residual, ms_seeds)
+    return ms_seeds / n_images, ms_residual, residual_df
+
+
 def seed_intervals(seed_values: np.ndarray, reference: float = 0.0) -> Intervals:
     """Intervals for the mean of independent per-seed values (each seed its own images).
 
