@@ -91,6 +91,8 @@ class LabSession:
         self.session = session
         self.handle_sigterm()
 
+    # Last: after the plugin has loaded and checked the data, so that bad data leaves no run folder.
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.select((item.nodeid, tagged_case(item.user_properties)) for item in session.items)
         if any(case is not None for case in self.selected.values()):
