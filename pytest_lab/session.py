@@ -436,6 +436,7 @@ class LabSession:
                 lines += ["findings:", *render.findings_table(self.results.comparisons, "simple").splitlines()]
             if self.results.baseline:
                 lines += [f"baseline: {render.baseline_line(self.results.baseline)}",
+                          render.differing_line(self.results.baseline),
                           *render.baseline_table(self.results.baseline.rows, "simple").splitlines()]
                 if self.results.baseline.epoch_times:
                     lines += render.baseline_table(self.results.baseline.epoch_times, "simple").splitlines()

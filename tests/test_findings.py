@@ -288,10 +288,15 @@ def test_compare_says_whether_two_runs_differ_beyond_their_intervals():
 
     text = compare.compare(first, second)
 
-    section = text.split("## Accuracies against their 95% intervals", 1)[1]
+    section, paired = text.split("## Accuracies against their 95% intervals", 1)[1].split("\n## ", 1)
     rows = {line.split("|")[3].strip(): line.split("|")[7].strip() for line in section.splitlines()
             if line.startswith("| Experiment")}
     assert rows == {"transferred": "yes: A higher", "scratch": "no: the intervals overlap"}
+    # Paired on the same images, as `--baseline A` would: B's transferred row is worse than A's.
+    verdicts = {line.split("|")[1].strip().rsplit(": ", 1)[-1]: line.split("|")[7].strip()
+                for line in paired.splitlines() if line.startswith("| Experiment")}
+    assert verdicts["transferred"] == "worse than the baseline"
+    assert verdicts["scratch"].startswith("no difference detectable")
 
 
 def _sessions(start_pytest, tmp_path, *seed_options):

@@ -29,6 +29,8 @@ from lab.report.results import (
 from lab.runtime import environment, timesplit
 
 MODES = ("unfrozen", "frozen", "frozen-cached")
+# A table cell longer than this becomes a numbered note under its table (`noted_table`).
+NOTE_AFTER = 60
 BENCHMARK_EXPERIMENT = 4
 
 
@@ -57,6 +59,7 @@ def render(results: Results, figures_link: str) -> RenderedReport:
     lines = [f"# Transfer-learning lab report: {run.profile} profile on {run.device_slug}", ""]
     lines += _blockquotes(banners(run))
     lines += [header_table(run, results.baseline), ""]
+    lines += _profile_settings_table(run)
     lines += _findings_section(results)
     lines += _baseline_section(results.baseline)
     lines += _time_split_section(results.time_split)
@@ -107,10 +110,13 @@ def banners(run: RunHeader) -> list[str]:
 
 
 def baseline_line(baseline: Baseline) -> str:
-    """The baseline run in one line: where, when, which commit, and what differs."""
-    differing = "; ".join(baseline.differing) or "nothing"
-    return (f"{baseline.source} (started {baseline.started}, commit {baseline.commit}); "
-            f"settings that differ (this run / baseline): {differing}")
+    """The baseline run in one line: where, when, which commit."""
+    return f"{baseline.source} (started {baseline.started}, commit {baseline.commit})"
+
+
+def differing_line(baseline: Baseline) -> str:
+    """The settings this run and its baseline differ in: the change being tested."""
+    return f"settings that differ (this run / baseline): {'; '.join(baseline.differing) or 'none'}"
 
 
 def header_table(run: RunHeader, baseline: Baseline | None = None) -> str:
@@ -119,7 +125,6 @@ def header_table(run: RunHeader, baseline: Baseline | None = None) -> str:
     gpus = ", ".join(device.get("gpus") or []) or "none"
     if device.get("gpu_stack"):
         gpus += f" ({device['gpu_stack']})"
-    settings = ", ".join(f"{key}={value}" for key, value in run.profile_settings.items())
     rows = [
         ("date (UTC)", run.finished or run.started),
         ("profile", run.profile),
@@ -137,10 +142,18 @@ def header_table(run: RunHeader, baseline: Baseline | None = None) -> str:
         ("weights", run.weights_description),
         ("options", run.options_description),
         *([("training step", run.training_step)] if run.training_step else []),
-        ("profile settings", settings),
+        ("profile settings", "the table below" if run.profile_settings else None),
         ("wall time", f"{run.wall_seconds:.0f} s" if run.wall_seconds is not None else None),
     ]
     return tabulate([[key, cell(value)] for key, value in rows], headers=["", ""], tablefmt="github")
+
+
+def _profile_settings_table(run: RunHeader) -> list[str]:
+    """The profile's settings, a row each: in one header cell they made the header 300 characters wide."""
+    if not run.profile_settings:
+        return []
+    rows = [[key.replace("_", " "), cell(value)] for key, value in run.profile_settings.items()]
+    return [tabulate(rows, headers=["profile setting", "value"], tablefmt="github", disable_numparse=True), ""]
 
 
 def _resumed_from(run: RunHeader) -> str:
@@ -303,7 +316,8 @@ def _baseline_section(baseline: Baseline | None) -> list[str]:
     """This run's rows against the baseline's: the verdicts, then epoch times as ratios."""
     if baseline is None:
         return []
-    lines = ["## Against the baseline", "", baseline_table(baseline.rows), ""]
+    lines = ["## Against the baseline", "", f"{baseline_line(baseline)}; {differing_line(baseline)}.", ""]
+    lines += [baseline_table(baseline.rows), ""]
     lines += [
         "Each row pairs this run's predictions with the baseline's on the same validation images; "
         "p-values are Holm-adjusted over the rows, each interval at the confidence of the Holm step that "
@@ -333,13 +347,30 @@ def baseline_table(rows: Sequence[BaselineRow], tablefmt: str = "github") -> str
             "verdict": public_text(cells["verdict"].replace("this run faster than the baseline", "faster").replace(
                 "the baseline faster than this run", "slower")),
         })
-    return tabulate(table, headers="keys", tablefmt=tablefmt, disable_numparse=True)
+    return noted_table(table, "verdict", tablefmt)
 
 
 def findings_table(comparisons: Sequence[statistics.Comparison], tablefmt: str = "github") -> str:
-    """The Findings: a row per question (the report's markdown, or the terminal's `simple` table)."""
+    """The Findings: a row per question (the report's markdown, or the terminal's `simple` table),
+    a long verdict (a reason not to compare) as a numbered note under it."""
     rows = [{column: public_text(value) for column, value in comparison.row().items()} for comparison in comparisons]
-    return tabulate(rows, headers="keys", tablefmt=tablefmt, disable_numparse=True)
+    return noted_table(rows, "verdict", tablefmt)
+
+
+def noted_table(rows: list[dict], column: str, tablefmt: str = "github") -> str:
+    """`rows` as a table whose `column` cells longer than `NOTE_AFTER` characters become numbered
+    notes under it (`not compared (note 1)`), so that no column is padded to one long cell."""
+    notes = []
+    for row in rows:
+        text = row.get(column)
+        if isinstance(text, str) and len(text) > NOTE_AFTER:
+            notes.append(text)
+            head = text.split(":")[0] if ":" in text[:NOTE_AFTER] else text[: NOTE_AFTER // 2].rstrip() + "..."
+            row[column] = f"{head} (note {len(notes)})"
+    lines = [tabulate(rows, headers="keys", tablefmt=tablefmt, disable_numparse=True)]
+    if notes:
+        lines += ["", *(f"{number}. {note}" for number, note in enumerate(notes, start=1))]
+    return "\n".join(lines)
 
 
 def time_split_parts(split: TimeSplit) -> list[tuple[str, float]]:
@@ -436,6 +467,7 @@ def _outcomes_section(outcomes: list[Outcome]) -> list[str]:
     lines = ["## Tests", "", f"{tally or 'no tests'}.", ""]
     not_passed = [outcome for outcome in outcomes if outcome.outcome != "passed"]
     if not_passed:
-        rows = [{"test": outcome.test, "outcome": outcome.outcome, "why": outcome.reason} for outcome in not_passed]
-        lines += [table(rows), ""]
+        rows = [{"test": outcome.test, "outcome": outcome.outcome, "why": cell(outcome.reason)}
+                for outcome in not_passed]
+        lines += [noted_table(rows, "why"), ""]
     return lines
