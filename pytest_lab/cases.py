@@ -68,6 +68,35 @@ def _text(value) -> str:
     return "-".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
 
 
+# The prefix of the groups `group_for_reuse` puts tests in; xdist's `loadgroup` appends the group
+# to a node id (`test_x[seed0]@lab-mobilenet_v2`), which `plain_nodeid` takes off again.
+GROUP_PREFIX = "lab-"
+
+
+def group_for_reuse(item: pytest.Item) -> None:
+    """Puts a test in the xdist group of the tests it shares a product with, so that under
+    `--dist loadgroup` they run on one worker: experiment 1 and 2 of a seed (the saved model), and
+    every case of experiments 3-5 of a backbone (compiled models, stage caches, the rate search)."""
+    marker = item.get_closest_marker("experiment")
+    if marker is None or not marker.args:
+        return
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec else {}
+    if marker.args[0] in (1, 2) and "seed" in params:
+        group = f"{GROUP_PREFIX}cnn-seed{params['seed']}"
+    elif "backbone_name" in params:
+        group = f"{GROUP_PREFIX}{params['backbone_name']}"
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+def plain_nodeid(nodeid: str) -> str:
+    """A node id without the `@group` that xdist's `loadgroup` appended to it."""
+    test, separator, group = nodeid.rpartition("@")
+    return test if separator and group.startswith(GROUP_PREFIX) and "[" not in group else nodeid
+
+
 def tag(items: list[pytest.Item]) -> None:
     """Puts each experiment test's case in its user properties, so that its reports carry it to
     the session (from xdist workers too)."""

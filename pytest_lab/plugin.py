@@ -26,7 +26,7 @@ from lab.report import journal, writing
 from lab.report.journal import Journal
 from lab.report.results import Results
 from lab.runtime import environment, process, reproducibility, storage
-from pytest_lab import cases
+from pytest_lab import cases, hosts
 from pytest_lab.datasets import SessionDatasets
 from pytest_lab.session import LabSession
 
@@ -49,6 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     run = _checked_run(config)
     config.stash[RUN_CONFIG] = run
+    if is_worker(config):
+        hosts.check_stack(config)
+    else:
+        _group_for_reuse(config)
     _default_timeout(config, run)
     earlier = config.stash[EARLIER] = _earlier_session(config, run)
     baseline = None if is_worker(config) else _baseline(run)
@@ -77,14 +81,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     earlier = config.stash[EARLIER]
     if earlier is not None:
         kept = {test.test for test in earlier.kept()}
-        taken = [item for item in items if item.nodeid in kept]
+        taken = [item for item in items if cases.plain_nodeid(item.nodeid) in kept]
         if taken:
-            items[:] = [item for item in items if item.nodeid not in kept]
+            items[:] = [item for item in items if cases.plain_nodeid(item.nodeid) not in kept]
             config.hook.pytest_deselected(items=taken)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    cases.group_for_reuse(item)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     session.config.stash[DATASETS].load_before_tests(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    hosts.configure_node(node, str(node.config.rootpath))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if is_worker(session.config):
+        timed_in_workers(session.config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if is_worker(session.config):
+        session.config.workeroutput[hosts.SUMMARY] = hosts.summary(session.config)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -94,6 +117,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def is_worker(config: pytest.Config) -> bool:
     """Whether this process is an xdist worker, not the session's controller."""
     return hasattr(config, "workerinput")
+
+
+def _group_for_reuse(config: pytest.Config) -> None:
+    """xdist's `load` becomes `loadgroup`, so that tests sharing a product run on one worker
+    (`cases.group_for_reuse`); tests of no group are spread as `load` spreads them."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "load":
+        config.option.dist = "loadgroup"
+
+
+def timed_in_workers(config: pytest.Config) -> None:
+    """Experiment 4's epoch times in an xdist worker too: pytest-benchmark (5.3.1) switches itself
+    off in every worker, so the suite's parallel runs would lose the measurement the card names.
+    The report says where other workers shared a host's cores (`session.benchmarks_note`)."""
+    benchmarks = getattr(config, "_benchmarksession", None)
+    if benchmarks is not None and benchmarks.xdist_warning:
+        benchmarks.disabled = False
+        benchmarks.xdist_warning = False
 
 
 def _default_timeout(config: pytest.Config, run: RunConfig) -> None:
@@ -161,6 +201,20 @@ def _checked_run(config: pytest.Config) -> RunConfig:
             "--distribute multiworker runs one pytest per machine: drop -n (xdist workers on one machine "
             "would all claim the same TF_CONFIG task)"
         )
+    gateways = config.getoption("tx", None) or []
+    if run.options.distribute == "multiworker" and gateways:
+        raise pytest.UsageError(
+            "--tx and --distribute multiworker: --tx spreads the session's tests over machines (each test on one), "
+            "--distribute multiworker spreads each training over the machines of TF_CONFIG; use one of them"
+        )
+    if not is_worker(config) and any("ssh=" in gateway for gateway in gateways):
+        paths = [arg for arg in config.invocation_params.args if not arg.startswith("-") and os.path.exists(
+            str(config.invocation_params.dir / arg.split("::")[0]))]
+        if paths:
+            raise pytest.UsageError(
+                f"with ssh gateways pytest-xdist sends workers no test paths ({', '.join(paths)}): select by marker "
+                "instead, e.g. `pytest -m experiment -k freeze --tx ...` for `pytest experiments -k freeze`"
+            )
     if not is_worker(config):
         for warning in caught:
             config.issue_config_time_warning(warning.message, stacklevel=2)
@@ -195,9 +249,10 @@ def _apply_to_process(config: pytest.Config, run: RunConfig) -> None:
     """The run's TensorFlow settings for this process; an xdist worker takes its share of the CPU
     cores, and on a GPU machine one GPU."""
     if is_worker(config):
-        process.share_cpu_cores(int(config.workerinput["workercount"]))
+        _, index, host_workers = hosts.place(config)
+        process.share_cpu_cores(host_workers)
         if "CUDA_VISIBLE_DEVICES" not in os.environ:
-            process.pin_worker_gpu(int(config.workerinput["workerid"].removeprefix("gw")))
+            process.pin_worker_gpu(index)
     # Raises for a machine of --distribute multiworker that did not answer.
     with _usage_error():
         process.apply_run_settings(run)

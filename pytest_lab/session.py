@@ -33,7 +33,8 @@ from lab.report.results import (
     ValidationSet,
 )
 from lab.runtime import distribution, environment, keras_internals, timesplit
-from pytest_lab.cases import ExperimentCase, tagged_case
+from pytest_lab import hosts
+from pytest_lab.cases import ExperimentCase, plain_nodeid, tagged_case
 
 
 class LabSession:
@@ -74,6 +75,9 @@ class LabSession:
         self.journal: journal.JournalWriter | None = None
         self.journal_seconds = 0.0
         self.session: pytest.Session | None = None
+        # What each xdist worker said of its host, and the (host, worker) of those that died.
+        self.host_summaries: list[dict] = []
+        self.crashed: list[tuple[str, str]] = []
         self.report_seconds: float | None = None
         self.results: Results | None = None
         self.report_path: str | None = None
@@ -100,7 +104,11 @@ class LabSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
-        self.select((nodeid, None) for nodeid in ids)
+        self.select((plain_nodeid(nodeid), None) for nodeid in ids)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        self.worker_down(node)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.add_test_report(report)
@@ -169,7 +177,8 @@ class LabSession:
         case = tagged_case(report.user_properties)
         if case is not None:
             self.open_journal()
-        test = self.ending.setdefault(report.nodeid, EndedTest(outcome_of(report.nodeid, "passed", "", case)))
+        nodeid = plain_nodeid(report.nodeid)
+        test = self.ending.setdefault(nodeid, EndedTest(outcome_of(nodeid, "passed", "", case)))
         if report.when == "call":
             for kind, value in report.user_properties:
                 if kind == "lab_record":
@@ -190,10 +199,24 @@ class LabSession:
         # A failed setup or teardown decides the outcome; a passed one does not.
         decisive = report.when == "call" or not report.passed
         if decisive and test.outcome.outcome == "passed":
-            test.outcome = outcome_of(report.nodeid, report.outcome, _reason(report), case)
+            reason = _reason(report)
+            worker = getattr(report, "node", None)
+            if report.when == "???" and worker is not None:
+                host = worker.workerinput.get(hosts.HOST, hosts.LOCAL)
+                reason = f"{reason} on host {host}"
+                self.crashed.append((host, worker.gateway.id))
+            test.outcome = outcome_of(nodeid, report.outcome, reason, case)
         # xdist reports a test whose worker died with `when` "???" and no teardown.
         if report.when in ("teardown", "???"):
-            self.test_ended(self.ending.pop(report.nodeid))
+            self.test_ended(self.ending.pop(nodeid))
+
+    def worker_down(self, node) -> None:
+        """Keeps what an xdist worker said of its host as it finished (nothing, if it died)."""
+        summary = getattr(node, "workeroutput", {}).get(hosts.SUMMARY)
+        if summary is not None:
+            self.host_summaries.append(summary)
+        else:
+            self.crashed.append((node.workerinput.get(hosts.HOST, hosts.LOCAL), node.gateway.id))
 
     def test_ended(self, test: EndedTest) -> None:
         """Keeps a test that ended, and writes it to the journal before the next test starts.
@@ -330,6 +353,7 @@ class LabSession:
             wall_seconds=finished - self.started,
             complete=complete,
             incomplete_reason=self.displayed(reason) if reason else None,
+            hosts=hosts.hosts_of(self.host_summaries, self.crashed),
         )
         ended = list(self.ended.values())
         validation_sets: dict[str, ValidationSet] = {}
@@ -493,11 +517,16 @@ def _case(case: dict | None) -> ExperimentCase | None:
 
 
 def benchmarks_note(config: pytest.Config) -> str | None:
-    """Why this run has no epoch times, if it has none by its options."""
-    if config.pluginmanager.hasplugin("xdist") and (config.getoption("numprocesses", None) or 0):
-        return "pytest-benchmark disables itself under pytest-xdist (-n); run without -n for epoch times"
+    """Why this run has no epoch times, or what its epoch times carry, where its options say."""
     if config.getoption("benchmark_disable", False):
         return "benchmarks disabled with --benchmark-disable"
+    workers = (config.getoption("numprocesses", None) or 0) + len(config.getoption("tx", None) or [])
+    if config.pluginmanager.hasplugin("xdist") and workers > 1:
+        return (
+            "timed in pytest-xdist workers: where other workers of the same host ran during a timing, they shared "
+            "its cores (and memory bandwidth), so those epoch times carry their load; one worker per host, or per "
+            "GPU of a GPU host, is the clean case"
+        )
     return None
 
 

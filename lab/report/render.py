@@ -136,6 +136,7 @@ def header_table(run: RunHeader, baseline: Baseline | None = None) -> str:
         ("versions", ", ".join(f"{name} {version}" for name, version in run.versions.items())),
         ("CPU", f"{device.get('cpu')} ({device.get('cpu_cores')} cores)"),
         ("GPUs", f"{device.get('gpu_count', 0)}: {gpus}"),
+        *[(f"host {host.name}", _host_text(host)) for host in run.hosts],
         ("replicas", run.replicas),
         ("data source", run.data_source_description),
         ("dataset, experiments 3-5", run.dataset_description),
@@ -146,6 +147,18 @@ def header_table(run: RunHeader, baseline: Baseline | None = None) -> str:
         ("wall time", f"{run.wall_seconds:.0f} s" if run.wall_seconds is not None else None),
     ]
     return tabulate([[key, cell(value)] for key, value in rows], headers=["", ""], tablefmt="github")
+
+
+def _host_text(host) -> str:
+    """One host of an xdist session: its workers, device and the versions that must match."""
+    device = host.device
+    if not device:
+        return f"workers {', '.join(host.workers)}; its device is unknown (no worker of it reported)"
+    gpus = ", ".join(device.get("gpus") or []) or "no GPU"
+    versions = ", ".join(f"{name} {host.versions[name]}" for name in ("tensorflow", "tensorflow-cpu", "keras")
+                         if name in host.versions)
+    return (f"workers {', '.join(host.workers)}; {device.get('cpu')} ({device.get('cpu_cores')} cores); {gpus}; "
+            f"{versions}")
 
 
 def _profile_settings_table(run: RunHeader) -> list[str]:
@@ -457,6 +470,8 @@ def _benchmark_section(run: RunHeader, rows: list[dict], figures: dict[str, byte
         table(rows),
         "",
     ]
+    if run.benchmarks_note:
+        lines += [f"Note: {public_text(run.benchmarks_note)}.", ""]
     return lines + _figure(figures, "epoch-seconds.png", plots.epoch_seconds(rows, MODES),
                            "seconds per epoch by mode and backbone", figures_link)
 

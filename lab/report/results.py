@@ -319,6 +319,24 @@ class EarlierSession:
 
 
 @dataclasses.dataclass
+class HostInfo:
+    """One machine of a session spread over xdist workers (`-n`, `--tx ssh=...`).
+
+    Args:
+        name: the host (`localhost` for this machine's own workers).
+        workers: its xdist workers (`gw0`...), a worker that died marked so.
+        device: its device summary (`lab.runtime.environment.device_summary`), empty where
+            no worker of it could say.
+        versions: its library versions.
+    """
+
+    name: str
+    workers: list[str]
+    device: dict[str, Any] = dataclasses.field(default_factory=dict)
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class RunHeader:
     """The run's settings and machine: everything the report says above its tables."""
 
@@ -349,12 +367,18 @@ class RunHeader:
     training_step: str | None = None
     # Where this session resumed an earlier one (`--resume`); None for a session of its own.
     resumed_from: EarlierSession | None = None
+    # The machines of a session spread over xdist workers; empty for one process.
+    hosts: list[HostInfo] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict) -> RunHeader:
         """Reads its plain-JSON form (`dataclasses.asdict`)."""
         earlier = data.get("resumed_from")
-        return cls(**{**data, "resumed_from": EarlierSession(**earlier) if earlier else None})
+        return cls(**{
+            **data,
+            "resumed_from": EarlierSession(**earlier) if earlier else None,
+            "hosts": [HostInfo(**host) for host in data.get("hosts", [])],
+        })
 
     @property
     def options_description(self) -> str:

@@ -35,8 +35,8 @@ def apply_run_settings(run: RunConfig) -> None:
 
 
 def pin_worker_gpu(worker_index: int) -> None:
-    """Makes an xdist worker (`gw<worker_index>`) see only GPU `worker_index` modulo the GPU
-    count, so that `pytest -n K` on a machine of several GPUs spreads its workers over them."""
+    """Makes an xdist worker, the `worker_index`-th of its host's, see only GPU `worker_index`
+    modulo the host's GPU count, so that K workers on a machine of K GPUs take one each."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         tf.config.set_visible_devices(gpus[worker_index % len(gpus)], "GPU")
