@@ -105,6 +105,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         timed_in_workers(session.config)
 
 
+# First: xdist's worker sends its `workeroutput` to the controller in its own sessionfinish.
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if is_worker(session.config):
         session.config.workeroutput[hosts.SUMMARY] = hosts.summary(session.config)
