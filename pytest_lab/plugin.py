@@ -209,13 +209,15 @@ def _checked_run(config: pytest.Config) -> RunConfig:
             "--tx and --distribute multiworker: --tx spreads the session's tests over machines (each test on one), "
             "--distribute multiworker spreads each training over the machines of TF_CONFIG; use one of them"
         )
+    if not is_worker(config) and gateways and config.getoption("dist", "no") == "no":
+        raise pytest.UsageError("--tx names xdist's gateways but sends them nothing alone: add -d (--dist load)")
     if not is_worker(config) and any("ssh=" in gateway for gateway in gateways):
         paths = [arg for arg in config.invocation_params.args if not arg.startswith("-") and os.path.exists(
             str(config.invocation_params.dir / arg.split("::")[0]))]
         if paths:
             raise pytest.UsageError(
                 f"with ssh gateways pytest-xdist sends workers no test paths ({', '.join(paths)}): select by marker "
-                "instead, e.g. `pytest -m experiment -k freeze --tx ...` for `pytest experiments -k freeze`"
+                "instead, e.g. `pytest -m experiment -k freeze -d --tx ...` for `pytest experiments -k freeze`"
             )
     if not is_worker(config):
         for warning in caught:

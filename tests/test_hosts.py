@@ -86,7 +86,7 @@ def test_a_session_over_two_ssh_gateways_writes_one_report_with_its_hosts_and_ep
         clones.append(tmp_path / name)
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     over_ssh = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *SELECTION, *TINY, f"--report-dir={tmp_path / 'ssh'}",
+        [sys.executable, "-m", "pytest", *SELECTION, *TINY, f"--report-dir={tmp_path / 'ssh'}", "-d",
          gateway("lab-host-a", clones[0], sshd), gateway("lab-host-b", clones[1], sshd)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
     )
@@ -120,7 +120,7 @@ def test_a_session_over_two_ssh_gateways_writes_one_report_with_its_hosts_and_ep
 def test_a_gateway_where_nothing_listens_fails_naming_the_host_in_bounded_time(sshd, tmp_path):
     started = time.monotonic()
     process = subprocess.run(
-        [sys.executable, "-m", "pytest", *SELECTION, *TINY, f"--report-dir={tmp_path}",
+        [sys.executable, "-m", "pytest", *SELECTION, *TINY, f"--report-dir={tmp_path}", "-d",
          gateway("lab-host-dead", tmp_path, sshd)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -131,11 +131,11 @@ def test_a_gateway_where_nothing_listens_fails_naming_the_host_in_bounded_time(s
 
 def test_test_paths_with_ssh_gateways_are_refused_with_the_command_to_use(sshd, tmp_path):
     process = subprocess.run(
-        [sys.executable, "-m", "pytest", "experiments", "-k", "freeze", gateway("lab-host-a", tmp_path, sshd)],
+        [sys.executable, "-m", "pytest", "experiments", "-k", "freeze", "-d", gateway("lab-host-a", tmp_path, sshd)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert process.returncode == pytest.ExitCode.USAGE_ERROR, process.stdout[-2000:] + process.stderr[-2000:]
-    assert "pytest -m experiment -k freeze --tx" in process.stderr
+    assert "pytest -m experiment -k freeze -d --tx" in process.stderr
 
 
 class Spec:
