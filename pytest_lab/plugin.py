@@ -122,9 +122,11 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def _group_for_reuse(config: pytest.Config) -> None:
-    """xdist's `load` becomes `loadgroup`, so that tests sharing a product run on one worker
-    (`cases.group_for_reuse`); tests of no group are spread as `load` spreads them."""
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "load":
+    """xdist's `load` (what `-n` and `-d` mean) becomes `loadgroup`, so that tests sharing a product
+    run on one worker (`cases.group_for_reuse`); tests of no group are spread as `load` spreads
+    them. A `--dist` the user typed is kept."""
+    typed = any(arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args)
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "load" and not typed:
         config.option.dist = "loadgroup"
 
 
