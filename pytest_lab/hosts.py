@@ -3,8 +3,9 @@
 xdist's controller knows every gateway (`-n K` is K on this machine, `--tx ssh=HOST//...` one on
 HOST) and tells each worker, through its `workerinput` in `pytest_configure_node`, which host it
 is on, how many workers that host runs and which of them it is, so that a worker sizes its
-thread pools to its own host's cores and pins its own host's GPU. It also sends its TensorFlow,
-Keras and lab commit, which a worker checks against its own before anything trains. At the end
+thread pools to its own host's cores and pins its own host's GPU. Before a worker starts, the
+controller asks its host's Python for its TensorFlow, Keras and lab commit, and refuses a host
+whose stack differs from its own (`check_host_stack`). At the end
 each worker sends back what its host is (device, versions) in its `workeroutput`, for the
 report's header.
 """
@@ -19,9 +20,7 @@ import pytest
 from lab.report.results import HostInfo
 from lab.runtime import environment
 
-HOST, HOST_INDEX, HOST_WORKERS, STACK, SUMMARY = (
-    "lab_host", "lab_host_index", "lab_host_workers", "lab_stack", "lab_host_summary"
-)
+HOST, HOST_INDEX, HOST_WORKERS, SUMMARY = "lab_host", "lab_host_index", "lab_host_workers", "lab_host_summary"
 # This machine, as a host name: the controller's own gateways (`-n K`, `--tx popen`).
 LOCAL = "localhost"
 
@@ -37,21 +36,54 @@ def host_of(spec) -> str:
     return LOCAL
 
 
+# Run on a gateway before its worker starts (execnet's `remote_exec`): the stack that host would
+# run, from its own Python and checkout. Plain Python: the host may lack everything else.
+REMOTE_STACK = """
+import subprocess
+from importlib import metadata
+
+def version(*packages):
+    for package in packages:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    commit = "unknown"
+channel.send({"TensorFlow": version("tensorflow", "tensorflow-cpu"), "Keras": version("keras"),
+              "lab commit": commit or "unknown"})
+"""
+
+
 def configure_node(node, root: str) -> None:
     """Tells a worker its host, its index among that host's workers, their number, and the
-    controller's stack (`pytest_configure_node`)."""
+    controller's stack (`pytest_configure_node`), after checking that the host runs that stack."""
     specs = node.nodemanager.specs
     hosts = [host_of(spec) for spec in specs]
     host = host_of(node.gateway.spec)
     position = next((index for index, spec in enumerate(specs) if spec is node.gateway.spec), None)
     if position is None:
         position = int(node.gateway.id.removeprefix("gw"))
-    node.workerinput.update({
-        HOST: host,
-        HOST_INDEX: hosts[:position].count(host),
-        HOST_WORKERS: hosts.count(host),
-        STACK: stack(root),
-    })
+    expected = stack(root)
+    check_host_stack(host, node.gateway, expected)
+    node.workerinput.update({HOST: host, HOST_INDEX: hosts[:position].count(host), HOST_WORKERS: hosts.count(host)})
+
+
+def check_host_stack(host: str, gateway, expected: dict[str, str]) -> None:
+    """A usage error, before the host's worker starts, where its Python lacks the controller's
+    TensorFlow or Keras, has other versions, or its checkout is at another commit."""
+    there = gateway.remote_exec(REMOTE_STACK).receive(timeout=120)
+    differing = [f"{name} {there.get(name) or 'not installed'} there, {value} on the controller"
+                 for name, value in expected.items() if there.get(name) != value]
+    if differing:
+        raise pytest.UsageError(
+            f"host {host}: {'; '.join(differing)}: install the same requirements and check out the same commit "
+            "on every host"
+        )
 
 
 def place(config: pytest.Config) -> tuple[str, int, int]:
@@ -70,22 +102,6 @@ def stack(root: str) -> dict[str, str]:
     # A dirty controller is a developer's checkout: its commit, not its edits, is what a host must match.
     versions["lab commit"] = environment.git_commit(root).removesuffix("+dirty")
     return versions
-
-
-def check_stack(config: pytest.Config) -> None:
-    """A usage error, before anything trains, where this worker's host runs another stack than the controller."""
-    expected = config.workerinput.get(STACK)
-    if expected is None:
-        return
-    here = stack(str(config.rootpath))
-    host = place(config)[0]
-    differing = [f"{name} {here.get(name)} there, {value} on the controller"
-                 for name, value in expected.items() if here.get(name) != value]
-    if differing:
-        raise pytest.UsageError(
-            f"host {host} ({config.rootpath}): {'; '.join(differing)}: install the same requirements and check out "
-            "the same commit on every host"
-        )
 
 
 def summary(config: pytest.Config) -> dict:

@@ -49,9 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     run = _checked_run(config)
     config.stash[RUN_CONFIG] = run
-    if is_worker(config):
-        hosts.check_stack(config)
-    else:
+    if not is_worker(config):
         _group_for_reuse(config)
     _default_timeout(config, run)
     earlier = config.stash[EARLIER] = _earlier_session(config, run)

@@ -156,3 +156,24 @@ def test_a_gateway_s_host_is_its_ssh_destination_or_socket_address(spec, host):
 def test_loadgroup_s_suffix_is_taken_off_node_ids():
     assert cases.plain_nodeid("experiments/x.py::t[seed0-lab]@lab-cnn-seed0") == "experiments/x.py::t[seed0-lab]"
     assert cases.plain_nodeid("experiments/x.py::t[a@b]") == "experiments/x.py::t[a@b]"
+
+
+# Loaded with -p: the host's Python answers with another Keras than the controller's.
+OTHER_KERAS = """
+import pytest
+from pytest_lab import hosts
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure_node(node):
+    hosts.REMOTE_STACK = hosts.REMOTE_STACK.replace('"Keras": version("keras")', '"Keras": "2.99.0"')
+"""
+
+
+def test_a_host_with_another_keras_is_refused_naming_it_before_its_worker_starts(start_pytest, tmp_path):
+    process = start_pytest(
+        tmp_path, "experiments", "-k", "base_model and lab", "-n", "1", "--data-source", "mock", "--weights", "none",
+        "-p", "no:cacheprovider", plugins={"other_keras": OTHER_KERAS},
+    ).finished()
+    assert process.returncode == pytest.ExitCode.USAGE_ERROR, process.stdout[-2000:] + process.stderr[-2000:]
+    assert "host localhost: Keras 2.99.0 there, 3.15.1 on the controller" in process.stdout + process.stderr
+    assert "Traceback" not in process.stdout + process.stderr
