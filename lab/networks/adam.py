@@ -1,6 +1,7 @@
 """Adam whose update of each variable is TensorFlow's one fused kernel.
 
-Keras's Adam writes each variable's update as about fifteen graph operations. Tracing them
+Keras's Adam writes each variable's update as 37 graph operations (Keras 3.15.1: an update of
+four 3x3 weights traced to 154 operations, of two to 80, placeholders aside). Tracing them
 costs 20-40 ms per trainable tensor on two CPU cores: a second of the first epoch of a stage
 that trains 42 tensors, more for a whole ResNet50. TensorFlow's `ApplyAdam` kernel computes the
 same update as one operation. It rounds its intermediate results otherwise than Keras's
