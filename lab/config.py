@@ -88,15 +88,24 @@ def path_option(option: str, given: str | None, fallback: str | None = None) -> 
     """Path option `option` (`data_dir`...) and the name a message gives it: the command line's
     value as `--data-dir`, else its environment variable's as `LAB_DATA_DIR`, else `fallback`.
 
-    An empty variable counts as unset.
+    An empty variable counts as unset. A leading `~` is the user's home, as a shell would expand
+    it: a variable set in quotes, or `--report-dir=~/x`, reaches the suite unexpanded.
     """
     flag = "--" + option.replace("_", "-")
     if given is not None:
-        return given, flag
+        return os.path.expanduser(given), flag
     variable = PATH_VARIABLES[option]
     if os.environ.get(variable):
-        return os.environ[variable], variable
+        return os.path.expanduser(os.environ[variable]), variable
     return fallback, flag
+
+
+def _holds_tests(folder: str) -> bool:
+    """Whether `folder` holds pytest's test modules or a conftest.py (a test path, not a log folder)."""
+    if not os.path.isdir(folder):
+        return False
+    return any(name == "conftest.py" or (name.startswith("test_") and name.endswith(".py"))
+               for name in os.listdir(folder))
 
 
 def check_folder(path: str | None, name: str, holds: str) -> None:
@@ -150,12 +159,14 @@ def parse_seeds(text: str, first_seed: int | None) -> tuple[int, ...]:
     """
     fix = "give a count (--seeds 3: --seed, --seed+1, --seed+2) or a comma-separated list (--seeds 0,1,2)"
     parts = [part.strip() for part in text.split(",")]
+    # A long list is not echoed back whole: its start and its length say which it was.
+    given = text if len(text) <= 60 else f"{text[:40]}... ({len(parts):,} entries)"
     if not all(part.isascii() and part.isdigit() for part in parts):
-        raise LabInputError(f"--seeds {text!r} is not a count or a list of seeds 0..{MAX_SEED}: {fix}")
+        raise LabInputError(f"--seeds {given!r} is not a count or a list of seeds 0..{MAX_SEED}: {fix}")
     count = int(parts[0]) if "," not in text else len(parts)
     if count > MAX_SEEDS:
         raise LabInputError(
-            f"--seeds {text} runs {count:,} seeds, more than {MAX_SEEDS}: every seed is scored on the same "
+            f"--seeds {given} runs {count:,} seeds, more than {MAX_SEEDS}: every seed is scored on the same "
             "validation images, so past that the intervals do not narrow noticeably, while every training "
             f"case runs once per seed and the session would run for days; give at most {MAX_SEEDS}"
         )
@@ -175,12 +186,16 @@ def parse_seeds(text: str, first_seed: int | None) -> tuple[int, ...]:
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if repeated:
         raise LabInputError(
-            f"--seeds {text} lists {', '.join(map(str, repeated))} more than once: a seed gives the same "
+            f"--seeds {given} lists {', '.join(map(str, repeated))} more than once: a seed gives the same "
             "figures every time, so list each once"
         )
     if max(seeds) > MAX_SEED:
-        raise LabInputError(f"--seeds {text} goes past {MAX_SEED}, the largest seed: {fix}")
+        raise LabInputError(f"--seeds {given} goes past {MAX_SEED}, the largest seed: {fix}")
     return seeds
+
+
+# The longest --worker-timeout: a day.
+MAX_WORKER_TIMEOUT = 86400.0
 
 
 def build_config(*args, **kwargs) -> RunConfig:
@@ -232,15 +247,22 @@ def build_config(*args, **kwargs) -> RunConfig:
     )
     if options.distribute == "multiworker":
         distribution.check_multiworker_config()
-    # NaN and infinity too: an unbounded wait is the hang the timeout is there to end.
-    if not 0 < options.worker_timeout < float("inf"):
+    # NaN and infinity too: an unbounded wait is the hang the timeout is there to end; a day is
+    # longer than anyone starts a command on each machine by hand.
+    if not 0 < options.worker_timeout <= MAX_WORKER_TIMEOUT:
         raise LabInputError(
-            f"--worker-timeout must be a finite, positive number of seconds, got {options.worker_timeout}: how "
-            "long --distribute multiworker waits for the other machines of TF_CONFIG"
+            f"--worker-timeout must be a number of seconds from 0 to {MAX_WORKER_TIMEOUT:g} (a day), got "
+            f"{options.worker_timeout:g}: how long --distribute multiworker waits for the other machines of TF_CONFIG"
         )
-    tensorboard_dir = options.tensorboard_dir
+    tensorboard_dir = options.tensorboard_dir and os.path.expanduser(options.tensorboard_dir)
     if tensorboard_dir and os.path.exists(tensorboard_dir) and not os.path.isdir(tensorboard_dir):
         raise LabInputError(f"--tensorboard {tensorboard_dir} is a file: give a folder for the TensorBoard logs")
+    if tensorboard_dir and _holds_tests(tensorboard_dir):
+        raise LabInputError(
+            f"--tensorboard {options.tensorboard_dir} is a folder of tests: pytest took the test path for the "
+            "option's folder; give the log folder with `=` after the test paths: pytest experiments "
+            "--tensorboard=logs"
+        )
     check_fine_tuning(options.lr_schedule, options.lr_factor, options.early_stopping)
     if options.fail_if_worse and options.baseline is None:
         raise LabInputError(

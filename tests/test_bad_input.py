@@ -138,6 +138,10 @@ def test_unknown_backbone_in_the_registry():
         ({"cache_budget": "-1G"}, ["--cache-budget '-1G'", "512M or 2G"]),
         ({"cache_budget": "lots"}, ["--cache-budget 'lots'", "512M or 2G"]),
         ({"cached": "on"}, ["--cached", "auto", "off"]),
+        ({"tensorboard_dir": "experiments"}, ["--tensorboard experiments is a folder of tests", "--tensorboard=logs"]),
+        ({"worker_timeout": 1e12}, ["--worker-timeout", "from 0 to 86400 (a day), got 1e+12"]),
+        ({"fail_if_worse": True}, ["--fail-if-worse needs --baseline RUN"]),
+        ({"seeds": ",".join(map(str, range(20000)))}, ["(20,000 entries) runs 20,000 seeds, more than 100"]),
     ],
     ids=[
         "unknown-backbone", "unknown-profile", "subset-zero", "subset-negative", "unknown-source",
@@ -147,7 +151,8 @@ def test_unknown_backbone_in_the_registry():
         "seeds-too-large", "seeds-count-past-the-largest", "seeds-count-2pow32", "seeds-count-past-the-cap",
         "seeds-list-past-the-cap", "seeds-list-with-seed", "lr-factor-infinite", "lr-factor-huge", "lr-factor-nan",
         "lr-factor-below-1", "cache-budget-unknown-unit", "cache-budget-zero", "cache-budget-negative",
-        "cache-budget-unparsable", "cached-unknown",
+        "cache-budget-unparsable", "cached-unknown", "tensorboard-a-test-folder", "worker-timeout-endless",
+        "fail-if-worse-alone", "seeds-list-of-20000",
     ],
 )
 def test_build_config_rejects(changes, fragments):
@@ -155,6 +160,8 @@ def test_build_config_rejects(changes, fragments):
         config.build_config(**_options(**changes))
     for fragment in fragments:
         assert fragment in str(raised.value)
+    # A 20,000-seed list is not echoed back whole (it was 109 KB).
+    assert len(str(raised.value)) < 1000
 
 
 def test_unknown_profile():

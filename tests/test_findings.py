@@ -138,14 +138,30 @@ def test_renaming_a_test_or_its_module_leaves_the_findings_as_they_were():
     assert before == after and any("resnet50" in row["question"] for row in before)
 
 
-def test_the_cnn_is_compared_with_one_over_the_number_of_classes():
+def test_the_cnn_is_compared_with_the_majority_class():
     record = _record(1, "The lab CNN", ("filters",), {"filters": "32-64-128"}, _predictions(45))
 
     (comparison,) = findings.comparisons(_results([record]))
 
     assert comparison.question == "Experiment 1, filters 32-64-128"
-    assert comparison.b_name == "chance (0.200)"
-    assert comparison.verdict == "the CNN better than chance (0.200)"
+    assert comparison.b_name == "the majority class (0.200)"
+    assert comparison.verdict == "the CNN better than the majority class (0.200)"
+
+
+def test_on_imbalanced_images_a_cnn_that_always_predicts_the_majority_class_is_not_better_than_chance():
+    # 180 of 734 in the full tf_flowers' validation split are one class: one over five would be 0.2.
+    labels = [0] * 60 + [1, 2, 3, 4] * 10
+    record = dataclasses.replace(
+        _record(1, "The lab CNN", ("filters",), {"filters": "32-64-128"}, [0] * 100),
+        row={"filters": "32-64-128", "validation accuracy": 0.6},
+    )
+    results = _results([record])
+    results.validation_sets = [ValidationSet(FLOWERS, 5, labels)]
+
+    (comparison,) = findings.comparisons(results)
+
+    assert comparison.b_name == "the majority class (0.600)" and comparison.effect == pytest.approx(0.0)
+    assert comparison.verdict == statistics.NO_DIFFERENCE
 
 
 def test_each_strategy_is_compared_with_head_only_and_with_full_once():

@@ -55,7 +55,8 @@ def default_directory() -> str:
     """`$LAB_CACHE_DIR`, else `transfer-lab` in the user's cache folder (`$XDG_CACHE_HOME` or ~/.cache)."""
     chosen = os.environ.get(CACHE_DIR_VARIABLE)
     if chosen:
-        return chosen
+        # Set in quotes, `~` reaches here unexpanded, and would make a `~` folder where the session runs.
+        return os.path.expanduser(chosen)
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache_home, "transfer-lab")
 
@@ -275,18 +276,21 @@ def _check(entry: str) -> None:
         raise _damaged(entry, f"{os.path.basename(error.filename)} is missing") from None
     if _checked.get(entry) == identities:
         return
-    found = {name: file_digest(os.path.join(entry, name)) for name in (IMAGES_FILE, LABELS_FILE)}
+    try:
+        found = {name: file_digest(os.path.join(entry, name)) for name in (IMAGES_FILE, LABELS_FILE)}
+    except IsADirectoryError as error:
+        raise _damaged(entry, f"{os.path.basename(error.filename)} is a folder") from None
     if _stored_checksums(entry) != found:
         raise _damaged(entry, f"its files do not match the checksums in its {CHECKSUMS_FILE}")
     _checked[entry] = identities
 
 
 def _stored_checksums(entry: str) -> object:
-    """What the entry's checksums file holds; None where it is not JSON."""
+    """What the entry's checksums file holds; None where it is not JSON, or not a file."""
     try:
         with open(os.path.join(entry, CHECKSUMS_FILE), encoding="utf-8") as stream:
             return json.load(stream)
-    except ValueError:
+    except (ValueError, IsADirectoryError):
         return None
 
 

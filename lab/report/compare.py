@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from lab.errors import LabInputError
 from lab.report import findings, statistics
-from lab.report.baseline import against_baseline
+from lab.report.baseline import NOT_THE_CHANGE, against_baseline
 from lab.report.render import (
     BENCHMARK_EXPERIMENT,
     banners,
@@ -196,10 +196,11 @@ def settings_table(first: Results, second: Results) -> str:
 
 def settings_warnings(first: Results, second: Results) -> list[str]:
     """A warning naming every setting the runs differ in, and each run's own banners."""
+    # Where reports or logs went, or how a session was compared, changes no figure.
     differing = [
         f"{name} ({cell(value_a)} / {cell(value_b)})"
         for name, (value_a, value_b) in _settings(first, second).items()
-        if name != "data source" and value_a != value_b
+        if name != "data source" and name not in NOT_THE_CHANGE and value_a != value_b
     ]
     if first.run.data_source != second.run.data_source:
         differing.append(f"data source ({first.run.data_source} / {second.run.data_source})")

@@ -1,6 +1,8 @@
 """The lab's questions, answered from a session's results: one paired comparison per question.
 
-1. Does the CNN learn? Each filter width against chance (one over the number of classes).
+1. Does the CNN learn? Each filter width against the best constant classifier on its validation
+   images: always the majority class, whose accuracy is that class's share (on imbalanced data
+   more than one over the number of classes).
 2. Do transferred convolutions beat scratch? `transferred` against `scratch`.
 3. Do ImageNet features beat random ones? Per backbone, `imagenet` against `none` weights.
 4. How much faster is a frozen base? Per backbone, `frozen` and `frozen-cached` epochs against
@@ -104,9 +106,17 @@ def _against_chance(results: Results) -> list[Comparison]:
             answers.append(statistics.not_compared(question, "the CNN", "chance", reason))
             continue
         answers.append(_guarded(
-            "chance", statistics.compare_with_constant, question, "the CNN", correct, 1 / validation_set.num_classes,
+            "chance", statistics.compare_with_constant, question, "the CNN", correct, majority_share(validation_set),
+            "the majority class",
         ))
     return answers
+
+
+def majority_share(validation_set: ValidationSet) -> float:
+    """The accuracy of always predicting the validation images' most common class: chance, for a
+    classifier that learned nothing but the class balance."""
+    labels = validation_set.labels
+    return max(labels.count(label) for label in set(labels)) / len(labels)
 
 
 def correctness_of(records: list[Record], validation_sets: list[ValidationSet]) -> Correctness | None:
