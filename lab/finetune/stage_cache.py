@@ -141,6 +141,11 @@ class CachedStage:
             return f"end to end: {self.reason}"
         return "cached, prefix pass shared" if self.prefix_shared else "cached"
 
+    def features_all_zero(self) -> bool:
+        """Whether every cached activation the top trains on is exactly zero (a random MobileNet's
+        pooled features can be): a top with no input to follow. False where not cached."""
+        return self.cached and not any(np.any(activations) for activations in self.train_activations)
+
     @property
     def split(self) -> StageModels | None:
         """The prefix and the top, to pass to `cache_stage` again for the same stage; None if not cached."""

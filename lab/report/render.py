@@ -228,9 +228,9 @@ def table_rows(records: list[Record], validation_sets: Sequence[ValidationSet] =
 
 
 def is_measurement(column: str) -> bool:
-    """Accuracies, seconds and speedups: what a run measured, not what it was configured with."""
+    """Accuracies, losses, seconds and speedups: what a run measured, not what it was configured with."""
     seconds = column in ("s/epoch", "seconds") or column.endswith((" s", " s/epoch", " seconds")) or " s (" in column
-    return seconds or "accuracy" in column or "speedup" in column
+    return seconds or "accuracy" in column or "speedup" in column or "loss" in column
 
 
 def benchmark_rows(benchmarks: list[BenchmarkResult]) -> list[dict]:

@@ -74,6 +74,12 @@ class FitResult:
             **self.early_stopping_summary(),
         }
 
+    def loss_fell(self) -> str:
+        """Whether the training loss fell from the first epoch to the last, as a report cell: a
+        learning outcome, recorded (`no: 2.290 -> 2.295` flags a fit too short to learn), not asserted."""
+        first, last = self.loss[0], self.loss[-1]
+        return "yes" if last < first else f"no: {first:.3f} -> {last:.3f}"
+
     def early_stopping_summary(self) -> dict:
         """The epoch the fit stopped at and its best epoch; empty without early stopping."""
         if self.stopped_epoch is None:
