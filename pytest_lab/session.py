@@ -83,7 +83,9 @@ class LabSession:
         self.report_path: str | None = None
         self.report_error: str | None = None
         self.stop_reason: str | None = None
-        self._previous_sigterm_handler = None
+        self._previous_handlers: dict[int, object] = {}
+        # The session is writing its report: a signal then is ignored.
+        self.finishing = False
         self.mlflow: tracking.SessionLog | None = None
 
     # Hooks: each hands off to a method below.
@@ -93,7 +95,7 @@ class LabSession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.session = session
-        self.handle_sigterm()
+        self.handle_signals()
 
     # Last: after the plugin has loaded and checked the data, so that bad data leaves no run folder.
     @pytest.hookimpl(trylast=True)
@@ -124,7 +126,7 @@ class LabSession:
         self.summarize(terminalreporter)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        self.restore_sigterm()
+        self.restore_signals()
         self.name_worse_rows(config)
 
     # What the hooks hand off to.
@@ -138,26 +140,29 @@ class LabSession:
         except LabInputError as error:
             raise pytest.UsageError(str(error)) from None
 
-    def handle_sigterm(self) -> None:
+    def handle_signals(self) -> None:
         """Makes SIGTERM (what `timeout` and CI cancellation send) stop the session as Ctrl-C
-        does, so that the report says what finished."""
+        does, and either stop it once: the report says what finished and which signal stopped it."""
         if threading.current_thread() is threading.main_thread():
-            self._previous_sigterm_handler = signal.signal(signal.SIGTERM, self._terminated)
+            self._previous_handlers = {
+                number: signal.signal(number, self._stopped) for number in STOP_REASONS
+            }
 
-    def _terminated(self, signum, frame) -> None:
-        # Only the first signal stops the session: `timeout` sends SIGTERM to its command and
-        # again to the command's process group, and a second KeyboardInterrupt raised while
-        # pytest handles the first escapes it as a traceback after the report.
-        if self.stop_reason is not None:
+    def _stopped(self, signum, frame) -> None:
+        # Only the first signal stops the session, and none while the report is written: `timeout`
+        # sends SIGTERM to its command and again to its process group, an impatient user presses
+        # Ctrl-C twice, and a second KeyboardInterrupt raised while pytest handles the first
+        # escapes it as a traceback after the report.
+        if self.stop_reason is not None or self.finishing:
             return
-        self.stop_reason = "terminated (SIGTERM)"
+        self.stop_reason = STOP_REASONS[signum]
         raise KeyboardInterrupt
 
-    def restore_sigterm(self) -> None:
-        """Puts back the SIGTERM handler the session found."""
-        if self._previous_sigterm_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
-            self._previous_sigterm_handler = None
+    def restore_signals(self) -> None:
+        """Puts back the SIGTERM and SIGINT handlers the session found."""
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers = {}
 
     def select(self, tests) -> None:
         """Adds tests that the session selected (after `-k`, `-m` and `--deselect`) to run:
@@ -281,7 +286,7 @@ class LabSession:
 
         A report that cannot be written fails the session: the report is what a run is for.
         """
-        self.restore_sigterm()
+        self.finishing = True
         if not self.experiment_ran():
             self.close_journal(None)
             if self.run_folder is not None:
@@ -510,6 +515,10 @@ def outcome_of(nodeid: str, outcome: str, reason: str, case: ExperimentCase | No
     if case is None:
         return Outcome(nodeid, outcome, reason)
     return Outcome(nodeid, outcome, reason, case.experiment, case.parameters)
+
+
+# The signals that stop a session, and what its report then says.
+STOP_REASONS = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGINT: "interrupted (Ctrl-C)"}
 
 
 def _case(case: dict | None) -> ExperimentCase | None:

@@ -313,19 +313,24 @@ def test_a_report_that_cannot_be_written_fails_the_session_and_leaves_nothing(
     assert (tmp_path / "latest-smoke.md").read_text() == "an earlier report\n"
 
 
-def test_sigterm_is_handled_during_the_session_only(pytestconfig, run_config, tmp_path):
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize(("first", "reason"), [(signal.SIGTERM, "terminated (SIGTERM)"),
+                                               (signal.SIGINT, "interrupted (Ctrl-C)")])
+def test_sigterm_and_ctrl_c_are_handled_during_the_session_only_and_once(pytestconfig, run_config, tmp_path,
+                                                                         first, reason):
+    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     session = lab_session(pytestconfig, run_config, tmp_path)
-    session.handle_sigterm()
+    session.handle_signals()
     try:
         with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGTERM)
-        assert session.stop_reason == "terminated (SIGTERM)"
-        # A second signal while the session winds down is ignored: no second KeyboardInterrupt.
+            signal.raise_signal(first)
+        assert session.stop_reason == reason
+        # A second signal of either kind while the session winds down is ignored: no second
+        # KeyboardInterrupt (Ctrl-C twice, 0.3 s apart, printed a 312-line traceback).
+        signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGTERM)
     finally:
-        session.restore_sigterm()
-    assert signal.getsignal(signal.SIGTERM) is before
+        session.restore_signals()
+    assert {number: signal.getsignal(number) for number in before} == before
 
 
 @pytest.mark.parametrize(
