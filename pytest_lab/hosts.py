@@ -12,6 +12,7 @@ report's header.
 
 from __future__ import annotations
 
+import inspect
 import os
 from importlib import metadata
 
@@ -36,13 +37,7 @@ def host_of(spec) -> str:
     return LOCAL
 
 
-# Run on a gateway before its worker starts (execnet's `remote_exec`): the stack that host would
-# run, from its own Python and checkout. Plain Python: the host may lack everything else.
-REMOTE_STACK = """
-import subprocess
-from importlib import metadata
-
-def version(*packages):
+def _version(*packages: str) -> str | None:
     for package in packages:
         try:
             return metadata.version(package)
@@ -50,11 +45,18 @@ def version(*packages):
             continue
     return None
 
+
+# Run on a gateway before its worker starts (execnet's `remote_exec`): the stack that host would
+# run, from its own Python and checkout. Plain Python: the host may lack everything else.
+REMOTE_STACK = (
+    "from __future__ import annotations\nimport subprocess\nfrom importlib import metadata\n\n"
+    + inspect.getsource(_version)
+) + """
 try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 except OSError:
     commit = "unknown"
-channel.send({"TensorFlow": version("tensorflow", "tensorflow-cpu"), "Keras": version("keras"),
+channel.send({"TensorFlow": _version("tensorflow", "tensorflow-cpu"), "Keras": _version("keras"),
               "lab commit": commit or "unknown"})
 """
 
@@ -125,12 +127,3 @@ def hosts_of(summaries: list[dict], crashed: list[tuple[str, str]]) -> list[Host
     for info in hosts.values():
         info.workers.sort()
     return list(hosts.values())
-
-
-def _version(*packages: str) -> str | None:
-    for package in packages:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return None

@@ -32,7 +32,7 @@ from lab.report.results import (
     TimeSplit,
     ValidationSet,
 )
-from lab.runtime import distribution, environment, keras_internals, timesplit
+from lab.runtime import distribution, environment, keras_internals
 from pytest_lab import hosts
 from pytest_lab.cases import ExperimentCase, plain_nodeid, tagged_case
 
@@ -360,33 +360,20 @@ class LabSession:
             incomplete_reason=self.displayed(reason) if reason else None,
             hosts=hosts.hosts_of(self.host_summaries, self.crashed),
         )
-        ended = list(self.ended.values())
-        validation_sets: dict[str, ValidationSet] = {}
-        for test in ended:
-            for validation_set in test.validation_sets:
-                validation_sets.setdefault(validation_set.name, validation_set)
-        results = Results(
-            run=header,
-            records=[self.displayed_record(record) for test in ended for record in test.records],
-            benchmarks=[benchmark for test in ended for benchmark in test.benchmarks],
-            outcomes=[
-                dataclasses.replace(outcome, reason=self.displayed(outcome.reason))
-                for outcome in [*(test.outcome for test in ended), *not_run]
-            ],
-            validation_sets=list(validation_sets.values()),
-        )
-        results.comparisons = findings.comparisons(results)
+        ended = [
+            dataclasses.replace(
+                test,
+                records=[self.displayed_record(record) for record in test.records],
+                outcome=dataclasses.replace(test.outcome, reason=self.displayed(test.outcome.reason)),
+            )
+            for test in self.ended.values()
+        ]
+        not_run = [dataclasses.replace(outcome, reason=self.displayed(outcome.reason)) for outcome in not_run]
+        parallel = bool(self.config.getoption("numprocesses", None) or self.config.getoption("tx", None))
+        results = journal.assembled(header, ended, not_run, header.wall_seconds, parallel)
         if self.baseline is not None:
             source = self.displayed(os.path.abspath(self.run.options.baseline))
             results.baseline = against_baseline(results, self.baseline, source)
-        seconds = [
-            timesplit.SecondsOfTest(test.measured, test.duration_seconds, test.data_seconds)
-            for test in ended
-            if not test.earlier
-        ]
-        results.time_split = timesplit.session_split(
-            seconds, header.wall_seconds, parallel=bool(self.config.getoption("numprocesses", None))
-        )
         return results
 
     def start_header(self) -> RunHeader:

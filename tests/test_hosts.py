@@ -165,7 +165,7 @@ from pytest_lab import hosts
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure_node(node):
-    hosts.REMOTE_STACK = hosts.REMOTE_STACK.replace('"Keras": version("keras")', '"Keras": "2.99.0"')
+    hosts.REMOTE_STACK = hosts.REMOTE_STACK.replace('"Keras": _version("keras")', '"Keras": "2.99.0"')
 """
 
 

@@ -240,7 +240,6 @@ def results_of(journal: Journal, wall_seconds: float | None = None, parallel: bo
         parallel: the tests ran in several xdist workers at once.
     """
     run = journal.run
-    ended = list(journal.ended.values())
     not_run = [
         Outcome(test, "not run", "the session was killed before it ended", *_case(case))
         for test, case in journal.selected.items()
@@ -249,6 +248,26 @@ def results_of(journal: Journal, wall_seconds: float | None = None, parallel: bo
     if not journal.end_recorded:
         reason = KILLED + (f"; {len(not_run)} tests did not run" if not_run else "")
         run = dataclasses.replace(run, complete=False, incomplete_reason=reason)
+    ended = list(journal.ended.values())
+    if wall_seconds is None:
+        wall_seconds = sum(test.duration_seconds for test in ended if not test.earlier)
+    return assembled(run, ended, not_run, wall_seconds, parallel)
+
+
+def assembled(
+    run: RunHeader, ended: list[EndedTest], not_run: list[Outcome], wall_seconds: float, parallel: bool
+) -> Results:
+    """The results of a session: its header, the tests that ended (in order), those selected that
+    did not, the comparisons that answer the lab's questions, and where this session's time went
+    (tests an earlier, resumed session ran are not in it).
+
+    Args:
+        run: the session's header.
+        ended: every test that ended.
+        not_run: the selected tests that did not, as outcomes.
+        wall_seconds: the session's wall time.
+        parallel: the tests ran in several xdist workers at once.
+    """
     validation_sets: dict[str, ValidationSet] = {}
     for test in ended:
         for validation_set in test.validation_sets:
@@ -266,10 +285,7 @@ def results_of(journal: Journal, wall_seconds: float | None = None, parallel: bo
         for test in ended
         if not test.earlier
     ]
-    results.time_split = timesplit.session_split(
-        seconds, wall_seconds if wall_seconds is not None else sum(test.duration_seconds for test in seconds),
-        parallel=parallel,
-    )
+    results.time_split = timesplit.session_split(seconds, wall_seconds, parallel=parallel)
     return results
 
 
