@@ -235,7 +235,7 @@ class LabSession:
             return
         started = time.perf_counter()
         try:
-            self.journal.ended(test)
+            self.journal.ended(self.displayed_test(test))
         except OSError as error:
             self.journal = None
             reason = f"cannot write the journal {self.displayed_path()} ({error.strerror or error})"
@@ -261,7 +261,7 @@ class LabSession:
                 (test, dataclasses.asdict(case) if case else None) for test, case in self.selected.items()
             )
             for test in self.ended.values():
-                self.journal.ended(test)
+                self.journal.ended(self.displayed_test(test))
         except OSError as error:
             raise pytest.UsageError(
                 f"cannot start the session's journal in {self.displayed(self.report_dir)} ({error.strerror or error}): "
@@ -360,14 +360,7 @@ class LabSession:
             incomplete_reason=self.displayed(reason) if reason else None,
             hosts=hosts.hosts_of(self.host_summaries, self.crashed),
         )
-        ended = [
-            dataclasses.replace(
-                test,
-                records=[self.displayed_record(record) for record in test.records],
-                outcome=dataclasses.replace(test.outcome, reason=self.displayed(test.outcome.reason)),
-            )
-            for test in self.ended.values()
-        ]
+        ended = [self.displayed_test(test) for test in self.ended.values()]
         not_run = [dataclasses.replace(outcome, reason=self.displayed(outcome.reason)) for outcome in not_run]
         parallel = bool(self.config.getoption("numprocesses", None) or self.config.getoption("tx", None))
         results = journal.assembled(header, ended, not_run, header.wall_seconds, parallel)
@@ -437,6 +430,14 @@ class LabSession:
     def displayed(self, text: str) -> str:
         """`text` with the machine's absolute paths shortened (see `environment.display_path`)."""
         return environment.display_paths_in(text, self.root)
+
+    def displayed_test(self, test: EndedTest) -> EndedTest:
+        """A test that ended as the report and the journal keep it: no absolute path of this machine."""
+        return dataclasses.replace(
+            test,
+            records=[self.displayed_record(record) for record in test.records],
+            outcome=dataclasses.replace(test.outcome, reason=self.displayed(test.outcome.reason)),
+        )
 
     def displayed_record(self, record: Record) -> Record:
         row = {column: self.displayed(value) if isinstance(value, str) else value
