@@ -91,6 +91,23 @@ def group_for_reuse(item: pytest.Item) -> None:
     item.add_marker(pytest.mark.xdist_group(group))
 
 
+def suffix_groups(items: list[pytest.Item]) -> None:
+    """Appends each grouped test's group to its node id (`test_x[seed0]@lab-mobilenet_v2`), which is
+    how xdist's `loadgroup` tells its scheduler the groups.
+
+    Written for pytest 9.2 and pytest-xdist 3.8: xdist appends the group by writing
+    `item._nodeid`, which pytest 9.2 no longer reads (a node keeps its id in `item._id`), so
+    without this `loadgroup` silently schedules as `load` does.
+    """
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        marker = item.get_closest_marker("xdist_group")
+        if marker is None or "@" in item.nodeid.rpartition("]")[2]:
+            continue
+        item._id = coerce_node_id(f"{item.nodeid}@{marker.args[0]}")
+
+
 def plain_nodeid(nodeid: str) -> str:
     """A node id without the `@group` that xdist's `loadgroup` appended to it."""
     test, separator, group = nodeid.rpartition("@")

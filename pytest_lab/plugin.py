@@ -33,6 +33,8 @@ from pytest_lab.session import LabSession
 RUN_CONFIG = pytest.StashKey[RunConfig]()
 DATASETS = pytest.StashKey[SessionDatasets]()
 EARLIER = pytest.StashKey["Journal | None"]()
+# The workerinput key that tells a worker its controller schedules `loadgroup`.
+LOADGROUP = "lab_loadgroup"
 # Libraries whose version can change a record: a journal of other versions cannot be resumed.
 RESULT_LIBRARIES = ("python", "tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
 
@@ -51,6 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_CONFIG] = run
     if not is_worker(config):
         _group_for_reuse(config)
+    elif config.workerinput.get(LOADGROUP):
+        # A worker parses the command line anew, where `-n` alone means `load`: xdist appends the
+        # groups the controller schedules by only where its worker knows it runs `loadgroup`.
+        config.option.loadgroup = True
     _default_timeout(config, run)
     earlier = config.stash[EARLIER] = _earlier_session(config, run)
     baseline = None if is_worker(config) else _baseline(run)
@@ -75,6 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # what this session selected.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if is_worker(config) and config.getvalue("loadgroup"):
+        cases.suffix_groups(items)
     cases.tag(items)
     earlier = config.stash[EARLIER]
     if earlier is not None:
@@ -96,6 +104,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     hosts.configure_node(node, str(node.config.rootpath))
+    node.workerinput[LOADGROUP] = node.config.getoption("dist") == "loadgroup"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
