@@ -191,8 +191,10 @@ class ImageData:
 def stratified_holdout(labels: np.ndarray, order: np.ndarray, count: int) -> np.ndarray:
     """Which images to hold out: `count` of them, each class in proportion to its size.
 
-    Each class's share is rounded by largest remainder, so the shares add up to `count`; a
-    class holds out its first images in `order`.
+    Each class's share is rounded by largest remainder, so the shares add up to `count`; equal
+    remainders go to the classes that come first in `order` (so a seeded order breaks the ties
+    its own way, where always the first class would never train); a class holds out its first
+    images in `order`.
 
     Args:
         labels: every image's class.
@@ -206,7 +208,10 @@ def stratified_holdout(labels: np.ndarray, order: np.ndarray, count: int) -> np.
     quotas = count * sizes / labels.size
     shares = np.floor(quotas).astype(int)
     remainder = count - shares.sum()
-    shares[np.argsort(-(quotas - shares), kind="stable")[:remainder]] += 1
+    ordered = labels[order]
+    first_position = np.array([np.flatnonzero(ordered == cls)[0] for cls in classes])
+    # np.lexsort sorts by its last key first: the largest remainder, then the earliest in `order`.
+    shares[np.lexsort((first_position, -(quotas - shares)))[:remainder]] += 1
     held_out = np.zeros(labels.size, dtype=bool)
     for cls, share in zip(classes, shares, strict=True):
         in_class = order[labels[order] == cls]
