@@ -157,7 +157,7 @@ class ImageData:
             return self
         labels = np.concatenate([self.train_labels, self.validation_labels])
         order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(labels.size)
-        held_out = stratified_holdout(labels, order, self.validation_count)
+        held_out = stratified_holdout(labels, order, self.validation_count, ties_by_order=True)
         validation_indices = order[held_out[order]]
         train_indices = order[~held_out[order]]
         return dataclasses.replace(
@@ -188,18 +188,20 @@ class ImageData:
         raise ValueError(f"unknown split {split!r}: use 'train' or 'validation'")
 
 
-def stratified_holdout(labels: np.ndarray, order: np.ndarray, count: int) -> np.ndarray:
+def stratified_holdout(labels: np.ndarray, order: np.ndarray, count: int, ties_by_order: bool = False) -> np.ndarray:
     """Which images to hold out: `count` of them, each class in proportion to its size.
 
-    Each class's share is rounded by largest remainder, so the shares add up to `count`; equal
-    remainders go to the classes that come first in `order` (so a seeded order breaks the ties
-    its own way, where always the first class would never train); a class holds out its first
-    images in `order`.
+    Each class's share is rounded by largest remainder, so the shares add up to `count`; a
+    class holds out its first images in `order`.
 
     Args:
         labels: every image's class.
         order: the images' positions in the order they are taken (a hash or a seeded shuffle).
         count: how many to hold out.
+        ties_by_order: equal remainders go to the classes that come first in `order` (a seeded
+            shuffle's split then breaks them its own way, where the first class in class order,
+            which a split of one image per class would leave without training images, always
+            took them); otherwise to the classes first in class order.
 
     Returns:
         A boolean mask over the images.
@@ -208,10 +210,13 @@ def stratified_holdout(labels: np.ndarray, order: np.ndarray, count: int) -> np.
     quotas = count * sizes / labels.size
     shares = np.floor(quotas).astype(int)
     remainder = count - shares.sum()
-    ordered = labels[order]
-    first_position = np.array([np.flatnonzero(ordered == cls)[0] for cls in classes])
-    # np.lexsort sorts by its last key first: the largest remainder, then the earliest in `order`.
-    shares[np.lexsort((first_position, -(quotas - shares)))[:remainder]] += 1
+    if ties_by_order:
+        ordered = labels[order]
+        tie_break = np.array([np.flatnonzero(ordered == cls)[0] for cls in classes])
+    else:
+        tie_break = np.arange(classes.size)
+    # np.lexsort sorts by its last key first: the largest remainder, then the tie break.
+    shares[np.lexsort((tie_break, -(quotas - shares)))[:remainder]] += 1
     held_out = np.zeros(labels.size, dtype=bool)
     for cls, share in zip(classes, shares, strict=True):
         in_class = order[labels[order] == cls]
