@@ -31,7 +31,7 @@ from lab.networks.backbones import get_backbone, resolve_weights
 from lab.report.results import BenchmarkResult, Curves, LearningRateSearch, Record, StageCurve, Table
 from lab.runtime import reproducibility, storage, timesplit
 from lab.runtime.training import tensorboard_log_dir, train_lab_cnn
-from pytest_lab.cases import experiment_of
+from pytest_lab.cases import experiment_of, plain_nodeid
 from pytest_lab.datasets import backbone_dataset, cifar10_dataset, flowers_small_dataset
 from pytest_lab.plugin import DATASETS, RUN_CONFIG, is_worker, seed_of
 
@@ -365,7 +365,7 @@ def record(request: pytest.FixtureRequest, run_config):
             stage_curve=stage_curve,
             rate_curves=rate_curves,
             rate_search=rate_search,
-            test=request.node.nodeid,
+            test=plain_nodeid(request.node.nodeid),
             seed=seed,
             validation_set=validation_set and validation_set.name,
             validation_images=validation_set and len(validation_set.labels),

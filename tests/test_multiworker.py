@@ -237,3 +237,15 @@ def run_worker(output_path: str) -> None:
 
 if __name__ == "__main__":
     run_worker(sys.argv[1])
+
+
+def test_a_peer_that_accepts_connections_but_is_no_tensorflow_worker_fails_naming_it_in_bounded_time():
+    """A wrong port whose listener accepts and says nothing: TensorFlow's own setup would wait on
+    it forever, ignoring SIGTERM; the session stops within --worker-timeout, naming it."""
+    own, = free_ports(1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        process = start_multiworker_session([f"127.0.0.1:{own}", address], worker_timeout=3)
+        returncode, output = finished(process)
+    assert returncode == pytest.ExitCode.USAGE_ERROR, output[-3000:]
+    assert address in output and "said nothing" in output, output[-3000:]

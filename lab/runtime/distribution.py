@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -28,6 +29,14 @@ DEFAULT_WORKER_TIMEOUT = 300.0
 # Seconds one connection attempt may take (a firewall drops it silently), and between two rounds.
 CONNECT_TIMEOUT = 2.0
 PROBE_INTERVAL = 0.5
+# The probe of another task's port: an HTTP/2 client's connection preface and an empty SETTINGS
+# frame. An HTTP/2 server sends a SETTINGS frame first (RFC 9113, 3.4): TensorFlow's gRPC server
+# does, and so does this suite's listener while its task waits. A port that answers anything
+# else, or nothing (a wrong port: TensorFlow's own setup then waits forever and ignores SIGTERM),
+# is not a task of the cluster.
+SETTINGS_FRAME = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SETTINGS_FRAME
+FRAME_TYPE_SETTINGS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +150,10 @@ def wait_for_workers(task: ClusterTask, timeout: float) -> None:
 
     TensorFlow's collective setup waits for an absent worker without end, and its C++ code
     takes SIGTERM meanwhile as a preemption notice and carries on: this wait, in Python, ends
-    in time and on a signal. While it waits, this task listens on its own port, so that the
-    others' waits for it end too; TensorFlow's server takes the port over afterwards.
+    in time and on a signal. A task answers only when it answers as HTTP/2 does (TensorFlow's
+    gRPC server, or this suite's listener): a port that accepts connections and says nothing, or
+    something else, is not handed to TensorFlow. While it waits, this task answers on its own
+    port, so that the others' waits for it end too; TensorFlow's server takes the port over afterwards.
 
     Raises:
         LabInputError: naming every address that did not answer in time, and why.
@@ -164,7 +175,7 @@ def wait_for_workers(task: ClusterTask, timeout: float) -> None:
     failed = [f"{address} ({error})" for address, error in unanswered.items() if error]
     if failed:
         raise LabInputError(
-            f"--distribute multiworker: {', '.join(failed)} did not accept a connection within "
+            f"--distribute multiworker: {', '.join(failed)} did not answer as a task of the cluster within "
             f"--worker-timeout {timeout:g} s: start the same command there with its own TF_CONFIG task, "
             "or correct the address in TF_CONFIG"
         )
@@ -172,7 +183,7 @@ def wait_for_workers(task: ClusterTask, timeout: float) -> None:
 
 @contextlib.contextmanager
 def _listening_on(address: str) -> Iterator[None]:
-    """Accepts connections (never served) on this task's port while it waits for the others."""
+    """Answers the other tasks' probes on this task's port while it waits for them."""
     port = split_address(address)[1]
     family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
     try:
@@ -182,17 +193,60 @@ def _listening_on(address: str) -> Iterator[None]:
             f"--distribute multiworker: this machine's task in TF_CONFIG has the address {address}, but its port "
             f"cannot be opened here ({error.strerror}): give this task a free port"
         ) from None
+    stop = threading.Event()
+    answering = threading.Thread(target=_answer_probes, args=(server, stop), daemon=True)
     with server:
-        yield
+        answering.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            answering.join()
+
+
+def _answer_probes(server: socket.socket, stop: threading.Event) -> None:
+    """Answers every probe with a SETTINGS frame, as an HTTP/2 server does, until `stop` is set."""
+    server.settimeout(PROBE_INTERVAL)
+    while not stop.is_set():
+        try:
+            connection, _ = server.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        with connection, contextlib.suppress(OSError):
+            # Read the probe before answering: closing on unread bytes resets the connection,
+            # which can drop the answer on the other side.
+            connection.settimeout(CONNECT_TIMEOUT)
+            _received(connection, len(HTTP2_PREFACE))
+            connection.sendall(SETTINGS_FRAME)
+            connection.shutdown(socket.SHUT_WR)
 
 
 def _connect_error(address: str) -> str | None:
-    """Why a connection to `address` failed, or None if it succeeded."""
+    """Why `address` is not (yet) a task of the cluster, or None where it answers as one."""
     try:
-        with socket.create_connection(split_address(address), timeout=CONNECT_TIMEOUT):
-            return None
+        with socket.create_connection(split_address(address), timeout=CONNECT_TIMEOUT) as connection:
+            connection.sendall(HTTP2_PREFACE)
+            answer = _received(connection, len(SETTINGS_FRAME))
+    except TimeoutError:
+        return f"accepts connections but said nothing in {CONNECT_TIMEOUT:g} s: not a TensorFlow worker's port"
     except OSError as error:
         return error.strerror or str(error) or type(error).__name__
+    if len(answer) < len(SETTINGS_FRAME) or answer[3] != FRAME_TYPE_SETTINGS:
+        return "accepts connections but does not answer as TensorFlow's gRPC server (HTTP/2)"
+    return None
+
+
+def _received(connection: socket.socket, size: int) -> bytes:
+    """Up to `size` bytes, fewer where the other side closes first."""
+    received = b""
+    while len(received) < size:
+        chunk = connection.recv(size - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
 
 
 def use_multiworker_strategy(worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> tf.distribute.Strategy:
