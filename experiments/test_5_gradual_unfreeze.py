@@ -41,7 +41,7 @@ def test_head_learning_rate_search(seed, backbone_case, head_rate_search, run_co
     record(RATE_SEARCH, {
         "backbone": case.name, "weights": case.weights.kind, "rule": search.rule, "steps": len(search.rates),
         "suggested rate": search.suggestion, "head rate used": searched.head_rate,
-        "diverged at": search.diverged_at, "note": search.reason,
+        "stopped on divergence at": search.diverged_at, "note": search.reason,
     }, label=case.name, rate_search=search)
 
 

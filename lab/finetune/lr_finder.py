@@ -188,7 +188,14 @@ def _suggest(
             "nothing left to read a suggestion from; start the range lower"
         )
     elif kept.min() > (1 - MIN_DECREASE) * baseline:
-        reason = f"the loss never decreased (its average stayed within {MIN_DECREASE:.0%} of {baseline:.3g})"
+        # Said of the smoothed loss the rule reads: single batches' raw losses may well have fallen.
+        reason = (
+            f"no descent to read: the smoothed loss over the steps read stayed within {MIN_DECREASE:.0%} of its "
+            f"start, {baseline:.3g}"
+        )
+        if baseline > 0:
+            reason += (f" (single batches' losses ranged {min(losses) / baseline:.2f}x to "
+                       f"{max(losses) / baseline:.2f}x of it)")
         if not trainable:
             reason += ": the model has no trainable weights"
     suggestion = None if reason else rates[first + _valley(kept)]
