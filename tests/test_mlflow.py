@@ -13,6 +13,7 @@ import json
 import pathlib
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -256,3 +257,42 @@ def test_a_file_store_works_too(tmp_path, runs_in):
     run_id = tracking.log_session(uri, _results(), None, {})
     runs = runs_in(uri)
     assert runs["smoke-unknown-2026-01-02T03:04:05+00:00"].info.run_id == run_id and len(runs) == 3
+
+
+@pytest.mark.parametrize("store", ["not a database", "a folder", "a deleted experiment"])
+def test_a_store_that_cannot_be_used_is_refused_as_the_session_starts(tmp_path, store, monkeypatch):
+    """Each was refused only after every test had run (a folder after 100 s of SQLAlchemy's retries)."""
+    path = tmp_path / "mlflow.db"
+    expected = {"not a database": "is not a SQLite database", "a folder": "is a folder",
+                "a deleted experiment": "is deleted"}[store]
+    if store == "not a database":
+        path.write_text("x\n")
+    elif store == "a folder":
+        path.mkdir()
+    else:
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "lab-deleted")
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}")
+        client.delete_experiment(client.create_experiment("lab-deleted"))
+    started = time.monotonic()
+    with pytest.raises(LabInputError, match=expected):
+        tracking.SessionLog(f"sqlite:///{path}", None)
+    assert time.monotonic() - started < 30
+
+
+OPEN_STORE = """
+import sys
+from lab.report import tracking
+print(tracking.open_store(sys.argv[1]))
+"""
+
+
+def test_two_sessions_first_opening_one_new_store_together_both_get_its_experiment(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri], cwd=pathlib.Path(__file__).resolve().parents[1],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert outputs[0][0].split()[-1] == outputs[1][0].split()[-1]

@@ -12,6 +12,7 @@ MLflow is optional: nothing here imports it until a session logs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -23,6 +24,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING
+
+import filelock
 
 from lab.errors import LabInputError
 from lab.report import findings, statistics
@@ -84,6 +87,40 @@ def check_store(uri: str) -> None:
         _check_server(uri)
     elif scheme in ("sqlite", "file"):
         _check_folder(uri, _store_folder(uri))
+    if scheme == "sqlite":
+        _check_sqlite_file(uri)
+
+
+def open_store(uri: str) -> str:
+    """Opens the store at `uri` and resolves the lab's experiment in it, before anything trains;
+    returns the experiment's id.
+
+    Raises:
+        LabInputError: the store cannot be opened (a file that is not a database, a folder given
+            as one, a server that answers but is no MLflow, ...) or the experiment was deleted,
+            naming the URI and why.
+    """
+    import mlflow
+
+    _configure_client(uri)
+    shown = displayed_uri(uri)
+    try:
+        with _store_lock(uri):
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            experiment_id = _experiment_id(client, uri)
+            experiment = client.get_experiment(experiment_id)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise LabInputError(
+            f"--mlflow {shown}: the store cannot be opened ({type(error).__name__}: {reason}): give a store "
+            "that MLflow opens (sqlite:///PATH of a new or MLflow's own file, file:PATH, an MLflow server's URL)"
+        ) from None
+    if experiment.lifecycle_stage == "deleted":
+        raise LabInputError(
+            f"--mlflow {shown}: its experiment {experiment.name!r} is deleted: restore it (`mlflow experiments "
+            "restore`), delete it for good, or name another with MLFLOW_EXPERIMENT_NAME"
+        )
+    return experiment_id
 
 
 def displayed_uri(uri: str) -> str:
@@ -135,6 +172,35 @@ def _store_folder(uri: str) -> str:
     return os.path.abspath(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path))
 
 
+# The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _store_lock(uri: str):
+    """A lock beside a SQLite store, held while a session opens it: two sessions that first use a new
+    store together would otherwise both run MLflow's schema migration, and one would lose its run
+    ("Online migration expected to match one row"). Other stores need none."""
+    if _scheme(uri) != "sqlite":
+        return contextlib.nullcontext()
+    return filelock.FileLock(os.path.join(_store_folder(uri), ".mlflow-store.lock"))
+
+
+def _check_sqlite_file(uri: str) -> None:
+    """A usage error, at once, where a SQLite store's path is a folder or a file that is not a
+    database: SQLAlchemy retries opening a folder for about 100 s before it gives up."""
+    path = os.path.join(_store_folder(uri), os.path.basename(
+        re.sub(r"^sqlite:///", "", uri, flags=re.IGNORECASE).split("?")[0]
+    ))
+    if os.path.isdir(path):
+        raise LabInputError(f"--mlflow {uri}: {path} is a folder: give the path of a SQLite file (new or MLflow's)")
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as stream:
+            if stream.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise LabInputError(
+                    f"--mlflow {uri}: {path} is not a SQLite database: give a new file's path, or MLflow's own store"
+                )
+
+
 def _check_folder(uri: str, folder: str) -> None:
     """A usage error naming `folder` if a file cannot be made in it."""
     try:
@@ -184,8 +250,9 @@ def log_session(uri: str, results: Results, report_path: str | None, test_second
     import mlflow
 
     _configure_client(uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = _experiment_id(client, uri)
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, uri)
     session = session_run(results, report_path)
     session.tags["version.mlflow"] = mlflow.__version__
     session_id = _start_run(client, experiment_id, session, _milliseconds(results.run.started))
@@ -392,6 +459,7 @@ class SessionLog:
     def __init__(self, given: str, report_dir: str | None):
         self.uri = store_uri(given, report_dir)
         check_store(self.uri)
+        open_store(self.uri)
         # The terminal summary's line: the run logged, or why it was not.
         self.summary: str | None = None
 
