@@ -84,8 +84,9 @@ class LabSession:
         self.report_error: str | None = None
         self.stop_reason: str | None = None
         self._previous_handlers: dict[int, object] = {}
-        # The session is writing its report: a signal then is ignored.
+        # The session is writing its report and logging it: a signal then is noted, not obeyed.
         self.finishing = False
+        self.late_signal: str | None = None
         self.mlflow: tracking.SessionLog | None = None
 
     # Hooks: each hands off to a method below.
@@ -153,7 +154,11 @@ class LabSession:
         # sends SIGTERM to its command and again to its process group, an impatient user presses
         # Ctrl-C twice, and a second KeyboardInterrupt raised while pytest handles the first
         # escapes it as a traceback after the report.
-        if self.stop_reason is not None or self.finishing:
+        if self.finishing:
+            # Stopping now would leave the report half-made or MLflow's runs RUNNING for good.
+            self.late_signal = self.late_signal or STOP_REASONS[signum]
+            return
+        if self.stop_reason is not None:
             return
         self.stop_reason = STOP_REASONS[signum]
         raise KeyboardInterrupt
@@ -474,6 +479,8 @@ class LabSession:
             lines.append(self.report_error)
         if self.mlflow and self.mlflow.summary:
             lines.append(self.mlflow.summary)
+        if self.late_signal:
+            lines.append(f"{self.late_signal} while the report was written and logged: both were finished first")
         if lines:
             terminalreporter.section("transfer-learning lab")
             for line in lines:

@@ -399,3 +399,16 @@ def test_a_skipped_test_keeps_its_reason_without_pytests_prefix(pytestconfig, ru
         )
 
     assert session.outcomes[NODEID].reason == reason and session.outcomes[NODEID].experiment == 3
+
+
+def test_a_signal_while_the_report_is_written_and_logged_is_noted_not_obeyed(pytestconfig, run_config, tmp_path):
+    """A stop then would leave MLflow's runs RUNNING for good (SIGTERM killed the process with rc 143)."""
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    session.handle_signals()
+    try:
+        session.finishing = True
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        session.restore_signals()
+    assert session.stop_reason is None and session.late_signal == "terminated (SIGTERM)"
