@@ -22,7 +22,7 @@ import mlflow
 import pytest
 
 from lab.errors import LabInputError
-from lab.report import tracking
+from lab.report import tracking, writing
 from lab.report.results import Curves, Outcome, Record, Results, RunHeader, StageCurve, ValidationSet
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -281,7 +281,7 @@ def test_a_store_that_cannot_be_used_is_refused_as_the_session_starts(tmp_path, 
 
 OPEN_STORE = """
 import sys
-from lab.report import tracking
+from lab.report import tracking, writing
 print(tracking.open_store(sys.argv[1]))
 """
 
@@ -296,3 +296,16 @@ def test_two_sessions_first_opening_one_new_store_together_both_get_its_experime
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in outputs]
     assert outputs[0][0].split()[-1] == outputs[1][0].split()[-1]
+
+
+def test_a_finished_run_is_logged_afterwards_from_its_folder(tmp_path, runs_in):
+    """For a session whose store failed at its end, or that ran without --mlflow."""
+    markdown = _report(tmp_path)
+    (tmp_path / "smoke-cpu-run" / "results.json").write_text(json.dumps(_results().to_json()))
+    uri = f"sqlite:///{tmp_path / 'later.db'}"
+
+    assert writing.main([str(tmp_path / "smoke-cpu-run"), "--mlflow", uri]) == 0
+
+    runs = runs_in(uri)
+    # Named as its report, with a nested run per training test.
+    assert markdown.stem in runs and len(runs) == 3

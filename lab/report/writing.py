@@ -7,6 +7,7 @@ report of a killed session written from its journal, and two runs compared:
     python -m lab.report reports/RUN/results.json [--benchmark-json FILE] [--out-dir DIR] [--name NAME]
     python -m lab.report reports/RUN                 (results.json, or the journal of a killed session)
     python -m lab.report --compare A.json B.json
+    python -m lab.report reports/RUN --mlflow URI    (log a finished run to MLflow afterwards)
 
 from the checkout's folder, or from any other with `PYTHONPATH=PATH/TO/CHECKOUT`: `python -m`
 finds `lab` on the import path, which holds the working folder, and requirements.txt installs
@@ -28,7 +29,7 @@ import sys
 import tempfile
 
 from lab.errors import LabInputError
-from lab.report import compare, findings, journal, render
+from lab.report import compare, findings, journal, render, tracking
 from lab.report.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, RunHeader, TimeSplit
 from lab.runtime import atomic, timesplit
 
@@ -286,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", help="the report's file name without .md (default: the run's name + -regenerated)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two runs' figures side by side")
+    parser.add_argument(
+        "--mlflow", metavar="URI",
+        help="log the run (its results, and its report where there is one) to MLflow instead of writing a report: "
+        "for a session whose store failed, or that ran without --mlflow",
+    )
     args = parser.parse_args(argv)
     if not args.compare and args.results is None:
         parser.error("give a results.json, a run folder or its journal, or --compare A.json B.json")
@@ -294,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             print(compare.compare(load_results(args.compare[0]), load_results(args.compare[1])))
             return 0
         results, run_folder = load_run(args.results)
+        if args.mlflow is not None:
+            return _log_to_mlflow(args.mlflow, results, run_folder)
         if args.benchmark_json is not None:
             results = dataclasses.replace(results, benchmarks=load_benchmarks(args.benchmark_json))
             # Experiment 4's speedups come from the epoch times: answer them from the new ones.
@@ -312,6 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(parser, error, WRITE_ERROR)
     print(path)
     return 0
+
+
+def _log_to_mlflow(uri: str, results: Results, run_folder: str) -> int:
+    """Logs a finished run to the MLflow store at `uri`, as `--mlflow` would have at its end."""
+    session_log = tracking.SessionLog(uri, os.path.dirname(run_folder))
+    markdown = run_folder + ".md"
+    logged = session_log.log(results, markdown if os.path.isfile(markdown) else None, {})
+    print(session_log.summary)
+    return 0 if logged else WRITE_ERROR
 
 
 def _load_json(path: str, what: str, fix: str):
