@@ -1,4 +1,4 @@
-"""The one exception type the lab raises for input a user can fix."""
+"""The one exception type the lab raises for input a user can fix, and the warning about data it can use."""
 
 
 class LabInputError(ValueError):
@@ -6,3 +6,8 @@ class LabInputError(ValueError):
 
     The message always names what to do instead.
     """
+
+
+class DataWarning(UserWarning):
+    """Data the lab can use but whose figures a reader should doubt (a class with no validation
+    image); the session's report lists every one, as the terminal does."""

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from lab.config import RunConfig
-from lab.errors import LabInputError
+from lab.errors import DataWarning, LabInputError
 from lab.report import findings, journal, render, tracking, writing
 from lab.report.baseline import against_baseline
 from lab.report.journal import EndedTest, Journal
@@ -77,6 +77,8 @@ class LabSession:
         self.session: pytest.Session | None = None
         # What each xdist worker said of its host, and the (host, worker) of those that died.
         self.host_summaries: list[dict] = []
+        # Warnings about the data, which the report lists beside the run's own.
+        self.data_warnings: list[str] = []
         self.crashed: list[tuple[str, str]] = []
         self.report_seconds: float | None = None
         self.results: Results | None = None
@@ -115,6 +117,9 @@ class LabSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.add_test_report(report)
+
+    def pytest_warning_recorded(self, warning_message, when, nodeid, location) -> None:
+        self.warned(warning_message)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
         self.interrupted(excinfo.value)
@@ -219,6 +224,13 @@ class LabSession:
         # xdist reports a test whose worker died with `when` "???" and no teardown.
         if report.when in ("teardown", "???"):
             self.test_ended(self.ending.pop(nodeid))
+
+    def warned(self, warning_message) -> None:
+        """Keeps a warning about the data (`DataWarning`) for the report's header, once."""
+        if issubclass(warning_message.category, DataWarning):
+            text = self.displayed(str(warning_message.message))
+            if text not in self.data_warnings:
+                self.data_warnings.append(text)
 
     def worker_down(self, node) -> None:
         """Keeps what an xdist worker said of its host as it finished (nothing, if it died)."""
@@ -365,6 +377,7 @@ class LabSession:
             incomplete_reason=self.displayed(reason) if reason else None,
             hosts=hosts.hosts_of(self.host_summaries, self.crashed),
         )
+        header.warnings = [*header.warnings, *self.data_warnings]
         ended = [self.displayed_test(test) for test in self.ended.values()]
         not_run = [dataclasses.replace(outcome, reason=self.displayed(outcome.reason)) for outcome in not_run]
         parallel = bool(self.config.getoption("numprocesses", None) or self.config.getoption("tx", None))

@@ -412,3 +412,17 @@ def test_a_signal_while_the_report_is_written_and_logged_is_noted_not_obeyed(pyt
     finally:
         session.restore_signals()
     assert session.stop_reason is None and session.late_signal == "terminated (SIGTERM)"
+
+
+def test_a_warning_about_the_data_reaches_the_report_as_it_reaches_the_terminal(pytestconfig, run_config, tmp_path):
+    import warnings
+
+    from lab.errors import DataWarning
+
+    session = lab_session(pytestconfig, run_config, tmp_path)
+    text = "leaves: no validation image of dog: add images of it"
+    for category in (DataWarning, DataWarning, UserWarning):
+        session.warned(warnings.WarningMessage(category(text), category, "data.py", 1))
+
+    warned = session.collect_results(0).run.warnings
+    assert warned.count(text) == 1

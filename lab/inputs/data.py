@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lab.errors import LabInputError
+from lab.errors import DataWarning, LabInputError
 from lab.inputs import image_cache, network, sample
 from lab.inputs.datasets import (
     IMAGE_SUFFIXES,
@@ -546,7 +546,9 @@ def _stratified_files(
     unseen = sorted(set(labels.tolist()) - set(labels[held_out].tolist()))
     if unseen and count:
         names = ", ".join(dataset.class_names[label] for label in unseen)
-        warnings.warn(f"{dataset.folder}: no validation image of {names}: add images of it", stacklevel=3)
+        warnings.warn(
+            f"{dataset.folder}: no validation image of {names}: add images of it", DataWarning, stacklevel=3
+        )
     return ([file for file, out in zip(files, held_out, strict=True) if out],
             [file for file, out in zip(files, held_out, strict=True) if not out])
 
