@@ -122,8 +122,7 @@ def hosts_of(summaries: list[dict], crashed: list[tuple[str, str]]) -> list[Host
         info.workers.append(entry["worker"])
     for host, worker in crashed:
         info = hosts.setdefault(host, HostInfo(host, [], {}, {}))
-        if worker not in info.workers:
-            info.workers.append(f"{worker} (died)")
+        info.workers.append(f"{worker} (died)")
     for info in hosts.values():
         info.workers.sort()
     return list(hosts.values())

@@ -164,9 +164,11 @@ def _earlier_session(config: pytest.Config, run: RunConfig) -> Journal | None:
         earlier = journal.read_journal(run.options.resume)
         if is_worker(config):
             return earlier
-        problems = journal.resume_problems(earlier, _resume_terms(earlier.run, earlier.options), _resume_terms(
-            None, dataclasses.asdict(run.options), run.profile.name, run.seeds
-        ))
+        problems = journal.resume_problems(
+            earlier,
+            _resume_terms(earlier.run.profile, earlier.run.seeds, earlier.options, earlier.run.versions),
+            _resume_terms(run.profile.name, run.seeds, dataclasses.asdict(run.options), environment.versions()),
+        )
     if problems:
         raise pytest.UsageError(
             f"--resume {run.options.resume}: this session differs from the one that wrote its journal in "
@@ -184,17 +186,17 @@ def _baseline(run: RunConfig) -> Results | None:
     return results
 
 
-def _resume_terms(header, options: dict, profile: str | None = None, seeds=None) -> journal.ResumeTerms:
-    """What must match between a journal's session (its `header`) and this one (header None)."""
+def _resume_terms(profile: str, seeds, options: dict, versions: dict[str, str]) -> journal.ResumeTerms:
+    """What must match between a journal's session and this one, from a session's profile, seeds,
+    options as given (`Options` fields) and library versions."""
     from lab.options import Options
 
     given = Options(**{name: value for name, value in options.items() if name in Options.__dataclass_fields__})
     # Seeds are compared as the sessions resolved them, whichever of --seed and --seeds gave them.
     compared = {flag: value for flag, value in given.result_options().items() if flag not in ("--seed", "--seeds")}
-    versions = header.versions if header is not None else environment.versions()
     return journal.ResumeTerms(
-        profile=header.profile if header is not None else profile,
-        seeds=tuple(header.seeds) if header is not None else tuple(seeds),
+        profile=profile,
+        seeds=tuple(seeds),
         options=compared,
         versions={library: version for library, version in versions.items() if library in RESULT_LIBRARIES},
     )

@@ -217,9 +217,7 @@ class LabSession:
             reason = _reason(report)
             worker = getattr(report, "node", None)
             if report.when == "???" and worker is not None:
-                host = worker.workerinput.get(hosts.HOST, hosts.LOCAL)
-                reason = f"{reason} on host {host}"
-                self.crashed.append((host, worker.gateway.id))
+                reason = f"{reason} on host {worker.workerinput.get(hosts.HOST, hosts.LOCAL)}"
             test.outcome = outcome_of(nodeid, report.outcome, reason, case)
         # xdist reports a test whose worker died with `when` "???" and no teardown.
         if report.when in ("teardown", "???"):
@@ -377,7 +375,7 @@ class LabSession:
             incomplete_reason=self.displayed(reason) if reason else None,
             hosts=hosts.hosts_of(self.host_summaries, self.crashed),
         )
-        header.warnings = [*header.warnings, *self.data_warnings]
+        header = dataclasses.replace(header, warnings=[*header.warnings, *self.data_warnings])
         ended = [self.displayed_test(test) for test in self.ended.values()]
         not_run = [dataclasses.replace(outcome, reason=self.displayed(outcome.reason)) for outcome in not_run]
         parallel = bool(self.config.getoption("numprocesses", None) or self.config.getoption("tx", None))
