@@ -27,10 +27,11 @@ from lab.finetune.stage_cache import PrefixActivations
 from lab.inputs import network
 from lab.inputs.data import ImageData
 from lab.inputs.datasets import DatasetSpec
+from lab.measurements import Curves, LearningRateSearch, StageCurve
 from lab.networks.backbones import get_backbone, resolve_weights
-from lab.report.results import BenchmarkResult, Curves, LearningRateSearch, Record, StageCurve, Table
+from lab.networks.training import tensorboard_log_dir, train_lab_cnn
+from lab.report.results import BenchmarkResult, Record, Table, checked_predictions
 from lab.runtime import reproducibility, storage, timesplit
-from lab.runtime.training import tensorboard_log_dir, train_lab_cnn
 from pytest_lab.cases import experiment_of, plain_nodeid
 from pytest_lab.datasets import backbone_dataset, cifar10_dataset, flowers_small_dataset
 from pytest_lab.plugin import DATASETS, RUN_CONFIG, is_worker, seed_of
@@ -84,7 +85,7 @@ def keras_verbose(pytestconfig: pytest.Config) -> int:
 def tensorboard_dir(request: pytest.FixtureRequest, run_config: RunConfig) -> str | None:
     """This test's TensorBoard folder, `--tensorboard DIR/<test module>/<test>/seed<N>`; None without the option.
 
-    Pass it to `lab.runtime.training.tensorboard_callbacks`, with a subfolder for each fit of a test
+    Pass it to `lab.networks.training.tensorboard_callbacks`, with a subfolder for each fit of a test
     that fits more than once.
     """
     if run_config.tensorboard_dir is None:
@@ -353,7 +354,7 @@ def record(request: pytest.FixtureRequest, run_config):
             if validation_set is None:
                 raise TypeError(f"a row of {table.title!r} has predictions but no validation=: name the ImageData "
                                 "they predict")
-            predictions = validation_set.checked_predictions(table, row, predictions)
+            predictions = checked_predictions(validation_set, table, row, predictions)
             request.node.user_properties.append(("lab_validation_set", dataclasses.asdict(validation_set)))
         entry = Record(
             experiment=experiment,

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from lab.finetune.freezing import trainable_parameter_count
+from lab.measurements import FitResult
 from lab.networks import models
+from lab.networks.training import predicted_classes
 from lab.report.results import Table
 from lab.runtime import storage
-from lab.runtime.training import FitResult, predicted_classes
 
 pytestmark = pytest.mark.experiment(1)
 

@@ -11,10 +11,10 @@ import pytest
 
 from lab.finetune.freezing import trainable_parameter_count
 from lab.networks import models
+from lab.networks.training import fit_on, lab_cnn_name, predicted_classes, tensorboard_callbacks
 from lab.report.results import Table
 from lab.runtime import atomic, storage
 from lab.runtime.hparams import FitSettings
-from lab.runtime.training import fit_on, lab_cnn_name, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(2)
 

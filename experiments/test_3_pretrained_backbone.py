@@ -16,9 +16,9 @@ import pytest
 from lab.finetune import freezing
 from lab.networks import models
 from lab.networks.backbones import get_backbone, weights_file_tensors
+from lab.networks.training import fit, predicted_classes, tensorboard_callbacks
 from lab.report.results import Table
 from lab.runtime.hparams import FitSettings
-from lab.runtime.training import fit, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(3, backbones="pretrained")
 

@@ -20,11 +20,11 @@ from lab.finetune import features, freezing
 from lab.finetune.stage_cache import CachedStage
 from lab.inputs.data import ImageData
 from lab.networks import models
+from lab.networks.training import fit_on, predicted_classes, tensorboard_callbacks
 from lab.report.results import Table
 from lab.runtime import timesplit
 from lab.runtime.hparams import FitSettings
 from lab.runtime.timing import EpochTimes
-from lab.runtime.training import fit_on, predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(4, backbones="freeze")
 

@@ -16,9 +16,9 @@ import pytest
 
 from lab.finetune import freezing
 from lab.finetune.fine_tuning import describe_rates
+from lab.networks.training import predicted_classes, tensorboard_callbacks
 from lab.report.results import Table
 from lab.runtime.hparams import FitSettings
-from lab.runtime.training import predicted_classes, tensorboard_callbacks
 
 pytestmark = pytest.mark.experiment(5, backbones="unfreeze")
 

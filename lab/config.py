@@ -202,7 +202,7 @@ def build_config(*args, **kwargs) -> RunConfig:
     """Checks every option and returns the run's settings: the checks that involve several
     options, and each option's own, in one place.
 
-    Takes an `Options` (`build_config(Options.from_pytest(config))`), or an `Options`'s fields
+    Takes an `Options` (`build_config(Options.read(config.getoption))`), or an `Options`'s fields
     as arguments (`build_config(profile="smoke", seed=3)`; the first eight also by position).
     `data_dir` and `weights_dir` None take their environment variable's value (`path_option`);
     `seed` None is `--seed` not given.

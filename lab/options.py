@@ -4,7 +4,7 @@
 group of `pytest --help`. Its declaration says all that is said about the option anywhere:
 
 - pytest's `addoption` arguments (pytest_lab/plugin.py adds them in one loop, `addoption_arguments`);
-- its value, read from pytest in one call (`Options.from_pytest`), or given as keywords
+- its value, read from pytest in one call (`Options.read(config.getoption)`), or given as keywords
   (`lab.config.build_config(seed=3, ...)`), whose checks it then passes;
 - how the report's header lists it when it is not the default (`Options.given`): as the user
   would type it, or, where `shown` says so, in the run's resolved form (every seed of `--seeds 3`).
@@ -18,20 +18,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lab.finetune.stage_cache import DEFAULT_CACHE_BUDGET
 from lab.inputs import data
+from lab.inputs.datasets import DatasetSpec
 from lab.networks.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
 from lab.networks.training_step import ADAM_CHOICES, XLA_CHOICES
 from lab.profiles import PROFILES
 from lab.report.tracking import displayed_uri
 from lab.runtime import distribution
-
-if TYPE_CHECKING:
-    import pytest
-
-    from lab.config import RunConfig
 
 WEIGHTS_CHOICES = ("imagenet", "none")
 DISTRIBUTE_CHOICES = ("default", "mirrored", "multiworker")
@@ -40,9 +36,21 @@ CACHED_CHOICES = ("auto", "off")
 # frozen, and the discriminative strategies turn into head-only ones.
 MAX_LR_FACTOR = 100.0
 
+
+
+class ResolvedRun(Protocol):
+    """What the header reads of the run's checked settings (a `lab.config.RunConfig`, which
+    imports this module, so it is named here by what it holds)."""
+
+    seeds: tuple[int, ...]
+    backbones: tuple[str, ...] | None
+    dataset: DatasetSpec
+    cache_budget: int
+
+
 # How the header shows a value: (the option's value, the run's checked settings) -> text, or
 # None where the run's value is the default after all (2048M is --cache-budget's 2G).
-Shown = Callable[[Any, "RunConfig"], "str | None"]
+Shown = Callable[[Any, ResolvedRun], "str | None"]
 
 
 def option(
@@ -78,27 +86,27 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _absolute(value: str, run: RunConfig) -> str:
+def _absolute(value: str, run: ResolvedRun) -> str:
     return os.path.abspath(value)
 
 
-def _seeds(value: str, run: RunConfig) -> str:
+def _seeds(value: str, run: ResolvedRun) -> str:
     return ",".join(map(str, run.seeds))
 
 
-def _backbones(value: str, run: RunConfig) -> str:
+def _backbones(value: str, run: ResolvedRun) -> str:
     return ",".join(run.backbones or ())
 
 
-def _dataset(value: str, run: RunConfig) -> str:
+def _dataset(value: str, run: ResolvedRun) -> str:
     return run.dataset.folder if run.dataset.classes_sorted else run.dataset.name
 
 
-def _tracking_uri(value: str, run: RunConfig) -> str:
+def _tracking_uri(value: str, run: ResolvedRun) -> str:
     return displayed_uri(value)
 
 
-def _cache_budget(value: str, run: RunConfig) -> str | None:
+def _cache_budget(value: str, run: ResolvedRun) -> str | None:
     return f"{run.cache_budget / 2**20:g}M" if run.cache_budget != DEFAULT_CACHE_BUDGET else None
 
 
@@ -273,11 +281,12 @@ class Options:
     )
 
     @classmethod
-    def from_pytest(cls, config: pytest.Config) -> Options:
-        """The options as pytest parsed them (each under its field's name, `addoption_arguments`'s `dest`)."""
-        return cls(**{field.name: config.getoption(field.name) for field in declarations()})
+    def read(cls, value_of: Callable[[str], Any]) -> Options:
+        """The options as `value_of(name)` gives each field's: pytest's `config.getoption`, which
+        holds each under its field's name (`addoption_arguments`'s `dest`)."""
+        return cls(**{field.name: value_of(field.name) for field in declarations()})
 
-    def given(self, run: RunConfig) -> dict[str, str]:
+    def given(self, run: ResolvedRun) -> dict[str, str]:
         """Flag -> value of every option not at its default, as the report's header lists them.
 
         A switch's value is empty; a number is written as Python's `g` format writes it; an option

@@ -19,13 +19,14 @@ import pytest
 # TensorFlow's C++ start-up chatter would bury pytest's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from lab import process
 from lab.config import RunConfig, build_config, path_option
 from lab.errors import LabInputError
 from lab.options import Options, addoption_arguments
 from lab.report import journal, writing
 from lab.report.journal import Journal
 from lab.report.results import Results
-from lab.runtime import environment, process, reproducibility, storage
+from lab.runtime import environment, reproducibility, storage
 from pytest_lab import cases, hosts
 from pytest_lab.datasets import SessionDatasets
 from pytest_lab.session import LabSession
@@ -208,7 +209,7 @@ def _checked_run(config: pytest.Config) -> RunConfig:
     # reach its warnings summary (once, from the controller, under xdist).
     with _usage_error(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = build_config(Options.from_pytest(config))
+        run = build_config(Options.read(config.getoption))
     if run.options.distribute == "multiworker" and config.getoption("numprocesses", None):
         raise pytest.UsageError(
             "--distribute multiworker runs one pytest per machine: drop -n (xdist workers on one machine "

@@ -12,8 +12,9 @@ import pytest
 
 from lab import config
 from lab.errors import LabInputError
+from lab.measurements import ValidationSet
 from lab.report import baseline, statistics, writing
-from lab.report.results import WORSE, BenchmarkResult, Record, Results, RunHeader, Table, ValidationSet
+from lab.report.results import WORSE, BenchmarkResult, Record, Results, RunHeader, Table
 from lab.report.statistics import ALPHA
 
 SESSIONS = 4000

@@ -12,8 +12,8 @@ from lab.finetune import features
 from lab.inputs.data import CLASS_NAMES, ImageData
 from lab.networks import models
 from lab.networks.backbones import get_backbone
+from lab.networks.training import fit
 from lab.runtime import atomic, storage
-from lab.runtime.training import fit
 
 
 @pytest.fixture

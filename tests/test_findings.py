@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from lab.measurements import ValidationSet
 from lab.report import compare, findings, render, statistics
-from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader, ValidationSet
+from lab.report.results import BenchmarkResult, Outcome, Record, Results, RunHeader
 
 LABELS = [index % 5 for index in range(100)]
 FLOWERS = "tf_flowers (mock), 32px, 100 images"

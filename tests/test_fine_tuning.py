@@ -12,11 +12,10 @@ import tensorflow as tf
 from lab import config
 from lab.errors import LabInputError
 from lab.finetune import fine_tuning, freezing
-from lab.networks import models, optimizers
+from lab.networks import models, optimizers, training
 from lab.networks.backbones import get_backbone
 from lab.report import plots, render
 from lab.report.results import Record, Results, RunHeader
-from lab.runtime import training
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins.hparams import metadata
 from tensorboard.util import tensor_util
 
-from lab.runtime import hparams, training
+from lab.networks import training
+from lab.runtime import hparams
 
 SETTINGS = hparams.FitSettings(
     experiment=5, seed=3, backbone="mobilenet_v2", weights="imagenet", image_size=32, train_images=16,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from lab.finetune import lr_finder
+from lab.measurements import LearningRateSearch
 from lab.networks.adam import FusedAdam
 from lab.report import plots
-from lab.report.results import LearningRateSearch
 
 FEATURES, CLASSES, IMAGES, BATCH = 8, 4, 512, 32
 # Short fits at every half decade from 1e-4 to 30: enough to find both ends of the good range.

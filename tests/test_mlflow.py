@@ -22,8 +22,9 @@ import mlflow
 import pytest
 
 from lab.errors import LabInputError
+from lab.measurements import Curves, StageCurve, ValidationSet
 from lab.report import tracking, writing
-from lab.report.results import Curves, Outcome, Record, Results, RunHeader, StageCurve, ValidationSet
+from lab.report.results import Outcome, Record, Results, RunHeader
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT_1 = "experiments/test_1_base_model.py::test_base_model[seed0-narrow]"

@@ -23,9 +23,9 @@ from lab.config import build_config
 from lab.errors import LabInputError
 from lab.inputs import data
 from lab.networks.models import compile_for_classification, lab_cnn
+from lab.networks.training import fit_on
 from lab.runtime import distribution, storage
 from lab.runtime.reproducibility import seed_everything
-from lab.runtime.training import fit_on
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -69,7 +69,7 @@ def test_pytest_group_holds_exactly_the_declared_options(pytestconfig):
 
 
 def test_the_run_config_holds_the_options_pytest_parsed(pytestconfig, run_config):
-    assert run_config.options == Options.from_pytest(pytestconfig)
+    assert run_config.options == Options.read(pytestconfig.getoption)
 
 
 @pytest.mark.parametrize("field", declarations(), ids=lambda field: field.metadata["flag"])

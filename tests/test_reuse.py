@@ -12,7 +12,7 @@ from lab.finetune.reuse import CompiledRuns, ReusableModel
 from lab.inputs.data import ImageData
 from lab.networks import models, optimizers
 from lab.networks.backbones import get_backbone
-from lab.runtime.training import fit
+from lab.networks.training import fit
 
 # Under op determinism: a model built and compiled for seed 1, against one compiled for seed 0,
 # trained, then restarted with seed 1's initial weights. The control restarts only the weights.

@@ -58,9 +58,9 @@ def test_sample_holds_the_photos_images_and_weights_it_promises():
         data.CLASS_NAMES["cifar10"], build.CIFAR_PER_CLASS
     )
     assert {f"{flowers}/{text}" for text in build.FLOWER_TEXTS} <= set(files)
-    assert {path for path in files if path.startswith("weights/")} == {
-        f"weights/{backbones.get_backbone(name).weights_file}" for name in EMBEDDED_BACKBONES
-    }
+    embedded_weights = {backbones.get_backbone(name).weights_file for name in EMBEDDED_BACKBONES}
+    assert {path for path in files if path.startswith("weights/")} == {f"weights/{name}" for name in embedded_weights}
+    assert set(build.WEIGHTS_FILES) == embedded_weights
     photos = [os.path.join(sample.ROOT, path) for path in files if path.endswith(".jpg")]
     longest = max(max(Image.open(photo).size) for photo in photos)
     assert longest <= build.FLOWER_LONGER_SIDE

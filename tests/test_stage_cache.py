@@ -11,8 +11,8 @@ from lab.finetune import freezing, stage_cache
 from lab.inputs.data import CLASS_NAMES, ImageData
 from lab.networks import models
 from lab.networks.backbones import get_backbone
+from lab.networks.training import fit
 from lab.runtime import keras_internals
-from lab.runtime.training import fit
 
 IMAGE_SIZE = 32
 BATCH_SIZE = 8

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from lab.measurements import TimeSplit
 from lab.report import render, writing
-from lab.report.results import Results, RunHeader, TimeSplit
+from lab.report.results import Results, RunHeader
 from lab.runtime import timesplit
 from lab.runtime.timesplit import SecondsOfTest
 

@@ -11,10 +11,9 @@ import tensorflow as tf
 
 from lab.config import build_config
 from lab.errors import LabInputError
-from lab.networks import models
+from lab.networks import models, training
 from lab.networks.backbones import get_backbone
 from lab.profiles import FULL, SMOKE, with_overrides
-from lab.runtime import training
 from lab.runtime.hparams import FitSettings
 
 SETTINGS = FitSettings(experiment=5, seed=0, backbone="tiny", weights="none", image_size=4, train_images=16)

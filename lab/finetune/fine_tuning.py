@@ -27,12 +27,12 @@ from lab.finetune import freezing, lr_finder, stage_cache
 from lab.finetune.freezing import Stage
 from lab.finetune.reuse import CompiledRun
 from lab.inputs.data import ImageData
+from lab.measurements import FitResult, LearningRateSearch, StageCurve
 from lab.networks import models, optimizers
 from lab.networks.adam import adam
 from lab.networks.backbones import Backbone
-from lab.report.results import LearningRateSearch, StageCurve
+from lab.networks.training import fit
 from lab.runtime import prediction, timesplit
-from lab.runtime.training import FitResult, fit
 
 # The name of a stage's single Adam, and so of its one parameter group in the rate records.
 SINGLE_GROUP = "all"

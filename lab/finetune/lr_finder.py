@@ -32,8 +32,8 @@ from collections.abc import Iterable, Iterator
 import keras
 import numpy as np
 
+from lab.measurements import LearningRateSearch
 from lab.networks import optimizers
-from lab.report.results import LearningRateSearch
 
 RULE = "valley"
 # fastai's smoothing of the loss, its divergence threshold, and the ends its suggestion leaves out.

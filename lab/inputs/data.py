@@ -33,7 +33,7 @@ from lab.inputs.datasets import (
     prepared_split_sizes,
     tfds_splits,
 )
-from lab.report.results import ValidationSet
+from lab.measurements import ValidationSet
 
 logger = logging.getLogger(__name__)
 

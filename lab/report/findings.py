@@ -29,8 +29,9 @@ import dataclasses
 from collections import defaultdict
 
 from lab.errors import LabInputError
+from lab.measurements import ValidationSet
 from lab.report import statistics
-from lab.report.results import BenchmarkResult, Outcome, Record, Results, ValidationSet
+from lab.report.results import BenchmarkResult, Outcome, Record, Results
 from lab.report.statistics import Comparison, Correctness
 
 # Experiment 5's baselines: every other strategy is compared with both.

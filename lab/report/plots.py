@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from lab.report.results import LearningRateSearch, Record
+from lab.measurements import LearningRateSearch
+from lab.report.results import Record
 from lab.report.statistics import NO_DIFFERENCE, Comparison
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lab.measurements import Curves, LearningRateSearch, StageCurve, TimeSplit, ValidationSet
 from lab.report.statistics import Comparison
 
 EXPERIMENT_TITLES = {
@@ -37,50 +38,6 @@ class Table:
 
     title: str
     keys: tuple[str, ...]
-
-
-@dataclasses.dataclass
-class Curves:
-    """Accuracy (and training loss) per epoch of one fit."""
-
-    train_accuracy: list[float]
-    validation_accuracy: list[float]
-    train_loss: list[float] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class StageCurve:
-    """Validation accuracy after each stage of a gradual-unfreezing schedule."""
-
-    stages: list[str]
-    accuracy: list[float]
-
-
-@dataclasses.dataclass(frozen=True)
-class LearningRateSearch:
-    """One learning-rate range test (`lab.finetune.lr_finder`): what was tried, what the loss did, and the
-    rate it suggests.
-
-    Attributes:
-        rates: the learning rate of each step run (the fastest group's, under discriminative
-            rates), rising exponentially.
-        losses: the training loss of each step's batch, before that step's update.
-        smoothed: the bias-corrected exponential moving average of `losses`.
-        rule: the rule that chose the suggestion (`lab.finetune.lr_finder.RULE`).
-        found: whether the loss fell enough for the rule to read a suggestion off it.
-        suggestion: the suggested rate; None where not `found`.
-        reason: why there is no suggestion; empty where `found`.
-        diverged_at: the rate at which the test stopped on divergence; None if it ran to the end.
-    """
-
-    rates: list[float]
-    losses: list[float]
-    smoothed: list[float]
-    rule: str
-    found: bool
-    suggestion: float | None
-    reason: str
-    diverged_at: float | None
 
 
 @dataclasses.dataclass
@@ -211,72 +168,24 @@ class BenchmarkResult:
         )
 
 
-@dataclasses.dataclass
-class ValidationSet:
-    """The validation images of one dataset at one size, which every seed and arm predicts.
+def checked_predictions(validation_set: ValidationSet, table: Table, row: dict, predictions) -> list[int]:
+    """`predictions` as plain ints, after checking that they are one class per image of
+    `validation_set` and that their accuracy is `row`'s.
 
-    Args:
-        name: what records name it by (`tf_flowers (sample), 32px, 100 images`).
-        num_classes: classes of the dataset (chance is one over this).
-        labels: the true class of each image, in the order predictions are recorded.
-        images_digest: SHA-256 of the images' pixels and labels (`ImageData.validation_digest`);
-            None in results from before it was kept.
+    Raises:
+        ValueError: they are not, which would make every paired comparison of the row wrong.
     """
-
-    name: str
-    num_classes: int
-    labels: list[int]
-    images_digest: str | None = None
-
-    def checked_predictions(self, table: Table, row: dict, predictions) -> list[int]:
-        """`predictions` as plain ints, after checking that they are one class per image of
-        this set and that their accuracy is `row`'s.
-
-        Raises:
-            ValueError: they are not, which would make every paired comparison of the row wrong.
-        """
-        predictions = [int(value) for value in predictions]
-        if len(predictions) != len(self.labels):
-            raise ValueError(f"{table.title}: {len(predictions)} predictions for the {len(self.labels)} images of "
-                             f"{self.name}")
-        accuracy = Record(0, table.title, table.keys, row).accuracy()
-        correct = sum(predicted == label for predicted, label in zip(predictions, self.labels, strict=True))
-        if accuracy is not None and abs(correct / len(self.labels) - accuracy) > 1e-6:
-            raise ValueError(f"{table.title}: the predictions' accuracy {correct / len(self.labels)} is not the "
-                             f"recorded {accuracy}")
-        return predictions
-
-
-@dataclasses.dataclass
-class TimeSplit:
-    """Where the seconds of one experiment's tests went (or, with `experiment` None, the rest
-    of the session: start-up, collection, unit tests and the session's own work).
-
-    The parts add up to `total_seconds`: the experiment's tests' setup, call and teardown
-    durations plus the data its tests loaded before any test ran.
-
-    Args:
-        experiment: 1..5, or None for the rest of the session.
-        data_seconds: loading and resizing datasets (before the first test, in this suite).
-        tracing_seconds: first epoch minus a steady epoch, over every fit: graph tracing.
-        training_seconds: every other second of the fits' epochs (validation included).
-        evaluation_seconds: predicting the validation images whose predictions are recorded.
-        other_seconds: the rest: building and compiling models, loading saved ones, checks.
-    """
-
-    experiment: int | None
-    data_seconds: float = 0.0
-    tracing_seconds: float = 0.0
-    training_seconds: float = 0.0
-    evaluation_seconds: float = 0.0
-    other_seconds: float = 0.0
-
-    @property
-    def total_seconds(self) -> float:
-        return (
-            self.data_seconds + self.tracing_seconds + self.training_seconds
-            + self.evaluation_seconds + self.other_seconds
-        )
+    predictions = [int(value) for value in predictions]
+    labels = validation_set.labels
+    if len(predictions) != len(labels):
+        raise ValueError(f"{table.title}: {len(predictions)} predictions for the {len(labels)} images of "
+                         f"{validation_set.name}")
+    accuracy = Record(0, table.title, table.keys, row).accuracy()
+    correct = sum(predicted == label for predicted, label in zip(predictions, labels, strict=True))
+    if accuracy is not None and abs(correct / len(labels) - accuracy) > 1e-6:
+        raise ValueError(f"{table.title}: the predictions' accuracy {correct / len(labels)} is not the "
+                         f"recorded {accuracy}")
+    return predictions
 
 
 @dataclasses.dataclass

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import filelock
 
 from lab.errors import LabInputError
+from lab.measurements import ValidationSet
 from lab.report import findings, statistics
-from lab.report.results import ACCURACY_COLUMNS, Outcome, Record, Results, RunHeader, ValidationSet
+from lab.report.results import ACCURACY_COLUMNS, Outcome, Record, Results, RunHeader
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -29,8 +29,9 @@ import sys
 import tempfile
 
 from lab.errors import LabInputError
+from lab.measurements import TimeSplit
 from lab.report import compare, findings, journal, render, tracking
-from lab.report.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, RunHeader, TimeSplit
+from lab.report.results import EXPERIMENT_TITLES, BenchmarkResult, Results, ResultsFormatError, RunHeader
 from lab.runtime import atomic, timesplit
 
 USAGE_ERROR = 2

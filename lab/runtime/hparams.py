@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 if TYPE_CHECKING:
-    from lab.runtime.training import FitResult
+    from lab.measurements import FitResult
 
 VALIDATION_ACCURACY = "validation_accuracy"
 LOSS = "loss"
@@ -74,7 +74,7 @@ class HParamsLog(keras.callbacks.Callback):
     """Writes a fit's settings into `log_dir` as it starts, and its final metrics once `fit` has them.
 
     The settings go first, so that a fit that fails still has its row, without metrics.
-    `lab.runtime.training.fit` calls `log_result`: only it knows which epoch's weights early stopping kept.
+    `lab.networks.training.fit` calls `log_result`: only it knows which epoch's weights early stopping kept.
     """
 
     def __init__(self, log_dir: str, settings: FitSettings):

@@ -1,7 +1,7 @@
 """Where a session's time goes: tracing, training and evaluation as the lab's own fits and
 predictions measure them, and their sum per experiment.
 
-A test runs inside `measuring(experiment)`; `lab.runtime.training.fit` and `predicted_classes` add
+A test runs inside `measuring(experiment)`; `lab.networks.training.fit` and `predicted_classes` add
 their seconds to the `TimeSplit` measured there (outside it, in a notebook, they add nothing).
 The session adds what only pytest knows (each test's durations, the data loaded for it) and
 sums the tests of each experiment with `session_split`.
@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-from lab.report.results import TimeSplit
+from lab.measurements import TimeSplit
 
 _measured: contextvars.ContextVar[TimeSplit | None] = contextvars.ContextVar("lab_time_split", default=None)
 

@@ -17,7 +17,6 @@ from PIL import Image
 from lab.errors import LabInputError
 from lab.inputs import data
 from lab.inputs.sample import DATA_FOLDERS, MANIFEST, MANIFEST_COLUMNS, ROOT, WEIGHTS_FOLDER
-from lab.networks import backbones
 from lab.runtime import atomic
 
 FLOWER_LONGER_SIDE = 160
@@ -25,7 +24,12 @@ JPEG_QUALITY = 90
 CIFAR_PER_CLASS = 250
 # The flowers archive's credits and licence, kept beside the photos (CC-BY 2.0).
 FLOWER_TEXTS = ("ATTRIBUTIONS.txt", "LICENSE.txt")
-WEIGHTS_BACKBONES = ("mobilenet", "mobilenet_v2")
+# Keras's file names of the ImageNet weights of the two backbones the smoke profile runs on
+# (`Backbone.weights_file` of mobilenet and mobilenet_v2: tests/test_sample.py checks they agree).
+WEIGHTS_FILES = (
+    "mobilenet_2_5_224_tf_no_top.h5",
+    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+)
 _CIFAR_FILE = re.compile(r"train_(\d+)\.png")
 
 
@@ -92,8 +96,7 @@ def sample_files(source: str, cifar_per_class: int = CIFAR_PER_CLASS) -> dict[st
             )
         for _, file_name in indexed[:cifar_per_class]:
             files[f"{cifar}/{name}/{file_name}"] = _read(os.path.join(folder, file_name))
-    for backbone in WEIGHTS_BACKBONES:
-        file_name = backbones.get_backbone(backbone).weights_file
+    for file_name in WEIGHTS_FILES:
         files[f"{WEIGHTS_FOLDER}/{file_name}"] = _read(os.path.join(source, "weights", file_name))
     return files
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import statistics
 from collections.abc import Sequence
 
 import keras
@@ -13,82 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from lab.inputs.data import ImageData
-from lab.report.results import Curves
+from lab.measurements import FitResult
 from lab.runtime import prediction, timesplit
 from lab.runtime.hparams import FitSettings, HParamsLog
 from lab.runtime.timing import EpochTimes
-
-
-@dataclasses.dataclass
-class FitResult:
-    """What one `fit` measured, in plain types for the report.
-
-    Attributes:
-        loss: training loss per epoch.
-        accuracy: training accuracy per epoch.
-        validation_accuracy: validation accuracy per epoch (empty without validation data).
-        epoch_seconds: wall time per epoch; the first includes graph tracing.
-        stopped_epoch: with early stopping, the last epoch that ran (1-based); None without.
-        best_epoch: with early stopping, the epoch of best validation accuracy (1-based), whose
-            weights the model holds after the fit; None without.
-    """
-
-    loss: list[float]
-    accuracy: list[float]
-    validation_accuracy: list[float]
-    epoch_seconds: list[float]
-    stopped_epoch: int | None = None
-    best_epoch: int | None = None
-
-    @property
-    def final_epoch(self) -> int:
-        """The epoch (1-based) whose weights the model holds after the fit.
-
-        The best epoch when early stopping restored its weights, else the last epoch.
-        """
-        return self.best_epoch or len(self.loss)
-
-    @property
-    def final_validation_accuracy(self) -> float | None:
-        """Validation accuracy of the weights the model holds after the fit (`final_epoch`)."""
-        if not self.validation_accuracy:
-            return None
-        return self.validation_accuracy[self.final_epoch - 1]
-
-    @property
-    def steady_epoch_seconds(self) -> float | None:
-        """Median seconds of the epochs after the first (tracing excluded)."""
-        later = self.epoch_seconds[1:]
-        return statistics.median(later) if later else None
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> dict:
-        """The report's columns for a fit: final accuracies and epoch times."""
-        return {
-            "train accuracy": self.accuracy[-1],
-            "validation accuracy": self.final_validation_accuracy,
-            "first epoch s": self.epoch_seconds[0],
-            "s/epoch": self.steady_epoch_seconds,
-            **self.early_stopping_summary(),
-        }
-
-    def loss_fell(self) -> str:
-        """Whether the training loss fell from the first epoch to the last, as a report cell: a
-        learning outcome, recorded (`no: 2.290 -> 2.295` flags a fit too short to learn), not asserted."""
-        first, last = self.loss[0], self.loss[-1]
-        return "yes" if last < first else f"no: {first:.3f} -> {last:.3f}"
-
-    def early_stopping_summary(self) -> dict:
-        """The epoch the fit stopped at and its best epoch; empty without early stopping."""
-        if self.stopped_epoch is None:
-            return {}
-        return {"stopped at epoch": self.stopped_epoch, "best epoch": self.best_epoch}
-
-    def curves(self) -> Curves:
-        """Accuracy and training loss per epoch, for the report's learning-curve plots and MLflow."""
-        return Curves(train_accuracy=self.accuracy, validation_accuracy=self.validation_accuracy, train_loss=self.loss)
 
 
 def fit(
