@@ -9,7 +9,7 @@ import warnings
 
 from lab.errors import LabInputError
 from lab.finetune import stage_cache
-from lab.inputs import data, datasets, sample
+from lab.inputs import data, datasets, image_cache, sample
 from lab.inputs.datasets import DatasetSpec
 from lab.networks import backbones
 from lab.networks.optimizers import DISCRIMINATIVE_FACTOR, LR_SCHEDULES
@@ -27,6 +27,8 @@ MAX_SEEDS = 100
 # The environment variable that gives each path option its default, as TFDS_DATA_DIR and
 # KERAS_HOME do for tensorflow-datasets and Keras; the command line wins over it.
 PATH_VARIABLES = {"data_dir": "LAB_DATA_DIR", "weights_dir": "LAB_WEIGHTS_DIR", "report_dir": "LAB_REPORT_DIR"}
+# The units of a size option (--cache-budget, --image-cache-limit), binary.
+_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,7 @@ class RunConfig:
         tensorboard_dir: where each fit writes its TensorBoard log, or None for no logs.
         seeds: every training case runs once with each of these (`--seeds`).
         cache_budget: the most bytes one stage's cached activations may take.
+        image_cache_limit: the most bytes the image cache keeps (`lab.inputs.image_cache`).
         options: every option as given (`lab.options.Options`), unchecked values included: what
             the report's header lists, and where an option with nothing to resolve is read.
     """
@@ -59,6 +62,7 @@ class RunConfig:
     tensorboard_dir: str | None = None
     seeds: tuple[int, ...] = (0,)
     cache_budget: int = stage_cache.DEFAULT_CACHE_BUDGET
+    image_cache_limit: int = image_cache.DEFAULT_SIZE_LIMIT
     options: Options = dataclasses.field(default_factory=Options)
 
     def backbones_for(self, experiment: str) -> tuple[str, ...]:
@@ -144,6 +148,26 @@ def parse_backbones(text: str) -> tuple[str, ...]:
             f"--backbones names {', '.join(repeated)} more than once: each runs once", UserWarning, stacklevel=2
         )
     return unique
+
+
+def parse_size(text: str, flag: str) -> int:
+    """Bytes from a size such as `512M`, `2G` or `1.5G` (binary units), the value of option `flag`.
+
+    Raises:
+        LabInputError: the size is unparsable, zero or negative.
+    """
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = cleaned[-1:] if cleaned[-1:] in _BYTE_UNITS else ""
+    try:
+        size = float(cleaned.removesuffix(unit)) * _BYTE_UNITS[unit]
+    except ValueError:
+        size = None
+    if size is None or not 1 <= size < float("inf"):
+        raise LabInputError(
+            f"{flag} {text!r} is not a positive size: give bytes, or a number and one of the units "
+            f"{', '.join(unit for unit in _BYTE_UNITS if unit)} (binary: K is 1024 bytes), such as 512M or 2G"
+        )
+    return int(size)
 
 
 def parse_seeds(text: str, first_seed: int | None) -> tuple[int, ...]:
@@ -268,7 +292,8 @@ def build_config(*args, **kwargs) -> RunConfig:
         raise LabInputError(
             "--fail-if-worse needs --baseline RUN: the earlier run (its results.json or run folder) to compare with"
         )
-    budget_bytes = stage_cache.parse_cache_budget(options.cache_budget)
+    budget_bytes = parse_size(options.cache_budget, "--cache-budget")
+    image_cache_limit = parse_size(options.image_cache_limit, "--image-cache-limit")
     if data_source == "sample":
         # Hashes every sample file (once per process): a broken sample stops the run before it starts.
         sample.verified_root()
@@ -286,6 +311,7 @@ def build_config(*args, **kwargs) -> RunConfig:
         tensorboard_dir=os.path.abspath(tensorboard_dir) if tensorboard_dir and distribution.is_chief() else None,
         seeds=seed_list,
         cache_budget=budget_bytes,
+        image_cache_limit=image_cache_limit,
         options=options,
     )
 

@@ -253,6 +253,12 @@ class Options:
         help="the most memory one stage's cached activations may take: bytes, or K, M, G, T, "
         "such as 512M or 2G (default 2G); a stage over it trains end to end",
     )
+    image_cache_limit: str = option(
+        "--image-cache-limit", "10G", metavar="SIZE", changes_results=False,
+        help="the most disk the decoded-image cache ($LAB_CACHE_DIR) keeps: past it, the least recently "
+        "used entries no process is reading are deleted (default 10G; python -m lab.inputs.image_cache "
+        "lists or clears it)",
+    )
     baseline: str | None = option(
         "--baseline", None, metavar="RUN", shown=_absolute, changes_results=False,
         help="set every accuracy row against the same row of an earlier run (RUN: its results.json or run "

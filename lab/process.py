@@ -8,13 +8,14 @@ import keras
 import tensorflow as tf
 
 from lab.config import RunConfig
+from lab.inputs import image_cache
 from lab.networks import training_step
 from lab.runtime import distribution, reproducibility
 
 
 def apply_run_settings(run: RunConfig) -> None:
     """Sets up this process as `run` says: the distribution strategy, the seed, eager execution,
-    op determinism, mixed precision and the training step (--adam, --xla).
+    op determinism, mixed precision, the training step (--adam, --xla) and the image cache's bound.
 
     Raises:
         LabInputError: a machine of `--distribute multiworker` did not answer.
@@ -32,6 +33,7 @@ def apply_run_settings(run: RunConfig) -> None:
     if run.options.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     training_step.use(training_step.TrainingStep(adam=run.options.adam, xla=run.options.xla))
+    image_cache.set_size_limit(run.image_cache_limit)
 
 
 def pin_worker_gpu(worker_index: int) -> None:

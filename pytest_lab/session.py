@@ -373,6 +373,7 @@ class LabSession:
             wall_seconds=finished - self.started,
             complete=complete,
             incomplete_reason=self.displayed(reason) if reason else None,
+            killed=self.stop_reason is not None,
             hosts=hosts.hosts_of(self.host_summaries, self.crashed),
         )
         header = dataclasses.replace(header, warnings=[*header.warnings, *self.data_warnings])
@@ -416,6 +417,7 @@ class LabSession:
             ],
             complete=False,
             incomplete_reason=journal.KILLED,
+            killed=True,
             seeds=list(run.seeds),
             training_step=environment.training_step(
                 options.adam, options.xla, device, options.distribute, options.deterministic, options.run_eagerly

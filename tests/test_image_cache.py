@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -16,6 +18,7 @@ from lab.errors import LabInputError
 from lab.inputs import data, image_cache
 
 IMAGE_SIZE = 4
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load(directory, value: int = 7, count: int = 5):
@@ -155,17 +158,114 @@ KILLED_BUILD = """
 """
 
 
-def test_the_next_build_deletes_what_a_killed_build_left(run_python, tmp_path):
+def test_the_next_load_deletes_what_a_killed_build_left(run_python, tmp_path):
     completed, _ = run_python("-c", textwrap.dedent(KILLED_BUILD), str(tmp_path))
     assert completed.returncode == -9, completed.stderr[-3000:]
-    assert [path.name for path in (tmp_path / "images").iterdir() if path.name.endswith(".partial")]
+    assert _partials(tmp_path)
 
-    images, labels = image_cache.load_or_build(
-        {"test": "killed"}, 4, lambda: [(np.ones((3, 4, 4, 3), np.uint8), np.arange(3))], str(tmp_path)
-    )
+    # Another entry's load: the killed build's entry may never be loaded again.
+    images, labels = _load(tmp_path, value=1, count=3)
 
     assert images.min() == 1 and labels.tolist() == [0, 1, 2]
-    assert [path.name for path in (tmp_path / "images").iterdir() if path.name.endswith(".partial")] == []
+    assert _partials(tmp_path) == []
+
+
+def _partials(directory: pathlib.Path) -> list[str]:
+    return [path.name for path in (directory / "images").iterdir() if path.name.endswith(".partial")]
+
+
+# Builds entries of 1, 2 and 3 images (last used in that order, a minute apart) and exits, so
+# that no process holds them.
+AGED_ENTRIES = """
+    import os, sys, time
+    import numpy as np
+    from lab.inputs import image_cache
+
+    for count in (1, 2, 3):
+        batches = [(np.full((count, 4, 4, 3), count, np.uint8), np.arange(count))]
+        images, _ = image_cache.load_or_build({"test": "entry", "count": count}, 4, lambda: batches, sys.argv[1])
+        used = time.time() - 60 * (4 - count)
+        os.utime(os.path.dirname(images.filename), (used, used))
+"""
+
+
+def _aged_entries(run_python, directory: pathlib.Path) -> dict[int, image_cache.Entry]:
+    """Image count -> entry, of three entries no process holds, least recently used first."""
+    completed, _ = run_python("-c", textwrap.dedent(AGED_ENTRIES), str(directory))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    found = image_cache.entries(str(directory))
+    return {entry.description["count"]: entry for entry in found}
+
+
+def test_the_least_recently_used_entries_go_first_past_the_limit(run_python, tmp_path):
+    aged = _aged_entries(run_python, tmp_path)
+    assert list(aged) == [1, 2, 3]
+
+    deleted = image_cache.evict(aged[2].size_bytes + aged[3].size_bytes, str(tmp_path))
+
+    assert [entry.description["count"] for entry in deleted] == [1]
+    assert [entry.description["count"] for entry in image_cache.entries(str(tmp_path))] == [2, 3]
+
+
+def test_a_load_evicts_others_and_keeps_its_entry_even_over_the_limit(run_python, tmp_path, monkeypatch):
+    _aged_entries(run_python, tmp_path)
+    monkeypatch.setattr(image_cache, "_size_limit", 1)
+
+    images, _ = _load(tmp_path, value=4, count=4)
+
+    assert images.min() == 4
+    assert [entry.description["count"] for entry in image_cache.entries(str(tmp_path))] == [4]
+
+
+def test_a_load_makes_an_entry_the_most_recently_used(run_python, tmp_path):
+    aged = _aged_entries(run_python, tmp_path)
+
+    _load(tmp_path, value=1, count=1)
+
+    assert [entry.description["count"] for entry in image_cache.entries(str(tmp_path))] == [2, 3, 1]
+    assert aged[1].path == image_cache.entries(str(tmp_path))[-1].path
+
+
+HOLDER = """
+    import sys
+    import numpy as np
+    from lab.inputs import image_cache
+
+    image_cache.load_or_build({"test": "held"}, 4, lambda: [(np.zeros((2, 4, 4, 3), np.uint8), np.arange(2))],
+                              sys.argv[1])
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_an_entry_another_process_reads_is_never_evicted(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLDER), str(tmp_path)], cwd=REPO_ROOT,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+
+        assert image_cache.evict(0, str(tmp_path)) == []
+        assert len(image_cache.entries(str(tmp_path))) == 1
+    finally:
+        holder.communicate("", timeout=60)
+
+    assert len(image_cache.evict(0, str(tmp_path))) == 1
+    assert image_cache.entries(str(tmp_path)) == []
+
+
+def test_clear_deletes_every_entry_and_says_what_it_freed(run_python, tmp_path):
+    aged = _aged_entries(run_python, tmp_path)
+
+    listed, _ = run_python("-m", "lab.inputs.image_cache", "list", "--dir", str(tmp_path))
+    cleared, _ = run_python("-m", "lab.inputs.image_cache", "clear", "--dir", str(tmp_path))
+
+    assert listed.returncode == 0 and all(entry.path in listed.stdout for entry in aged.values())
+    assert "3 entries" in listed.stdout
+    assert cleared.returncode == 0, cleared.stderr
+    assert cleared.stdout.startswith(f"deleted 3 entries ({sum(e.size_bytes for e in aged.values()) / 2**20:.1f} MiB)")
+    assert image_cache.entries(str(tmp_path)) == []
 
 
 def test_a_batch_whose_labels_do_not_match_its_images_is_refused(tmp_path):

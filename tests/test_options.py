@@ -53,6 +53,7 @@ def non_default(field: dataclasses.Field, tmp_path) -> object:
         "lr_factor": 1.5,
         "early_stopping": 1,
         "cache_budget": "1G",
+        "image_cache_limit": "20G",
         "worker_timeout": 60.0,
         "mlflow": "sqlite:///mlflow.db",
         "resume": str(tmp_path / "reports" / "run"),
@@ -169,3 +170,17 @@ def test_adam_and_xla_choices_reach_compile():
         assert isinstance(model.optimizer, adam.FusedAdam) and model.jit_compile is accelerator
     finally:
         training_step.use(run_step)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("4096", 4096)]
+)
+def test_sizes_read_as_binary_units(text, size):
+    assert config.parse_size(text, "--cache-budget") == size
+
+
+@pytest.mark.parametrize("text", ["0", "-1G", "two gigabytes", "", "nan", "inf", "G"])
+@pytest.mark.parametrize("flag", ["--cache-budget", "--image-cache-limit"])
+def test_a_bad_size_names_its_option(text, flag):
+    with pytest.raises(config.LabInputError, match=flag):
+        config.build_config(**BASE, **{flag.removeprefix("--").replace("-", "_"): text})

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from lab.report import tracking
 from lab.report.results import Record, Table
 from lab.runtime import atomic, environment
 from pytest_lab.cases import ExperimentCase
@@ -161,7 +162,8 @@ def test_a_selection_that_all_passed_is_complete(sessions):
 def _sigterm_session(start_pytest, directory: pathlib.Path):
     return start_pytest(
         directory, "experiments/test_3_pretrained_backbone.py", "-k", "structure",
-        "--backbones", "mobilenet,mobilenet_v2", *CHEAP, plugins={"interrupter": INTERRUPTER}, STOP_WITH="sigterm",
+        "--backbones", "mobilenet,mobilenet_v2", f"--mlflow=sqlite:///{directory}/mlflow.db", *CHEAP,
+        plugins={"interrupter": INTERRUPTER}, STOP_WITH="sigterm",
         HOLD="[mobilenet_v2]", RELEASE=str(directory / "stopped"),
     )
 
@@ -183,6 +185,15 @@ def test_a_session_stopped_by_sigterm_reports_what_finished_and_what_did_not_run
     assert results["run"]["complete"] is False
     assert [record["row"]["backbone"] for record in results["records"]] == ["mobilenet"]
     assert not [name for name in report_files(session.report_dir) if ".partial" in name]
+    # MLflow's run ends KILLED, said in one line of the lab's section, with none of MLflow's own
+    # lines on pytest's progress line.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{session.directory}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert "INFO" not in process.stdout + process.stderr
+    assert sum(line.startswith("mlflow: ") for line in process.stdout.splitlines()) == 1, process.stdout[-3000:]
 
 
 @session_start("xdist")

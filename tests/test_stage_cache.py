@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-from lab.errors import LabInputError
 from lab.finetune import freezing, stage_cache
 from lab.inputs.data import CLASS_NAMES, ImageData
 from lab.networks import models
@@ -221,19 +220,6 @@ def test_nothing_trainable_or_nothing_frozen_is_not_cached(tiny_flowers):
         layer.trainable = False
     stage = stage_cache.cache_stage(classifier, tiny_flowers, BATCH_SIZE)
     assert (stage.cached, stage.cut_layer, stage.reason) == (False, None, "nothing in the classifier is trainable")
-
-
-@pytest.mark.parametrize(
-    ("text", "size"), [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("4096", 4096)]
-)
-def test_cache_budget_reads_sizes(text, size):
-    assert stage_cache.parse_cache_budget(text) == size
-
-
-@pytest.mark.parametrize("text", ["0", "-1G", "two gigabytes", "", "nan", "inf", "G"])
-def test_bad_cache_budget_names_the_option(text):
-    with pytest.raises(LabInputError, match="--cache-budget"):
-        stage_cache.parse_cache_budget(text)
 
 
 def test_a_graph_with_plain_operations_between_layers_is_cut(tiny_flowers):

@@ -33,34 +33,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lab.errors import LabInputError
 from lab.finetune import freezing
 from lab.inputs.data import ImageData, batched_pairs
 from lab.networks.models import BASE_LAYER_NAME, HEAD_LAYER_NAME
 from lab.runtime import keras_internals, prediction
 
 DEFAULT_CACHE_BUDGET = 2 * 1024**3
-_BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_cache_budget(text: str) -> int:
-    """Bytes from a budget such as `512M`, `2G` or `1.5G` (binary units), for `--cache-budget`.
-
-    Raises:
-        LabInputError: the budget is unparsable, zero or negative.
-    """
-    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = cleaned[-1:] if cleaned[-1:] in _BYTE_UNITS else ""
-    try:
-        size = float(cleaned.removesuffix(unit)) * _BYTE_UNITS[unit]
-    except ValueError:
-        size = None
-    if size is None or not 1 <= size < float("inf"):
-        raise LabInputError(
-            f"--cache-budget {text!r} is not a positive size: give bytes, or a number and one of the units "
-            f"{', '.join(unit for unit in _BYTE_UNITS if unit)} (binary: K is 1024 bytes), such as 512M or 2G"
-        )
-    return int(size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,14 @@ the change time, and stat costs a tenth of a second per 20,000 files where hashi
 costs one to several seconds. An entry holds `images.u8`, the uint8 images row after row,
 `labels.npy`, and the SHA-256 of both, checked once per process before the entry is read. One
 process builds an entry under a file lock, in a temporary folder renamed into place, so xdist
-workers share it; the next load of an entry deletes what a killed build of it left.
+workers share it.
+
+The cache is bounded (`set_size_limit`, `--image-cache-limit`): after every load, the least
+recently used entries are deleted until the rest fit, with the temporary folders of builds that
+were killed. A process holds a shared `flock` on `<entry>.use` for as long as it may read an
+entry, and deletion takes that lock and the build lock without waiting, so an entry that any
+process is building or reading is never deleted under it; the entry just loaded is kept even
+where it alone is over the limit. `python -m lab.inputs.image_cache` lists or clears the cache.
 
 Memory stays flat in the dataset's size because batches are read with `pread` into fresh
 arrays: pages read that way stay in the kernel's page cache. Pages of a memory-mapped file
@@ -20,12 +27,16 @@ returns is for the few rows a caller indexes, and `take` reads around it.
 
 from __future__ import annotations
 
-import glob
+import argparse
+import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 import filelock
@@ -41,6 +52,12 @@ IMAGES_FILE = "images.u8"
 LABELS_FILE = "labels.npy"
 CHECKSUMS_FILE = "checksums.json"
 DESCRIPTION_FILE = "description.json"
+# The bound of the cache's size when none is set: a full tf_flowers at 224 px takes 0.55 GiB.
+DEFAULT_SIZE_LIMIT = 10 * 2**30
+# An entry's folder: the first 32 hex digits of its key's SHA-256.
+_ENTRY_NAME = re.compile(r"[0-9a-f]{32}")
+# The temporary folders `_build` and `_delete` make: `.<entry>.<random>.partial`.
+_PARTIAL_NAME = re.compile(r"\.([0-9a-f]{32})\..+\.partial")
 # `tf.numpy_function` hands TensorFlow an array's memory without a copy only where it starts on
 # Eigen's widest alignment; numpy's 16-byte-aligned arrays were copied, which cost more than
 # reading the rows (a 224 px batch: 14 ms of copying).
@@ -49,6 +66,15 @@ _ALIGNMENT = 64
 # The identities of each entry's files (its checksums file's too) when this process last found
 # them matching their checksums: an entry is hashed again only when one of them has changed since.
 _checked: dict[str, list[tuple[int, ...]]] = {}
+# Entry -> the descriptor of its `.use` file, shared-locked while this process may read the entry.
+_held: dict[str, int] = {}
+_size_limit = DEFAULT_SIZE_LIMIT
+
+
+def set_size_limit(limit_bytes: int) -> None:
+    """Bounds the cache of this process's later loads to `limit_bytes` (`--image-cache-limit`)."""
+    global _size_limit
+    _size_limit = limit_bytes
 
 
 def default_directory() -> str:
@@ -99,11 +125,13 @@ def load_or_build(
     entry = os.path.join(root, key)
     lock = _locked(root, entry)
     try:
-        _delete_partials(entry)
         if not os.path.isdir(entry):
             _build(entry, full_description, image_size, build())
+        # Held before the build lock is let go: no sweep can find the entry unheld in between.
+        _hold(entry)
     finally:
         lock.release()
+    evict(_size_limit, directory)
     try:
         return _open(entry, image_size)
     except PermissionError as error:
@@ -141,12 +169,124 @@ def _first_existing(path: str) -> str:
     return path
 
 
-def _delete_partials(entry: str) -> None:
-    """Deletes the temporary folders of builds of `entry` that were killed: its lock is held, so none is running."""
-    # The names `_build` gives its temporary folders.
-    pattern = os.path.join(glob.escape(os.path.dirname(entry)), f".{os.path.basename(entry)}.*.partial")
-    for partial in glob.glob(pattern):
-        shutil.rmtree(partial, ignore_errors=True)
+def _hold(entry: str) -> None:
+    """Marks `entry` in use by this process (its `.use` file shared-locked) and used now."""
+    if entry not in _held:
+        descriptor = os.open(entry + ".use", os.O_RDONLY | os.O_CREAT, 0o644)
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+        _held[entry] = descriptor
+    try:
+        os.utime(entry)
+    except PermissionError:
+        # Another user's entry: it is read all the same, and ages as of its last use by its owner.
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One entry of the cache as `entries` finds it.
+
+    Attributes:
+        path: its folder.
+        size_bytes: the bytes of its files.
+        last_used: when a load last used it (its folder's modification time, seconds since the epoch).
+        description: what its images are (`load_or_build`'s description); None where unreadable.
+    """
+
+    path: str
+    size_bytes: int
+    last_used: float
+    description: dict | None
+
+
+def entries(directory: str | None = None) -> list[Entry]:
+    """The cache's entries, least recently used first."""
+    root = os.path.join(directory or default_directory(), "images")
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(root, name)
+        if not (_ENTRY_NAME.fullmatch(name) and os.path.isdir(path)):
+            continue
+        try:
+            size = sum(item.stat().st_size for item in os.scandir(path) if item.is_file())
+            last_used = os.stat(path).st_mtime
+        except FileNotFoundError:
+            # Deleted by another process's sweep since the listing.
+            continue
+        found.append(Entry(path, size, last_used, _description(path)))
+    return sorted(found, key=lambda entry: entry.last_used)
+
+
+def _description(entry: str) -> dict | None:
+    try:
+        with open(os.path.join(entry, DESCRIPTION_FILE), encoding="utf-8") as stream:
+            described = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    return described if isinstance(described, dict) else None
+
+
+def evict(limit_bytes: int, directory: str | None = None) -> list[Entry]:
+    """Deletes the least recently used entries until the rest take at most `limit_bytes`, and
+    the temporary folders of killed builds; entries a process is building or reading stay.
+
+    Returns:
+        The entries deleted.
+    """
+    root = os.path.join(directory or default_directory(), "images")
+    if not os.path.isdir(root):
+        return []
+    deleted = []
+    # One sweep at a time: two would count the same entries and delete more than needed.
+    with filelock.FileLock(os.path.join(root, "sweep.lock")):
+        for name in os.listdir(root):
+            partial = _PARTIAL_NAME.fullmatch(name)
+            if partial:
+                _delete(os.path.join(root, partial.group(1)), os.path.join(root, name))
+        found = entries(directory)
+        total = sum(entry.size_bytes for entry in found)
+        for entry in found:
+            if total <= limit_bytes:
+                break
+            if _delete(entry.path, entry.path):
+                total -= entry.size_bytes
+                deleted.append(entry)
+    return deleted
+
+
+def _delete(entry: str, folder: str) -> bool:
+    """Deletes `folder` (`entry`'s own, or one of its builds' temporary folders) unless a
+    process holds `entry`'s build or use lock; True if deleted."""
+    build_lock = filelock.FileLock(entry + ".lock", timeout=0)
+    try:
+        build_lock.acquire()
+    except filelock.Timeout:
+        return False
+    try:
+        if folder == entry:
+            descriptor = os.open(entry + ".use", os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                return False
+            try:
+                # Renamed first: a sweep killed halfway leaves a temporary folder, never a half entry.
+                doomed = f"{os.path.dirname(entry)}/.{os.path.basename(entry)}.{time.time_ns()}.partial"
+                os.rename(entry, doomed)
+            finally:
+                os.close(descriptor)
+            folder = doomed
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    except (FileNotFoundError, PermissionError):
+        return False
+    finally:
+        build_lock.release()
 
 
 def take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -297,3 +437,29 @@ def _stored_checksums(entry: str) -> object:
 def _damaged(entry: str, problem: str) -> LabInputError:
     """The error for an entry that is not as it was built: names the folder to delete."""
     return LabInputError(f"image cache entry {entry} is damaged ({problem}): delete that folder and it is rebuilt")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lab.inputs.image_cache {list,clear}`: what the image cache holds, or empty it."""
+    parser = argparse.ArgumentParser(prog="python -m lab.inputs.image_cache", description=main.__doc__)
+    parser.add_argument("command", choices=("list", "clear"),
+                        help="list: every entry, least recently used first; clear: delete every entry not in use")
+    parser.add_argument("--dir", default=None, metavar="PATH",
+                        help=f"the cache folder (default: ${CACHE_DIR_VARIABLE}, else ~/.cache/transfer-lab)")
+    arguments = parser.parse_args(argv)
+    directory = arguments.dir or default_directory()
+    if arguments.command == "list":
+        found = entries(directory)
+        for entry in found:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+            print(f"{entry.path}  {entry.size_bytes / 2**20:9.1f} MiB  used {used}  {json.dumps(entry.description)}")
+        print(f"{len(found)} entries, {sum(entry.size_bytes for entry in found) / 2**20:.1f} MiB, in {directory}")
+        return
+    deleted = evict(0, directory)
+    kept = entries(directory)
+    print(f"deleted {len(deleted)} entries ({sum(entry.size_bytes for entry in deleted) / 2**20:.1f} MiB) from "
+          f"{directory}" + (f"; {len(kept)} in use by a running process stay" if kept else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -247,7 +247,7 @@ def results_of(journal: Journal, wall_seconds: float | None = None, parallel: bo
     ]
     if not journal.end_recorded:
         reason = KILLED + (f"; {len(not_run)} tests did not run" if not_run else "")
-        run = dataclasses.replace(run, complete=False, incomplete_reason=reason)
+        run = dataclasses.replace(run, complete=False, incomplete_reason=reason, killed=True)
     ended = list(journal.ended.values())
     if wall_seconds is None:
         wall_seconds = sum(test.duration_seconds for test in ended if not test.earlier)

@@ -270,6 +270,8 @@ class RunHeader:
     warnings: list[str] = dataclasses.field(default_factory=list)
     complete: bool = True
     incomplete_reason: str | None = None
+    # Ended by a signal (SIGTERM, Ctrl-C) or killed outright, rather than by itself: MLflow's KILLED.
+    killed: bool = False
     seeds: list[int] = dataclasses.field(default_factory=list)
     # Which Adam ran and whether XLA compiled the steps (`environment.training_step`); None in
     # reports from before --adam and --xla.

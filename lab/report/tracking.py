@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.util
+import logging
 import os
 import re
 import tempfile
@@ -225,7 +226,7 @@ class RunContent:
         metrics: metric -> its one value.
         series: metric -> (step, value) of each step: a curve.
         tags: tag -> value.
-        status: how it ended, in MLflow's words (`FINISHED`, `FAILED`).
+        status: how it ended, in MLflow's words (`FINISHED`, `FAILED`, `KILLED`).
     """
 
     name: str
@@ -267,7 +268,12 @@ def log_session(uri: str, results: Results, report_path: str | None, test_second
 
 
 def _configure_client(uri: str) -> None:
-    """MLflow's settings for this session's store, where the user has not set them."""
+    """MLflow's settings for this session's store, where the user has not set them; after `import mlflow`,
+    which sets its loggers' levels."""
+    # Its INFO lines (a new store's tables, each migration) reach stderr in the middle of pytest's
+    # progress line; the lab's own summary line says what was logged.
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     # MLflow 3 refuses a file: store unless told otherwise; the user chose this one by its URI.
     if _scheme(uri) == "file":
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -304,7 +310,7 @@ def session_run(results: Results, report_path: str | None) -> RunContent:
         metrics=session_metrics(results),
         series={},
         tags=session_tags(header),
-        status="FINISHED" if header.complete else "FAILED",
+        status="FINISHED" if header.complete else "KILLED" if header.killed else "FAILED",
     )
 
 
