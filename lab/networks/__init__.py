@@ -1,1 +1,1 @@
-"""The networks: backbones (hand-written and derived from Keras), classifiers, optimizers, Adam."""
+"""The networks: backbones (hand-written and derived from Keras), classifiers, optimizers, Adam, and training them."""

@@ -1,1 +1,1 @@
-"""Running: training and timing, seeding, distribution, saving, the environment, Keras internals."""
+"""The basement: timing, seeding, distribution, saving, TensorBoard's HParams, the environment, Keras internals."""
