@@ -221,6 +221,16 @@ def test_a_torn_last_line_is_skipped_with_a_warning_and_nothing_before_it_is_los
     assert journal.read_journal(str(path)).warnings == []
 
 
+def test_a_run_given_with_a_tilde_is_read_from_home(tmp_path, monkeypatch):
+    """`--resume=~/run` and `--baseline=~/run`: the shell leaves a `~` after `=` as it is."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()
+    write_journal(tmp_path / "run" / journal.JOURNAL_NAME, [ended("a")], ["a"])
+
+    assert list(journal.read_journal("~/run").ended) == ["a"]
+    assert writing.load_run("~/run")[1] == str(tmp_path / "run")
+
+
 @pytest.mark.parametrize("damage", ["no journal", "empty", "newer format", "damaged line", "not a journal"])
 def test_a_journal_that_cannot_be_resumed_is_refused_naming_why(tmp_path, damage):
     path = tmp_path / journal.JOURNAL_NAME

@@ -166,6 +166,8 @@ class JournalWriter:
 
 def journal_path(run: str) -> str:
     """The journal of `run`: a run folder (its journal.jsonl) or the journal file itself."""
+    # `--resume=~/...` reaches here unexpanded: the shell expands `~` only at a word's start.
+    run = os.path.expanduser(run)
     return os.path.join(run, JOURNAL_NAME) if os.path.isdir(run) else run
 
 

@@ -237,6 +237,7 @@ def load_run(path: str) -> tuple[Results, str]:
     Raises:
         LabInputError: none of those can be read; the message says why.
     """
+    path = os.path.expanduser(path)
     folder = os.path.abspath(path) if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "results.json")):
         return load_results(os.path.join(path, "results.json")), folder
