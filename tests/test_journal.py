@@ -18,7 +18,7 @@ import pytest
 
 from lab.errors import LabInputError
 from lab.inputs.data import ImageData
-from lab.report import journal, writing
+from lab.report import journal, tracking, writing
 from lab.report.journal import EndedTest, JournalWriter, ResumeTerms
 from lab.report.results import Outcome, Record, RunHeader
 from pytest_lab.cases import ExperimentCase
@@ -212,7 +212,8 @@ def test_a_torn_last_line_is_skipped_with_a_warning_and_nothing_before_it_is_los
     assert journal.read_journal(str(path)).ended.keys() == journal.read_journal(str(tmp_path)).ended.keys()
 
     results = journal.results_of(read)
-    assert results.run.complete is False
+    assert results.run.complete is False and results.run.killed
+    assert tracking.session_run(results, None).status == "KILLED"
     assert results.run.incomplete_reason == f"{journal.KILLED}; 1 tests did not run"
     assert [(outcome.test, outcome.outcome) for outcome in results.outcomes] == [
         ("a", "passed"), ("b", "failed"), ("c", "not run")
