@@ -1,0 +1,309 @@
+"""lab/report/statistics.py: the cases mutation testing found untested (README, "Mutation testing").
+
+Written-out formulas for what the other three modules of its tests reach only through the
+report (`independent_seed_intervals`, the method note), and the edges of the rest: leading
+experiment axes, tied seeds, Holm's steps, Welch's interval, the rows' text. NumPy only: seconds.
+
+Surviving mutants that no test can kill, by mutmut's name (`mutmut show NAME`), all of
+`lab.report.statistics.`:
+
+(filled in below)
+"""
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lab.errors import LabInputError
+from lab.report import statistics
+from lab.report.statistics import ALPHA, NO_DIFFERENCE, NOT_COMPARED, Correctness
+
+T = stats.t.ppf
+
+
+def _seed_part(scores):
+    """One arm's (MS_seeds / images, MS_residual, residual df), the two-way ANOVA written out."""
+    seeds, images = scores.shape
+    mean = scores.mean()
+    seed_means = [scores[s].mean() for s in range(seeds)]
+    image_means = [scores[:, i].mean() for i in range(images)]
+    ms_seeds = images * sum((m - mean) ** 2 for m in seed_means) / (seeds - 1)
+    residual_df = (seeds - 1) * (images - 1)
+    ms_residual = sum(
+        (scores[s, i] - seed_means[s] - image_means[i] + mean) ** 2 for s in range(seeds) for i in range(images)
+    ) / residual_df
+    if ms_seeds < 1e-18:
+        ms_seeds = ms_residual
+    return ms_seeds / images, ms_residual, residual_df
+
+
+def _independent(a, b):
+    """`independent_seed_intervals` of one experiment, from its docstring: (mean, low, high, p, df)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    images = a.shape[1]
+    parts = [_seed_part(x) if len(x) > 1 else None for x in (a, b)]
+    parts = [part or next(p for p in parts if p) for part in parts]
+    counts = [len(a), len(b)]
+    seed_var = [parts[k][0] / counts[k] for k in range(2)]
+    residual_var = [parts[k][1] / counts[k] for k in range(2)]
+    differences = a.mean(axis=0) - b.mean(axis=0)
+    mean, spread = differences.mean(), differences.var(ddof=1)
+    image_part = max(spread - residual_var[0] - residual_var[1], 0.0) / images
+    variance = seed_var[0] + seed_var[1] + image_part
+    noise = sum(seed_var[k] ** 2 / max(counts[k] - 1, 1) for k in range(2))
+    if image_part > 0:
+        noise += (spread**2 / (images - 1) + sum(residual_var[k] ** 2 / parts[k][2] for k in range(2))) / images**2
+    df = variance**2 / noise
+    half = T(0.975, df) * math.sqrt(variance)
+    p = 2 * stats.t.sf(abs(mean) / math.sqrt(variance), df)
+    return mean, mean - half, mean + half, p, df
+
+
+def _independent_cases():
+    rng = np.random.default_rng(5)
+    cases = {
+        "3 against 2 seeds": (rng.random((3, 30)) < 0.7, rng.random((2, 30)) < 0.5),
+        "2 against 4 seeds": (rng.random((2, 30)) < 0.6, rng.random((4, 30)) < 0.6),
+        "one baseline seed": (rng.random((3, 30)) < 0.7, rng.random((1, 30)) < 0.6),
+        "one seed of ours": (rng.random((1, 30)) < 0.7, rng.random((3, 30)) < 0.6),
+    }
+    # Every image right in two of A's three seeds and one of B's two (a few seeds apart): the
+    # images' differences vary less than the seeds' noise explains, and the image part is clipped.
+    cells = np.arange(30)
+    a = np.stack([(cells + seed) % 3 != 0 for seed in range(3)])
+    a[0, :4] = True
+    cases["image part clipped"] = (a, np.stack([(cells + seed) % 2 == 0 for seed in range(2)]))
+    # Seed means that tie exactly (each seed one image off, a different image each time).
+    tied = np.stack([np.arange(30) != wrong for wrong in (2, 9, 17)]) & (np.arange(30) < 24)
+    cases["tied seeds"] = (tied, rng.random((2, 30)) < 0.5)
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_independent_cases()))
+def test_independent_seed_interval_is_its_written_out_formula(case):
+    a, b = _independent_cases()[case]
+    intervals = statistics.independent_seed_intervals(a, b)
+    got = (intervals.mean, intervals.low, intervals.high, intervals.p_value, intervals.df)
+    assert tuple(float(x) for x in got) == pytest.approx(_independent(a, b), rel=1e-9)
+    assert float(intervals.standard_error) ** 2 == pytest.approx(
+        ((_independent(a, b)[2] - _independent(a, b)[1]) / 2 / T(0.975, _independent(a, b)[4])) ** 2
+    )
+
+
+def test_independent_seed_intervals_of_experiments_side_by_side_are_each_one_s():
+    """A leading axis of experiments: each row as if computed alone."""
+    cases = [case for case in _independent_cases().values() if len(case[0]) == 3 and len(case[1]) == 2]
+    together = statistics.independent_seed_intervals(
+        np.stack([a for a, _ in cases]), np.stack([b for _, b in cases])
+    )
+    for row, (a, b) in enumerate(cases):
+        alone = statistics.independent_seed_intervals(a, b)
+        for field in ("mean", "low", "high", "p_value", "standard_error", "df"):
+            assert getattr(together, field)[row] == pytest.approx(float(getattr(alone, field)), rel=1e-12), field
+
+
+def test_independent_seeds_without_any_spread_take_the_sign_test():
+    ones, zeros = np.ones((3, 12)), np.zeros((2, 12))
+    better = statistics.independent_seed_intervals(ones, zeros)
+    assert (float(better.mean), float(better.low), float(better.high)) == (1.0, 1.0, 1.0)
+    # All 12 images differ one way: the two-sided sign test's p-value.
+    assert float(better.p_value) == pytest.approx(2 / 2**12)
+    same = statistics.independent_seed_intervals(ones, ones[:2])
+    assert (float(same.mean), float(same.low), float(same.high), float(same.p_value)) == (0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (np.ones((3, 5)), np.ones((2, 4)), "same validation images, two or more"),
+        (np.ones((3, 1)), np.ones((2, 1)), "same validation images, two or more"),
+        (np.ones((1, 5)), np.ones((1, 5)), "two or more seeds in one arm"),
+    ],
+)
+def test_independent_seed_intervals_reject_what_they_cannot_pair(a, b, message):
+    with pytest.raises(LabInputError, match=message):
+        statistics.independent_seed_intervals(a, b)
+
+
+def test_independent_seed_intervals_accept_two_images_and_two_seeds():
+    intervals = statistics.independent_seed_intervals(np.array([[1, 0], [1, 1]]), np.array([[0, 0]]))
+    assert float(intervals.mean) == pytest.approx(0.75)
+
+
+def test_independent_seed_intervals_compute_without_numpy_warnings():
+    """Seeds that tie exactly and images that explain nothing divide by zero inside: silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for a, b in [*_independent_cases().values(), (np.ones((3, 12)), np.zeros((2, 12)))]:
+            statistics.independent_seed_intervals(a, b)
+        statistics.two_way_intervals(np.ones((3, 12)))
+        statistics.mcnemar_intervals(np.array([0, 3, 0, 5]), np.array([0, 0, 4, 5]), 20)
+
+
+def _clopper_pearson(only_a, only_b, n_images, alpha=ALPHA):
+    """McNemar's interval from the exact binomial interval of A's share of the discordant images."""
+    discordant = only_a + only_b
+    if discordant == 0:
+        return 0.0, 0.0, 1.0
+    interval = stats.binomtest(only_a, discordant).proportion_ci(1 - alpha, method="exact")
+    p = stats.binomtest(only_a, discordant, 0.5).pvalue
+    return discordant / n_images * (2 * interval.low - 1), discordant / n_images * (2 * interval.high - 1), p
+
+
+@pytest.mark.parametrize("only_a, only_b", [(0, 0), (1, 0), (0, 1), (1, 1), (0, 6), (6, 0), (2, 9), (7, 7), (12, 3)])
+def test_mcnemar_interval_is_the_exact_binomial_interval_of_the_discordant_share(only_a, only_b):
+    intervals = statistics.mcnemar_intervals(np.array(only_a), np.array(only_b), 50)
+    low, high, p = _clopper_pearson(only_a, only_b, 50)
+    assert (float(intervals.low), float(intervals.high), float(intervals.p_value)) == pytest.approx((low, high, p))
+    assert float(intervals.mean) == pytest.approx((only_a - only_b) / 50)
+    # Each discordant image a fair coin under no difference; at least one image's worth.
+    assert float(intervals.standard_error) == pytest.approx(math.sqrt(max(only_a + only_b, 1)) / 50)
+    at_half = statistics.mcnemar_intervals(np.array(only_a), np.array(only_b), 50, ALPHA / 2)
+    assert (float(at_half.low), float(at_half.high)) == pytest.approx(_clopper_pearson(only_a, only_b, 50, ALPHA / 2)[:2])
+
+
+def _welch(a, b):
+    """Welch's t on log times, written out: (ratio, low, high, p, standard error, df, detectable)."""
+    la, lb = np.log(a), np.log(b)
+    va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1))
+    d = lb.mean() - la.mean()
+    half = T(0.975, df) * se
+    p = 2 * stats.t.sf(abs(d) / se, df)
+    return math.exp(d), math.exp(d - half), math.exp(d + half), p, se, df, math.exp((T(0.975, df) + T(0.8, df)) * se)
+
+
+def test_epoch_time_ratio_is_welch_s_t_on_log_times_written_out():
+    frozen, unfrozen = [1.0, 1.1, 0.95, 1.05, 1.02], [2.3, 2.0, 2.6]
+    comparison = statistics.compare_times("Experiment 4", "frozen", frozen, "unfrozen", unfrozen)
+    got = (comparison.effect, comparison.low, comparison.high, comparison.p_value, comparison.standard_error,
+           comparison.df, comparison.detectable)
+    assert got == pytest.approx(_welch(np.array(frozen), np.array(unfrozen)))
+    assert (comparison.question, comparison.a_name, comparison.b_name, comparison.measure) == (
+        "Experiment 4", "frozen", "unfrozen", "ratio"
+    )
+    assert comparison.method == "Welch's t-test on log epoch times"
+    row = comparison.row()
+    assert row["difference"] == f"{comparison.effect:.2f}x" and row["evidence"] == "5 + 3 timed epochs, one process"
+    same = statistics.compare_times("q", "A", [1.0, 1.2, 0.9], "B", [1.1, 0.95, 1.15])
+    assert same.row()["verdict"] == f"no difference detectable; would detect {same.detectable:.2f}x"
+
+
+def test_epoch_times_without_spread_give_a_point_and_a_sure_verdict():
+    same = statistics.compare_times("q", "A", [2.0, 2.0], "B", [2.0, 2.0])
+    assert (same.effect, same.low, same.high, same.p_value, same.standard_error) == (1.0, 1.0, 1.0, 1.0, 0.0)
+    assert (same.detectable, same.df) == (1.0, math.inf)
+    assert same.verdict == NO_DIFFERENCE
+    faster = statistics.compare_times("q", "A", [1.0, 1.0], "B", [2.0, 2.0])
+    assert (faster.effect, faster.low, faster.high, faster.p_value) == pytest.approx((2.0, 2.0, 2.0, 0.0))
+    assert faster.verdict == "A faster than B"
+    # Times equal to the tenth digit are one figure; to the fifth they are not.
+    tenth = statistics.compare_times("q", "A", [1.0, 1.0 + 1e-10], "B", [2.0, 2.0])
+    assert tenth.low == tenth.effect == tenth.high and tenth.p_value == 0.0
+    nearly = statistics.compare_times("q", "A", [1.0, 1.0 + 1e-5], "B", [2.0, 2.0 + 2e-5])
+    assert nearly.low < nearly.high and nearly.df < math.inf
+
+
+@pytest.mark.parametrize("seconds", [[1.0, 0.0], [1.0, -1.0], [1.0, math.inf], [1.0, math.nan]])
+def test_epoch_times_must_be_positive_seconds(seconds):
+    with pytest.raises(LabInputError, match="A's epoch times must be positive seconds"):
+        statistics.compare_times("q", "A", seconds, "B", [1.0, 1.1])
+
+
+def test_a_ratio_at_a_holm_step_s_level_is_the_t_interval_of_the_log():
+    comparison = statistics.compare_times("q", "A", [1.0, 1.1, 0.95, 1.05], "B", [1.3, 1.2, 1.45])
+    at = statistics.at_level(comparison, ALPHA / 4)
+    half = T(1 - ALPHA / 8, comparison.df) * comparison.standard_error
+    assert (at.low, at.high) == pytest.approx((comparison.effect * math.exp(-half), comparison.effect * math.exp(half)))
+    detectable = statistics.detectable_size(comparison.standard_error, comparison.df, ALPHA / 4)
+    assert at.detectable == pytest.approx(math.exp(float(detectable)))
+    assert at.confidence == pytest.approx(1 - ALPHA / 4)
+
+
+def test_at_level_leaves_what_it_cannot_recompute():
+    comparison = statistics.compare_times("q", "A", [1.0, 1.1, 0.95], "B", [1.3, 1.2, 1.45])
+    for field in ("standard_error", "df"):
+        unknown = dataclasses.replace(comparison, **{field: None})
+        assert statistics.at_level(unknown, ALPHA / 4) is unknown
+    missing = statistics.not_compared("q", "A", "B", "B failed")
+    assert statistics.at_level(missing, ALPHA / 4) is missing
+    # No spread at all: the interval (which reaches 0 where the sign test cannot reject) stays.
+    flat = statistics.compare_correctness("q", "A", _seeds(np.ones(5), np.ones(5), np.ones(5)), "B",
+                                          _seeds(np.zeros(5), np.zeros(5), np.zeros(5)))
+    assert (flat.low, flat.high, flat.standard_error) == (0.0, 1.0, 0.0)
+    at = statistics.at_level(flat, ALPHA / 3)
+    assert (at.low, at.high) == (0.0, 1.0)
+
+
+def _seeds(*rights, shared_images=True):
+    return Correctness(tuple(np.asarray(right, dtype=bool) for right in rights), shared_images)
+
+
+def _with_p(p_value, effect=0.1, name="A"):
+    """A compared difference whose two-sided p-value is `p_value` (a t of 10 degrees of freedom)."""
+    standard_error = abs(effect) / stats.t.isf(p_value / 2, 10)
+    verdict = f"{name} better than B"
+    return statistics.Comparison(
+        "q", name, "B", "difference", effect, effect - 0.2, effect + 0.2, p_value, "t", verdict,
+        n_seeds=3, n_images=100, standard_error=standard_error, df=10.0,
+    )
+
+
+def _holm(p_values):
+    """Holm's adjusted p-values, written out: the i-th smallest times (m - i), running maximum, at most 1."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, p_values[i] * (m - rank))
+        adjusted[i] = min(running, 1.0)
+    return adjusted
+
+
+@pytest.mark.parametrize(
+    "p_values, levels",
+    [
+        # Rejected, rejected, kept: the kept one at the first step that did not reject (ALPHA / 1).
+        ([0.03, 0.001, 0.01], [1, 3, 2]),
+        # Every step rejects: each at its own step.
+        ([0.004, 0.001, 0.02], [2, 3, 1]),
+        # The first step does not reject: all at ALPHA / 3; adjusted p-values capped at 1.
+        ([0.6, 0.5, 0.04], [3, 3, 3]),
+        # Two of them.
+        ([0.04, 0.01], [1, 2]),
+    ],
+)
+def test_holm_adjustment_and_its_levels_written_out(p_values, levels):
+    family = [_with_p(p, name=f"A{i}") for i, p in enumerate(p_values)]
+    missing = statistics.not_compared("q", "C", "B", "C failed")
+    adjusted = statistics.adjusted_for_family([*family, missing])
+    assert adjusted[-1] is missing
+    for comparison, original, p, divisor in zip(adjusted, family, _holm(p_values), levels, strict=False):
+        assert comparison.p_adjusted == pytest.approx(p)
+        assert comparison.family_size == len(p_values)
+        assert comparison.confidence == pytest.approx(1 - ALPHA / divisor)
+        assert comparison.verdict == (original.verdict if p < ALPHA else NO_DIFFERENCE)
+
+
+def test_holm_at_alpha_itself_does_not_reject():
+    family = [_with_p(ALPHA / 4, name="A0"), *(_with_p(0.5, name=f"A{i}") for i in range(1, 4))]
+    adjusted = statistics.adjusted_for_family(family)
+    assert adjusted[0].p_adjusted == ALPHA
+    assert all(comparison.verdict == NO_DIFFERENCE for comparison in adjusted)
+    assert all(comparison.confidence == pytest.approx(1 - ALPHA / 4) for comparison in adjusted)
+
+
+def test_a_family_of_one_comparison_is_returned_as_it_is():
+    alone, missing = _with_p(0.01), statistics.not_compared("q", "C", "B", "C failed")
+    assert statistics.adjusted_for_family([alone, missing]) == [alone, missing]
+
+
+def test_tied_p_values_take_holm_s_steps_in_the_order_given():
+    family = [_with_p(0.0001, name=f"A{i}") for i in range(20)]
+    adjusted = statistics.adjusted_for_family(family)
+    assert [c.confidence for c in adjusted] == pytest.approx([1 - ALPHA / (20 - i) for i in range(20)])
