@@ -163,7 +163,8 @@ def test_mcnemar_interval_is_the_exact_binomial_interval_of_the_discordant_share
     # Each discordant image a fair coin under no difference; at least one image's worth.
     assert float(intervals.standard_error) == pytest.approx(math.sqrt(max(only_a + only_b, 1)) / 50)
     at_half = statistics.mcnemar_intervals(np.array(only_a), np.array(only_b), 50, ALPHA / 2)
-    assert (float(at_half.low), float(at_half.high)) == pytest.approx(_clopper_pearson(only_a, only_b, 50, ALPHA / 2)[:2])
+    expected = _clopper_pearson(only_a, only_b, 50, ALPHA / 2)[:2]
+    assert (float(at_half.low), float(at_half.high)) == pytest.approx(expected)
 
 
 def _welch(a, b):
@@ -307,3 +308,203 @@ def test_tied_p_values_take_holm_s_steps_in_the_order_given():
     family = [_with_p(0.0001, name=f"A{i}") for i in range(20)]
     adjusted = statistics.adjusted_for_family(family)
     assert [c.confidence for c in adjusted] == pytest.approx([1 - ALPHA / (20 - i) for i in range(20)])
+
+
+def test_a_comparison_with_a_constant_takes_the_constant_off_every_figure():
+    rng = np.random.default_rng(2)
+    right = rng.random((3, 120)) < 0.4
+    several = statistics.compare_with_constant("Experiment 1", "CNN", _seeds(*right), 0.2, "chance")
+    accuracy = statistics.estimate_accuracy(_seeds(*right))
+    assert several.effect == pytest.approx(accuracy.value - 0.2)
+    expected = statistics.two_way_intervals(right.astype(float), 0.2)
+    assert (several.low, several.high, several.p_value) == pytest.approx(
+        (float(expected.low) - 0.2, float(expected.high) - 0.2, float(expected.p_value))
+    )
+    assert several.row()["question"] == "Experiment 1: CNN vs chance (0.200)"
+    one = statistics.compare_with_constant("Experiment 1", "CNN", Correctness.from_count(0.3, 100), 0.2)
+    assert one.method == "score test (Wilson)"
+    # A split per seed: the t-test of the seeds' accuracies against the constant.
+    split = statistics.compare_with_constant("q", "CNN", _seeds(*right, shared_images=False), 0.35)
+    assert split.p_value == pytest.approx(stats.ttest_1samp(right.mean(axis=1), 0.35).pvalue)
+    assert split.method == "t-test over seeds, each with its own split"
+
+
+@pytest.mark.parametrize("constant", [0.0, 1.0, 1.5, -0.2])
+def test_a_constant_to_compare_with_is_strictly_between_0_and_1(constant):
+    with pytest.raises(LabInputError, match="between 0 and 1"):
+        statistics.compare_with_constant("q", "CNN", Correctness.from_count(0.5, 10), constant)
+
+
+def test_an_estimate_keeps_its_seeds_and_images_and_stays_within_0_and_1():
+    one = statistics.estimate_accuracy(Correctness.from_count(0.7, 10))
+    assert one.per_seed == [0.7] and one.text() == f"0.700 ({one.low:.3f}..{one.high:.3f})"
+    nearly_all = statistics.estimate_accuracy(_seeds(np.arange(30) != 3, np.ones(30), np.ones(30)))
+    assert (nearly_all.n_seeds, nearly_all.n_images, nearly_all.high) == (3, 30, 1.0)
+    assert 0.0 < nearly_all.low < nearly_all.value
+    nearly_none = statistics.estimate_accuracy(_seeds(np.arange(30) == 3, np.zeros(30), np.zeros(30)))
+    assert nearly_none.low == 0.0
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 1.0])
+def test_accuracies_of_0_and_1_are_accuracies(accuracy):
+    estimate = statistics.estimate_accuracy(Correctness.from_count(accuracy, 20))
+    assert estimate.value == accuracy
+
+
+def test_not_compared_keeps_its_question_arms_and_reason():
+    missing = statistics.not_compared("Experiment 3, resnet50", "imagenet", "random", "imagenet failed")
+    assert (missing.question, missing.a_name, missing.b_name, missing.measure, missing.method) == (
+        "Experiment 3, resnet50", "imagenet", "random", "difference", ""
+    )
+    assert missing.row()["question"] == "Experiment 3, resnet50: imagenet vs random"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: Correctness.from_predictions([np.zeros(3)] * 2, [np.zeros(3)]),
+            "^2 seeds of predictions but 1 of labels$",
+        ),
+        (
+            lambda: Correctness.from_predictions([np.zeros(3)], [np.zeros(4)]),
+            r"^\(3,\) predictions for \(4,\) validation labels: both arms must predict the same validation images$",
+        ),
+        (
+            lambda: statistics.compare_predictions("q", "A", [np.zeros(2)], "B", [np.zeros(2)], np.zeros((2, 2))),
+            "non-empty 1-D array",
+        ),
+        (lambda: statistics.compare_predictions("q", "A", [np.zeros(0)], "B", [np.zeros(0)], np.zeros(0)),
+         "non-empty 1-D array"),
+        (lambda: statistics.seed_intervals(np.ones(1)), "two or more seeds, got 1"),
+        (lambda: statistics.estimate_accuracy(_seeds(np.ones(3), np.ones(4))),
+         "^seeds scored on the same images must have the same number of them$"),
+        (lambda: Correctness.from_count(0.705, 100), "measured on$"),
+    ],
+)
+def test_bad_input_is_named(call, message):
+    with pytest.raises(LabInputError, match=message):
+        call()
+
+
+def test_predictions_keep_a_split_per_seed_and_one_image_is_enough():
+    assert Correctness.from_predictions([np.zeros(3)], [np.zeros(3)], shared_images=False).shared_images is False
+    one_image = statistics.compare_predictions("q", "A", [np.array([1])], "B", [np.array([0])], np.array([1]))
+    assert one_image.discordant == (1, 0)
+
+
+def _row(measure="difference", n_seeds=1, split=False, verdict="A better than B"):
+    return statistics.Comparison(
+        "q", "A", "B", measure, 1.5, 1.2, 1.8, 0.01, "t", verdict, n_seeds=n_seeds, n_images=40, split_per_seed=split
+    )
+
+
+# How each method's paragraph begins, and the method it names.
+METHOD_PARAGRAPHS = {
+    "one seed": ("With one seed a row speaks of these trained models", "McNemar's exact test"),
+    "seeds on the same images": ("With several seeds on the same images", "Satterthwaite's degrees of freedom"),
+    "split per seed": ("With a split per seed", "a t-interval over seeds."),
+    "ratio": ("Speed-ups are ratios of geometric mean epoch times", "Welch's t-test on log times"),
+}
+
+
+@pytest.mark.parametrize(
+    "rows, named",
+    [
+        ([_row()], {"one seed"}),
+        ([_row(n_seeds=3)], {"seeds on the same images"}),
+        ([_row(n_seeds=3, split=True)], {"split per seed"}),
+        ([_row("ratio", n_seeds=None)], {"ratio"}),
+        ([_row(n_seeds=1, verdict=NOT_COMPARED), _row("ratio", n_seeds=None)], {"ratio"}),
+        ([_row(), _row(n_seeds=3), _row(n_seeds=2, split=True), _row("ratio", n_seeds=None)], set(METHOD_PARAGRAPHS)),
+    ],
+)
+def test_the_method_note_names_exactly_the_methods_of_its_rows(rows, named):
+    note = statistics.method_note(rows)
+    assert note.startswith("A verdict names a winner only where its two-sided test gives p < 0.05 (Holm-adjusted ")
+    assert "80% power" in note
+    for paragraph, (start, method) in METHOD_PARAGRAPHS.items():
+        assert (f". {start}" in note) == (method in note) == (paragraph in named), paragraph
+
+
+def test_paired_comparisons_name_their_method_and_keep_what_at_level_needs():
+    labels = np.arange(60) % 5
+    right = [np.arange(60) < n for n in (40, 44, 41)]
+    a = [np.where(r, labels, (labels + 1) % 5) for r in right]
+    b = [np.where(np.arange(60) < 35, labels, (labels + 1) % 5)] * 3
+    one = statistics.compare_predictions("Experiment 2", "A", a[:1], "B", b[:1], labels)
+    assert one.method == "McNemar's exact test (5 images only A got right, 0 only B)"
+    several = statistics.compare_predictions("Experiment 5", "A", a, "B", b, labels)
+    assert several.method == "two-way t-test over seeds and images"
+    for comparison, question in ((one, "Experiment 2"), (several, "Experiment 5")):
+        assert (comparison.question, comparison.measure, comparison.split_per_seed) == (question, "difference", False)
+    reference = np.arange(60) < 35
+    differences = np.stack([x.astype(int) - reference.astype(int) for x in right])
+    assert several.df == pytest.approx(float(statistics.two_way_intervals(differences).df))
+    split = statistics.compare_correctness("q", "A", _seeds(*right, shared_images=False), "B",
+                                           _seeds(*[np.arange(60) < 35] * 3, shared_images=False))
+    assert split.method == "t-test over seeds, each with its own split" and split.split_per_seed is True
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (
+            _seeds(np.ones(4), np.ones(4)),
+            _seeds(np.ones(4)),
+            "^q: A ran 2 seeds and B 1; paired comparisons need the same seeds in both arms$",
+        ),
+        (
+            _seeds(np.ones(4), np.ones(4)),
+            _seeds(np.ones(4), np.ones(5)),
+            "^q: both arms must predict the same validation images, seed by seed$",
+        ),
+        (_seeds(np.ones(4), np.ones(4)), _seeds(np.ones(4), np.ones(4), shared_images=False), "seed by seed$"),
+        (_seeds(np.ones(4)), Correctness((np.ones(0, dtype=bool),)), "n_images=0"),
+        (Correctness(()), Correctness(()), "^an accuracy needs at least one seed's value; none was recorded$"),
+    ],
+)
+def test_paired_comparisons_reject_arms_that_do_not_pair(a, b, message):
+    with pytest.raises(LabInputError, match=message):
+        statistics.compare_correctness("q", "A", a, "B", b)
+
+
+def test_one_image_is_an_accuracy():
+    assert statistics.estimate_accuracy(Correctness.from_count(1.0, 1)).n_images == 1
+
+
+@pytest.mark.parametrize(
+    "p_value, effect, verdict",
+    [
+        (ALPHA, 0.1, NO_DIFFERENCE),
+        (0.01, 0.0, NO_DIFFERENCE),
+        (0.01, 1.0, "A better than B"),
+        (0.01, -0.1, "B better than A"),
+    ],
+)
+def test_a_verdict_needs_p_below_alpha_and_a_difference(p_value, effect, verdict):
+    intervals = statistics.Intervals(*(np.array(x) for x in (effect, effect - 0.1, effect + 0.1, p_value, 0.05, 9.0)))
+    comparison = statistics._comparison("q", "A", "B", intervals, "t", "better", _seeds(np.ones(3), np.ones(3)))
+    assert comparison.verdict == verdict
+
+
+@pytest.mark.parametrize("p_value, text", [(0.0009, "<0.001"), (0.001, "0.001"), (0.5, "0.500"), (0.9999, "1.000")])
+def test_p_values_print_to_three_decimals(p_value, text):
+    assert _with_p(p_value).row()["p"] == text
+
+
+def test_findings_rows_of_every_kind():
+    missing = statistics.not_compared("q", "A", "B", "B failed").row()
+    assert list(missing.values()) == ["q: A vs B", "not compared: B failed", "-", "-", "-", "-"]
+    ratio = statistics.compare_times("q", "A", [1.0, 1.1, 0.9], "B", [2.0, 2.1, 1.9, 2.2]).row()
+    assert ratio["evidence"] == "3 + 4 timed epochs, one process"
+    split = _row(n_seeds=3, split=True).row()
+    assert split["evidence"] == "3 seeds x 40 images (split per seed)"
+    family = statistics.adjusted_for_family([_with_p(0.0001, name="A0"), _with_p(0.0002, name="A1"), _with_p(0.3)])
+    first = family[0].row()
+    assert first["95% CI"] == f"{family[0].low:+.3f}..{family[0].high:+.3f} (98.3%, Holm's step)"
+    assert first["p"] == "<0.001 (Holm, 3; raw <0.001)"
+    assert family[2].row()["95% CI"] == f"{family[2].low:+.3f}..{family[2].high:+.3f}"
+    assert family[2].row()["verdict"] == f"no difference detectable; would detect ±{family[2].detectable:.3f}"
+    # A "better" verdict does not print a detectable size, whatever it holds.
+    assert dataclasses.replace(_with_p(0.001), detectable=0.05).row()["verdict"] == "A better than B"
