@@ -508,3 +508,46 @@ def test_findings_rows_of_every_kind():
     assert family[2].row()["verdict"] == f"no difference detectable; would detect ±{family[2].detectable:.3f}"
     # A "better" verdict does not print a detectable size, whatever it holds.
     assert dataclasses.replace(_with_p(0.001), detectable=0.05).row()["verdict"] == "A better than B"
+
+
+@pytest.mark.parametrize("alpha", [ALPHA, ALPHA / 4])
+def test_the_detectable_size_is_where_the_noncentral_t_reaches_80_percent_power(alpha):
+    """Its definition: at d x (median share of the truth) / standard error, the two-sided test
+    rejects with probability POWER; with infinite degrees of freedom, the normal shortcut."""
+    standard_error = np.array([[0.01, 0.02, 0.05, 0.04, 0.03]])
+    df = np.array([3.0, 5.0, 30.0, 1e4, np.inf])
+    size = statistics.detectable_size(standard_error, df, alpha)
+    assert size.shape == (1, 5)
+    finite = df[:4]
+    critical = stats.t.ppf(1 - alpha / 2, finite)
+    noncentrality = size[0, :4] / standard_error[0, :4] * np.sqrt(stats.chi2.ppf(0.5, finite) / finite)
+    power = stats.nct.sf(critical, finite, noncentrality) + stats.nct.cdf(-critical, finite, noncentrality)
+    assert power == pytest.approx([statistics.POWER] * 4, abs=1e-6)
+    normal = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(statistics.POWER)
+    assert size[0, 4] == pytest.approx(normal * 0.03)
+    intervals = statistics.Intervals(*(np.array(0.0),) * 4, np.array(0.02), np.array(5.0))
+    assert intervals.detectable(alpha) == pytest.approx(statistics.detectable_size(0.02, 5.0, alpha))
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (3, 1), (1, 1)])
+def test_a_two_way_interval_needs_two_seeds_and_two_images(shape):
+    with pytest.raises(LabInputError, match=f"got {shape[0]} x {shape[1]}"):
+        statistics.two_way_intervals(np.ones(shape))
+
+
+def test_two_seeds_of_two_images_have_a_two_way_interval():
+    intervals = statistics.two_way_intervals(np.array([[1.0, 0.0], [1.0, 1.0]]))
+    assert float(intervals.low) < float(intervals.mean) == 0.75 < float(intervals.high)
+
+
+@pytest.mark.parametrize("function", [statistics.two_way_intervals, statistics.seed_intervals])
+def test_experiments_side_by_side_are_each_computed_alone(function):
+    rng = np.random.default_rng(8)
+    scores = (rng.random((3, 4, 25)) < rng.uniform(0.3, 0.8, (3, 1, 1))).astype(float)
+    if function is statistics.seed_intervals:
+        scores = scores.mean(axis=-1)
+    together = function(scores, 0.5)
+    for row in range(3):
+        alone = function(scores[row], 0.5)
+        for field in ("mean", "low", "high", "p_value", "standard_error", "df"):
+            assert getattr(together, field)[row] == pytest.approx(float(getattr(alone, field)), rel=1e-12), field
