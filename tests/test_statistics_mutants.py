@@ -1,4 +1,4 @@
-"""lab/report/statistics.py: the cases mutation testing found untested (README, "Mutation testing").
+"""lab/report/statistics.py: the cases mutation testing found untested (README, "Mutation testing of the statistics").
 
 Written-out formulas for what the other three modules of its tests reach only through the
 report (`independent_seed_intervals`, the method note), and the edges of the rest: leading
@@ -12,6 +12,7 @@ Surviving mutants that no test can kill, by mutmut's name (`mutmut show NAME`), 
 
 import dataclasses
 import math
+import pathlib
 import warnings
 
 import numpy as np
@@ -23,6 +24,7 @@ from lab.report import statistics
 from lab.report.statistics import ALPHA, NO_DIFFERENCE, NOT_COMPARED, Correctness
 
 T = stats.t.ppf
+EXAMPLE_REPORT = pathlib.Path(__file__).resolve().parents[1] / "reports" / "example-smoke.md"
 
 
 def _seed_part(scores):
@@ -119,9 +121,9 @@ def test_independent_seeds_without_any_spread_take_the_sign_test():
 @pytest.mark.parametrize(
     "a, b, message",
     [
-        (np.ones((3, 5)), np.ones((2, 4)), "same validation images, two or more"),
-        (np.ones((3, 1)), np.ones((2, 1)), "same validation images, two or more"),
-        (np.ones((1, 5)), np.ones((1, 5)), "two or more seeds in one arm"),
+        (np.ones((3, 5)), np.ones((2, 4)), "^both arms must predict the same validation images, two or more of them$"),
+        (np.ones((3, 1)), np.ones((2, 1)), "^both arms must predict the same validation images, two or more of them$"),
+        (np.ones((1, 5)), np.ones((1, 5)), "^independent seeds need two or more seeds in one arm$"),
     ],
 )
 def test_independent_seed_intervals_reject_what_they_cannot_pair(a, b, message):
@@ -393,6 +395,12 @@ def test_predictions_keep_a_split_per_seed_and_one_image_is_enough():
     assert one_image.discordant == (1, 0)
 
 
+def test_the_example_report_s_method_note_is_today_s():
+    """README's example report (one seed, and epoch times) carries the note method_note writes now."""
+    note = statistics.method_note([_row(), _row("ratio", n_seeds=None)])
+    assert note in EXAMPLE_REPORT.read_text(encoding="utf-8").splitlines()
+
+
 def _row(measure="difference", n_seeds=1, split=False, verdict="A better than B"):
     return statistics.Comparison(
         "q", "A", "B", measure, 1.5, 1.2, 1.8, 0.01, "t", verdict, n_seeds=n_seeds, n_images=40, split_per_seed=split
@@ -412,7 +420,7 @@ METHOD_PARAGRAPHS = {
     "rows, named",
     [
         ([_row()], {"one seed"}),
-        ([_row(n_seeds=3)], {"seeds on the same images"}),
+        ([_row(n_seeds=2)], {"seeds on the same images"}),
         ([_row(n_seeds=3, split=True)], {"split per seed"}),
         ([_row("ratio", n_seeds=None)], {"ratio"}),
         ([_row(n_seeds=1, verdict=NOT_COMPARED), _row("ratio", n_seeds=None)], {"ratio"}),
@@ -551,3 +559,32 @@ def test_experiments_side_by_side_are_each_computed_alone(function):
         alone = function(scores[row], 0.5)
         for field in ("mean", "low", "high", "p_value", "standard_error", "df"):
             assert getattr(together, field)[row] == pytest.approx(float(getattr(alone, field)), rel=1e-12), field
+
+
+def test_seeds_that_tie_take_the_interaction_with_its_degrees_of_freedom():
+    """Seed means that tie exactly: MS_residual stands in for MS_seeds, with (seeds - 1) x (images - 1)
+    degrees of freedom, in Satterthwaite's formula written out."""
+    right = (np.stack([np.arange(30) != wrong for wrong in (2, 9, 17)]) & (np.arange(30) < 24)).astype(float)
+    intervals = statistics.two_way_intervals(right)
+    seed_means, image_means, mean = right.mean(1), right.mean(0), right.mean()
+    assert np.ptp(seed_means) == 0
+    ms_images = 3 * np.sum((image_means - mean) ** 2) / 29
+    ms_residual = np.sum((right - seed_means[:, None] - image_means[None, :] + mean) ** 2) / (2 * 29)
+    seed_part, image_part = ms_residual / 90, max(ms_images - ms_residual, 0) / 90
+    assert image_part > 0
+    noise = (ms_images**2 / 29 + ms_residual**2 / (2 * 29)) / 90**2
+    df = (seed_part + image_part) ** 2 / (seed_part**2 / (2 * 29) + noise)
+    half = T(0.975, df) * math.sqrt(seed_part + image_part)
+    assert (float(intervals.df), float(intervals.low), float(intervals.high)) == pytest.approx(
+        (df, mean - half, mean + half)
+    )
+
+
+def test_one_differing_image_among_many_still_has_an_interval_of_some_width():
+    """10 seeds x CIFAR-10's 10,000 test images, one cell apart from all-wrong: a variance near
+    1e-10, far from zero (values closer than 1e-9 are one figure; variances, 1e-18)."""
+    cells = np.zeros((10, 10_000))
+    cells[3, 7] = 1
+    assert float(statistics.two_way_intervals(cells).low) < 0
+    assert float(statistics.independent_seed_intervals(cells[2:5], cells[5:7]).low) < 0
+    assert float(statistics.seed_intervals(np.array([0.5, 0.5, 0.5 + 1e-5])).low) > 0.49
