@@ -143,6 +143,7 @@ def test_independent_seed_intervals_compute_without_numpy_warnings():
         for a, b in [*_independent_cases().values(), (np.ones((3, 12)), np.zeros((2, 12)))]:
             statistics.independent_seed_intervals(a, b)
         statistics.two_way_intervals(np.ones((3, 12)))
+        statistics.two_way_intervals(np.zeros((3, 12)))
         statistics.mcnemar_intervals(np.array([0, 3, 0, 5]), np.array([0, 0, 4, 5]), 20)
 
 
@@ -276,7 +277,7 @@ def _holm(p_values):
         # Every step rejects: each at its own step.
         ([0.004, 0.001, 0.02], [2, 3, 1]),
         # The first step does not reject: all at ALPHA / 3; adjusted p-values capped at 1.
-        ([0.6, 0.5, 0.04], [3, 3, 3]),
+        ([0.7, 0.6, 0.04], [3, 3, 3]),
         # Two of them.
         ([0.04, 0.01], [1, 2]),
     ],
@@ -410,7 +411,11 @@ def _row(measure="difference", n_seeds=1, split=False, verdict="A better than B"
 # How each method's paragraph begins, and the method it names.
 METHOD_PARAGRAPHS = {
     "one seed": ("With one seed a row speaks of these trained models", "McNemar's exact test"),
-    "seeds on the same images": ("With several seeds on the same images", "Satterthwaite's degrees of freedom"),
+    "seeds on the same images": (
+        "With several seeds on the same images",
+        "a two-way (seeds x images) variance of the paired per-image, per-seed difference, with Satterthwaite's "
+        "degrees of freedom (Bouthillier et al. 2021",
+    ),
     "split per seed": ("With a split per seed", "a t-interval over seeds."),
     "ratio": ("Speed-ups are ratios of geometric mean epoch times", "Welch's t-test on log times"),
 }
@@ -525,7 +530,7 @@ def test_the_detectable_size_is_where_the_noncentral_t_reaches_80_percent_power(
     standard_error = np.array([[0.01, 0.02, 0.05, 0.04, 0.03]])
     df = np.array([3.0, 5.0, 30.0, 1e4, np.inf])
     size = statistics.detectable_size(standard_error, df, alpha)
-    assert size.shape == (1, 5)
+    assert size.shape == (1, 5) and (size > 0).all()
     finite = df[:4]
     critical = stats.t.ppf(1 - alpha / 2, finite)
     noncentrality = size[0, :4] / standard_error[0, :4] * np.sqrt(stats.chi2.ppf(0.5, finite) / finite)
@@ -582,9 +587,21 @@ def test_seeds_that_tie_take_the_interaction_with_its_degrees_of_freedom():
 
 def test_one_differing_image_among_many_still_has_an_interval_of_some_width():
     """10 seeds x CIFAR-10's 10,000 test images, one cell apart from all-wrong: a variance near
-    1e-10, far from zero (values closer than 1e-9 are one figure; variances, 1e-18)."""
+    1e-10, far from none (values closer than 1e-9 are one figure; variances closer than 1e-18)."""
     cells = np.zeros((10, 10_000))
     cells[3, 7] = 1
-    assert float(statistics.two_way_intervals(cells).low) < 0
-    assert float(statistics.independent_seed_intervals(cells[2:5], cells[5:7]).low) < 0
+    for intervals in (
+        statistics.two_way_intervals(cells),
+        statistics.independent_seed_intervals(cells[2:5], cells[5:7]),
+    ):
+        # A t-interval with finite degrees of freedom and its p-value, not the sign test's.
+        assert float(intervals.low) < 0 and float(intervals.df) < math.inf and float(intervals.p_value) < 1
     assert float(statistics.seed_intervals(np.array([0.5, 0.5, 0.5 + 1e-5])).low) > 0.49
+
+
+def test_values_that_tie_take_the_sign_test_of_their_own_experiment():
+    """Seeds that tie exactly, experiment by experiment: at the reference (p = 1), or all on one
+    side of it (two-sided sign test of three: p = 2 / 2**3)."""
+    tied = statistics.seed_intervals(np.array([[0.5] * 3, [0.6] * 3, [0.6] * 3, [0.2] * 3]), 0.5)
+    assert tied.p_value.tolist() == [1.0, 0.25, 0.25, 0.25]
+    assert (tied.low, tied.high) == (pytest.approx([0.5, 0.5, 0.5, 0.2]), pytest.approx([0.5, 0.6, 0.6, 0.5]))
