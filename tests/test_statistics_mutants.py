@@ -4,10 +4,60 @@ Written-out formulas for what the other three modules of its tests reach only th
 report (`independent_seed_intervals`, the method note), and the edges of the rest: leading
 experiment axes, tied seeds, Holm's steps, Welch's interval, the rows' text. NumPy only: seconds.
 
-Surviving mutants that no test can kill, by mutmut's name (`mutmut show NAME`), all of
-`lab.report.statistics.`:
+The mutants no test kills, by mutmut's name (`mutmut show lab.report.statistics.NAME__mutmut_N`;
+`x_` before a function, `xǁClassǁ` before a method), and why:
 
-(filled in below)
+Equivalent: no input the lab can give tells them from the code.
+- `zip(..., strict=True)` loosened (strict=False or None, or dropped): the sequences zipped have
+  one length by construction (checked just above, or built from one list).
+  xǁCorrectnessǁfrom_predictions 7, 10, 11; x_independent_seed_intervals 57, 60, 61, 66, 69, 70,
+  122, 125, 126, 143, 146, 147; x_compare_correctness 13, 16, 17, 31, 34, 35;
+  x_adjusted_for_family 63, 67, 68; xǁComparisonǁrow 11, 14, 15, 67, 70, 71.
+- `dtype=float` dropped or None (`astype(None)`): the inputs are bool, int or float arrays, and
+  every later step (means, divisions, logs, scipy) computes in float64 all the same.
+  x_detectable_size 3, 5, 12, 14; x_two_way_intervals 4, 6; x_independent_seed_intervals 3, 5,
+  7, 9; x_seed_intervals 4, 6; x_mcnemar_intervals 3, 5, 7, 9; x_compare_correctness 27, 28;
+  x_compare_times 4, 6.
+- A tie threshold moved: `<=` for `<` (or back) at _SAME or _SAME**2, and _SAME**3 for
+  _SAME**2. Means of 0/1 (or -1/0/1) scores that tie are equal to the last bit (equal sums over
+  equal counts) and the variance of equal values is 0 up to rounding (< 1e-30), while seed means
+  that differ give MS_seeds >= 1 / (2 x images) > _SAME * 2 below 250 million images: only a
+  value at the threshold itself, or 1e-10 from another, would tell. (A variance of 1e-10 is
+  reachable, and test_one_differing_image_among_many_still_has_an_interval_of_some_width kills
+  _SAME * 2 for `flat`.)
+  x_two_way_intervals 69, 70, 71, 149, 151; x_independent_seed_intervals 171, 173;
+  x__seed_part 52, 53, 54; x_seed_intervals 27, 29; x_compare_times 35, 44;
+  xǁComparisonǁrow 50; x__correct_count 7; x__sign_test 7, 17.
+- A branch that gives the same value on every input that reaches it. McNemar with no discordant
+  image: binom.cdf(0, 0, 1/2) = 1 and 0 x (2 x share - 1) = 0 = the mean; with one, 2 x
+  binom.cdf(0, 1, 1/2) = 1 (x_mcnemar_intervals 79, 80, 103, 118). The sign test decides only
+  rows of no spread, whose values are all equal: all on one side of the reference or on it, so
+  the smaller count is 0, p = 2 / 2**n <= 1 or 1, and never ALPHA (x__sign_test 6, 32, 33, 38;
+  x__t_intervals 49). An effect of 0 returns before `effect >= 0` (x__verdict 7). The Holm rank
+  at `first_kept` takes step_alpha[first_kept] on either branch (x_adjusted_for_family 51).
+  `(n_seeds or 1) > 1` is `(n_seeds or 0) > 1` (x_method_note 33). Infinite degrees of freedom
+  take the normal size and a share of 1 whatever `safe_df` holds there (x_detectable_size 41).
+- Warnings: numpy's divide (or invalid) flag dropped where no such operation happens (a variance
+  over a zero denominator is zero, so only 0/0 occurs; McNemar's scipy calls handle a zero count
+  themselves), and every warning ignored instead of RuntimeWarning where scipy raises only that.
+  test_independent_seed_intervals_compute_without_numpy_warnings runs the edge cases with
+  warnings as errors. x_two_way_intervals 132, 134; x_independent_seed_intervals 148, 150;
+  x_mcnemar_intervals 15, 16, 17, 18; x_detectable_size 71.
+- The detectable size's bisection: a bracket still above the root (its lower end 0), 41 halvings
+  for 40, or a power exactly at POWER moved to the other side: the same root to 2**-40 of the
+  bracket, far below the three decimals a row prints. x_detectable_size 53, 54, 60, 61, 62, 67,
+  75, 102, 109.
+- Library defaults: proportion_ci's confidence is 0.95 without CONFIDENCE (x_estimate_accuracy
+  11); scipy's ttest_ind reads equal_var=None as False, Welch's test (x_compare_times 50);
+  numpy's default sort keeps tied p-values in their order for families of the lab's size (20
+  tied ones in test_tied_p_values_take_holm_s_steps_in_the_order_given), and reads "STABLE" as
+  "stable" (x_adjusted_for_family 11, 13, 15).
+
+Not equivalent, left alive on purpose:
+- x_estimate_accuracy 48 (the several-seed accuracy's reference 1.0 for 0): on scores with no
+  spread the interval reaches the reference where the sign test cannot reject it, so three seeds
+  right on every one of 4 or 5 images get 0.0..1.0 (and 1.0..1.0 from 6 images); with 1.0, they
+  get 1.0..1.0. A question about that rule for accuracies, not about these tests.
 """
 
 import dataclasses
