@@ -139,11 +139,11 @@ def _independent_cases():
 def test_independent_seed_interval_is_its_written_out_formula(case):
     a, b = _independent_cases()[case]
     intervals = statistics.independent_seed_intervals(a, b)
+    expected = _independent(a, b)
     got = (intervals.mean, intervals.low, intervals.high, intervals.p_value, intervals.df)
-    assert tuple(float(x) for x in got) == pytest.approx(_independent(a, b), rel=1e-9)
-    assert float(intervals.standard_error) ** 2 == pytest.approx(
-        ((_independent(a, b)[2] - _independent(a, b)[1]) / 2 / T(0.975, _independent(a, b)[4])) ** 2
-    )
+    assert tuple(float(x) for x in got) == pytest.approx(expected, rel=1e-9)
+    _, low, high, _, df = expected
+    assert float(intervals.standard_error) == pytest.approx((high - low) / 2 / T(0.975, df))
 
 
 def test_independent_seed_intervals_of_experiments_side_by_side_are_each_one_s():
