@@ -89,9 +89,22 @@ def test_seeds_whose_means_tie_on_different_images_still_have_an_interval():
     assert comparison.verdict == statistics.NO_DIFFERENCE
 
 
-def test_identical_seeds_and_images_give_a_zero_width_interval():
-    estimate = statistics.estimate_accuracy(_seeds(np.ones(20), np.ones(20), np.ones(20)))
-    assert estimate.low == estimate.high == estimate.value == 1.0
+@pytest.mark.parametrize("n_images", [4, 20])
+def test_seeds_right_on_every_image_have_one_seed_s_interval_over_those_images(n_images):
+    """Nothing varied: a zero-width interval would claim the accuracy exactly, and one reaching 0
+    (as a comparison's reaches its null) would claim nothing; the images bound it, as one seed's."""
+    estimate = statistics.estimate_accuracy(_seeds(*[np.ones(n_images)] * 3))
+
+    assert (estimate.low, estimate.high) == pytest.approx(_wilson(n_images, n_images), abs=1e-12)
+    assert (estimate.value, estimate.n_seeds, estimate.n_images) == (1.0, 3, n_images)
+
+
+def test_split_seeds_that_tie_have_wilson_s_interval_over_all_their_images():
+    per_seed = tuple(np.arange(10) != wrong for wrong in (1, 4, 7))
+    estimate = statistics.estimate_accuracy(Correctness(per_seed, shared_images=False))
+
+    assert (estimate.low, estimate.high) == pytest.approx(_wilson(27, 30), abs=1e-12)
+    assert (estimate.value, estimate.n_seeds, estimate.n_images) == (pytest.approx(0.9), 3, 10)
 
 
 def test_a_split_per_seed_has_the_t_interval_of_the_seeds():

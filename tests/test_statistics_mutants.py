@@ -47,17 +47,15 @@ Equivalent: no input the lab can give tells them from the code.
   for 40, or a power exactly at POWER moved to the other side: the same root to 2**-40 of the
   bracket, far below the three decimals a row prints. x_detectable_size 53, 54, 60, 61, 62, 67,
   75, 102, 109.
-- Library defaults: proportion_ci's confidence is 0.95 without CONFIDENCE (x_estimate_accuracy
-  11); scipy's ttest_ind reads equal_var=None as False, Welch's test (x_compare_times 50);
+- Library defaults: proportion_ci's confidence is 0.95 without CONFIDENCE (x__wilson_estimate
+  4); scipy's ttest_ind reads equal_var=None as False, Welch's test (x_compare_times 50);
   numpy's default sort keeps tied p-values in their order for families of the lab's size (20
   tied ones in test_tied_p_values_take_holm_s_steps_in_the_order_given), and reads "STABLE" as
   "stable" (x_adjusted_for_family 11, 13, 15).
-
-Not equivalent, left alive on purpose:
-- x_estimate_accuracy 48 (the several-seed accuracy's reference 1.0 for 0): on scores with no
-  spread the interval reaches the reference where the sign test cannot reject it, so three seeds
-  right on every one of 4 or 5 images get 0.0..1.0 (and 1.0..1.0 from 6 images); with 1.0, they
-  get 1.0..1.0. A question about that rule for accuracies, not about these tests.
+- A several-seed accuracy's reference (1.0 for 0, x_estimate_accuracy 18) moves only its p-value,
+  which an accuracy does not report, and the reach of an interval of no spread, which Wilson's
+  interval replaces; the seeds of that interval are identical on shared images, so any one of
+  them gives it (x_estimate_accuracy 24).
 """
 
 import dataclasses

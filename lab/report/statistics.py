@@ -317,9 +317,9 @@ class Estimate:
     Args:
         value: the accuracy of the one seed, or the mean over seeds.
         low, high: the 95% interval.
-        method: `wilson` (one seed: over the validation images), `two-way t-test over seeds and
-            images` (several seeds on the same images) or `t-test over seeds, each with its own
-            split` (`--split-per-seed`).
+        method: `wilson` (one seed, or seeds that scored alike on every image: over the validation
+            images), `two-way t-test over seeds and images` (several seeds on the same images) or
+            `t-test over seeds, each with its own split` (`--split-per-seed`).
         n_seeds: seeds the value is measured over.
         n_images: validation images each seed was measured on.
         per_seed: the accuracy of each seed, in seed order.
@@ -438,14 +438,27 @@ def estimate_accuracy(correctness: Correctness) -> Estimate:
     per_seed = _checked(correctness)
     accuracies = correctness.accuracies()
     if correctness.n_seeds == 1:
-        n_images = per_seed[0].size
-        interval = stats.binomtest(int(per_seed[0].sum()), n_images).proportion_ci(CONFIDENCE, method="wilson")
-        return Estimate(accuracies[0], float(interval.low), float(interval.high), "wilson", 1, n_images, accuracies)
+        return _wilson_estimate(per_seed[0], accuracies)
     intervals, method = _several_seeds(correctness, per_seed, 0.0)
+    if intervals.standard_error == 0:
+        # Nothing varied (every seed right, or wrong, on every image; or split seeds that tie): the
+        # spread that a t-interval scales is absent, and only the count of images bounds the
+        # accuracy, as it does one seed's. (Reaching a reference, as comparisons do, means nothing here.)
+        pooled = per_seed[0] if correctness.shared_images else np.concatenate(per_seed)
+        return dataclasses.replace(_wilson_estimate(pooled, accuracies), n_seeds=correctness.n_seeds,
+                                   n_images=correctness.n_images)
     value = float(np.mean(accuracies))
     return Estimate(
         value, max(float(intervals.low), 0.0), min(float(intervals.high), 1.0), method,
         correctness.n_seeds, correctness.n_images, accuracies,
+    )
+
+
+def _wilson_estimate(right: np.ndarray, accuracies: list[float]) -> Estimate:
+    """Wilson's interval over the images `right` marks, around the mean of `accuracies`."""
+    interval = stats.binomtest(int(right.sum()), right.size).proportion_ci(CONFIDENCE, method="wilson")
+    return Estimate(
+        float(np.mean(accuracies)), float(interval.low), float(interval.high), "wilson", 1, right.size, accuracies
     )
 
 
