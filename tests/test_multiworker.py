@@ -141,6 +141,7 @@ def test_an_unreachable_worker_stops_the_session_within_the_timeout_naming_its_a
     returncode, output = finished(process)
     assert returncode == pytest.ExitCode.USAGE_ERROR, output[-3000:]
     assert unreachable in output and "--worker-timeout 2 s" in output, output[-3000:]
+    assert f"waiting up to 2 s for {unreachable} (the other tasks of TF_CONFIG)" in output
 
 
 def test_sigterm_stops_a_session_waiting_for_a_worker():

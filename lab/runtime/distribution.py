@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -165,6 +166,10 @@ def wait_for_workers(task: ClusterTask, timeout: float) -> None:
         for index, address in enumerate(addresses)
         if (job, index) != (task.task_type, task.index)
     ]
+    if others:
+        # It runs before pytest prints its header: without this line, minutes of waiting look like a hang.
+        print(f"--distribute multiworker: waiting up to {timeout:g} s for {', '.join(others)} (the other tasks of "
+              "TF_CONFIG) to answer", file=sys.stderr, flush=True)
     deadline = time.monotonic() + timeout
     with _listening_on(own):
         unanswered = {address: _connect_error(address) for address in others}
