@@ -87,6 +87,11 @@ def default_directory() -> str:
     return os.path.join(cache_home, "transfer-lab")
 
 
+def _root(directory: str | None) -> str:
+    """The folder of the entries of the cache in `directory` (None: `default_directory()`)."""
+    return os.path.join(directory or default_directory(), "images")
+
+
 def file_fingerprint(paths: Iterable[str]) -> list[tuple[str | int, ...]]:
     """(absolute path, *its identity) of every file, in order: the key of a folder's split."""
     return [(os.path.abspath(path), *_identity(path)) for path in paths]
@@ -119,7 +124,7 @@ def load_or_build(
         LabInputError: the cache folder is not a folder this user can write, or an entry in it
             is not this user's to read or is damaged.
     """
-    root = os.path.join(directory or default_directory(), "images")
+    root = _root(directory)
     full_description = {"format": FORMAT_VERSION, "image_size": image_size, **description}
     key = hashlib.sha256(json.dumps(full_description, sort_keys=True).encode()).hexdigest()[:32]
     entry = os.path.join(root, key)
@@ -172,7 +177,7 @@ def _first_existing(path: str) -> str:
 def _hold(entry: str) -> None:
     """Marks `entry` in use by this process (its `.use` file shared-locked) and used now."""
     if entry not in _held:
-        descriptor = os.open(entry + ".use", os.O_RDONLY | os.O_CREAT, 0o644)
+        descriptor = _use_file(entry)
         fcntl.flock(descriptor, fcntl.LOCK_SH)
         _held[entry] = descriptor
     try:
@@ -180,6 +185,11 @@ def _hold(entry: str) -> None:
     except PermissionError:
         # Another user's entry: it is read all the same, and ages as of its last use by its owner.
         pass
+
+
+def _use_file(entry: str) -> int:
+    """A descriptor of `entry`'s `.use` file, made if need be: readers share-lock it, deletion locks it alone."""
+    return os.open(entry + ".use", os.O_RDONLY | os.O_CREAT, 0o644)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +211,7 @@ class Entry:
 
 def entries(directory: str | None = None) -> list[Entry]:
     """The cache's entries, least recently used first."""
-    root = os.path.join(directory or default_directory(), "images")
+    root = _root(directory)
     try:
         names = os.listdir(root)
     except FileNotFoundError:
@@ -237,7 +247,7 @@ def evict(limit_bytes: int, directory: str | None = None) -> list[Entry]:
     Returns:
         The entries deleted.
     """
-    root = os.path.join(directory or default_directory(), "images")
+    root = _root(directory)
     if not os.path.isdir(root):
         return []
     deleted = []
@@ -268,7 +278,7 @@ def _delete(entry: str, folder: str) -> bool:
         return False
     try:
         if folder == entry:
-            descriptor = os.open(entry + ".use", os.O_RDONLY | os.O_CREAT, 0o644)
+            descriptor = _use_file(entry)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
