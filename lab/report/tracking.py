@@ -165,12 +165,16 @@ def _check_server(uri: str) -> None:
         ) from None
 
 
+def _sqlite_path(uri: str) -> str:
+    """The absolute path of a SQLite store's file."""
+    # SQLAlchemy's form: sqlite:///relative/path.db, sqlite:////absolute/path.db, options after `?`.
+    return os.path.abspath(re.sub(r"^sqlite:///", "", uri, flags=re.IGNORECASE).split("?")[0])
+
+
 def _store_folder(uri: str) -> str:
     """The folder a local store writes: a SQLite file's, or a `file:` store itself."""
     if _scheme(uri) == "sqlite":
-        # SQLAlchemy's form: sqlite:///relative/path.db, sqlite:////absolute/path.db, options after `?`.
-        path = re.sub(r"^sqlite:///", "", uri, flags=re.IGNORECASE).split("?")[0]
-        return os.path.dirname(os.path.abspath(path))
+        return os.path.dirname(_sqlite_path(uri))
     return os.path.abspath(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path))
 
 
@@ -190,9 +194,7 @@ def _store_lock(uri: str):
 def _check_sqlite_file(uri: str) -> None:
     """A usage error, at once, where a SQLite store's path is a folder or a file that is not a
     database: SQLAlchemy retries opening a folder for about 100 s before it gives up."""
-    path = os.path.join(_store_folder(uri), os.path.basename(
-        re.sub(r"^sqlite:///", "", uri, flags=re.IGNORECASE).split("?")[0]
-    ))
+    path = _sqlite_path(uri)
     if os.path.isdir(path):
         raise LabInputError(f"--mlflow {uri}: {path} is a folder: give the path of a SQLite file (new or MLflow's)")
     if os.path.isfile(path) and os.path.getsize(path) > 0:
