@@ -24,6 +24,8 @@ MAX_SEED = 2**32 - 1
 # Every seed is scored on the same validation images, whose sampling bounds the intervals:
 # past this many seeds they narrow by little, while every training case runs once more per seed.
 MAX_SEEDS = 100
+# The longest --worker-timeout: a day.
+MAX_WORKER_TIMEOUT = 86400.0
 # The environment variable that gives each path option its default, as TFDS_DATA_DIR and
 # KERAS_HOME do for tensorflow-datasets and Keras; the command line wins over it.
 PATH_VARIABLES = {"data_dir": "LAB_DATA_DIR", "weights_dir": "LAB_WEIGHTS_DIR", "report_dir": "LAB_REPORT_DIR"}
@@ -216,10 +218,6 @@ def parse_seeds(text: str, first_seed: int | None) -> tuple[int, ...]:
     if max(seeds) > MAX_SEED:
         raise LabInputError(f"--seeds {given} goes past {MAX_SEED}, the largest seed: {fix}")
     return seeds
-
-
-# The longest --worker-timeout: a day.
-MAX_WORKER_TIMEOUT = 86400.0
 
 
 def build_config(*args, **kwargs) -> RunConfig:

@@ -133,7 +133,7 @@ class ValidationSet:
 
     Args:
         name: what records name it by (`tf_flowers (sample), 32px, 100 images`).
-        num_classes: classes of the dataset (chance is one over this).
+        num_classes: classes of the dataset.
         labels: the true class of each image, in the order predictions are recorded.
         images_digest: SHA-256 of the images' pixels and labels (`ImageData.validation_digest`);
             None in results from before it was kept.

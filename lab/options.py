@@ -37,7 +37,6 @@ CACHED_CHOICES = ("auto", "off")
 MAX_LR_FACTOR = 100.0
 
 
-
 class ResolvedRun(Protocol):
     """What the header reads of the run's checked settings (a `lab.config.RunConfig`, which
     imports this module, so it is named here by what it holds)."""
